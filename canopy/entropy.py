@@ -435,6 +435,16 @@ def _pooled_from_parts(parts: dict[str, np.ndarray], idx: np.ndarray) -> dict[st
     return out
 
 
+#: Names of the pooled metrics, in output order.
+_POOLED_METRICS = (
+    "canopy_entropy", "canopy_entropy_surprisal", "mean_length", "mean_entropy_rate",
+    "truncation_rate", "gen_ppl", "branching_factor", "length_term", "cov_residual",
+    "within_prompt_cov", "between_prompt_cov", "length_share", "cov_share",
+    "log_genppl_minus_log_bf", "length_rate_pearson", "length_rate_spearman",
+    "length_rate_kendall", "length_rate_cov",
+)
+
+
 def _pool_reason(pooled: dict[str, np.ndarray]) -> str:
     why = []
     if np.isnan(pooled["length_rate_pearson"][0]):
@@ -527,6 +537,10 @@ def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if metrics is not None:
+        unknown = sorted(set(metrics) - set(_POOLED_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(_POOLED_METRICS)}")
     tails = (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
     rng = np.random.default_rng(seed)
     rows = []
@@ -565,8 +579,6 @@ def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
                         boot[k][s].append(res[k])
                 done += b
             for k in names:
-                if k not in point[0]:
-                    raise ValueError(f"unknown metric {k!r}; choose from {sorted(point[0])}")
                 bs, fs = (np.concatenate(v) for v in boot[k])
                 b0, f0 = float(point[0][k][0]), float(point[1][k][0])
                 row = {"family": family, "task": task, "metric": k,

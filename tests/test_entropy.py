@@ -326,3 +326,15 @@ def test_validate_accepts_legal_input_and_keys_survive():
     pm = prompt_metrics(df)
     assert list(pm.columns[: len(PROMPT_KEYS)]) == list(PROMPT_KEYS)
     assert len(pm) == 5 and pm["n_rollouts"].sum() == len(df)
+
+
+def test_bootstrap_rejects_unknown_metric_and_reports_every_pooled_metric():
+    pm = _pair(n_prompts=6)
+    with pytest.raises(ValueError, match="unknown metric 'entropy'"):
+        paired_bootstrap(pm, n_boot=10, metrics=["entropy"])
+    boot = paired_bootstrap(pm, n_boot=10, all_tasks=False)
+    pooled = pool(pm, all_tasks=False)
+    reported = set(boot["metric"])
+    numeric = set(pooled.select_dtypes("number").columns) - {
+        "n_prompts", "n_rollouts", "canopy_entropy_se", "n_truncation_flagged"}
+    assert reported == numeric
