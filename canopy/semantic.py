@@ -382,13 +382,14 @@ def _corr_parts(x: np.ndarray, y: np.ndarray, codes: np.ndarray, counts: np.ndar
     undefined = (m < 3) | const_x | const_y
     with np.errstate(invalid="ignore", divide="ignore"):
         pearson = np.where(undefined, np.nan, gsum(dx * dy) / np.sqrt(ss_x * ss_y))
+        # Padding with +inf ranks the padding above every real entry of its row.
         (px, py), pos = _padded(codes, counts, (x, y), np.inf)
-        rx = centred(rankdata(px, axis=1, method="average")[codes, pos])
-        ry = centred(rankdata(py, axis=1, method="average")[codes, pos])
+        rank_x = rankdata(px, axis=1, method="average")
+        rank_y = rankdata(py, axis=1, method="average")
+        rx, ry = centred(rank_x[codes, pos]), centred(rank_y[codes, pos])
         spearman = np.where(undefined, np.nan,
                             gsum(rx * ry) / np.sqrt(gsum(rx * rx) * gsum(ry * ry)))
-        kendall = np.where(undefined, np.nan, _kendall_tau_b(
-            np.where(np.isinf(px), 0.0, px), np.where(np.isinf(py), 0.0, py), counts))
+        kendall = np.where(undefined, np.nan, _kendall_tau_b(rank_x, rank_y, counts))
     return pearson, spearman, kendall, const_x, const_y
 
 
