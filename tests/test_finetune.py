@@ -1,0 +1,107 @@
+"""Fine-tuning recipe: the loss, the data encoding, the schedule, errors, and (integration)
+``canopy finetune --quick`` end to end on the real packaged models."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from canopy.finetune import (
+    GEMMA_CHAT_TEMPLATE, PROFILES, FinetuneConfig, _batches, _lr_at, finetune, response_loss,
+)
+
+
+def tiny_gemma():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                              head_dim=8, max_position_embeddings=64, sliding_window=16)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def test_response_loss_equals_shifted_cross_entropy_of_full_logits():
+    model = tiny_gemma()
+    rng = np.random.default_rng(0)
+    examples = []
+    for n in (7, 12, 9):
+        ids = list(rng.integers(3, 64, n))
+        examples.append((ids, [-100] * 3 + ids[3:]))
+    (ids, mask, labels), = list(_batches(examples, 3, 0, np.random.default_rng(1)))
+    with torch.no_grad():
+        nll, count = response_loss(model, ids, mask, labels)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64),
+                                            labels[:, 1:].reshape(-1), ignore_index=-100,
+                                            reduction="sum")
+    assert count == sum(len(y) - 3 for _, y in examples)
+    assert float(nll) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_batches_pad_right_and_mask_padding():
+    examples = [([5, 6, 7], [-100, 6, 7]), ([8, 9], [-100, 9])]
+    (ids, mask, labels), = list(_batches(examples, 2, 0, np.random.default_rng(0)))
+    for row in range(2):
+        n = int(mask[row].sum())
+        assert (ids[row, n:] == 0).all() and (labels[row, n:] == -100).all()
+        assert ids[row, :n].tolist() in ([5, 6, 7], [8, 9])
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = FinetuneConfig(lr=1e-3, warmup_steps=2)
+    rates = [_lr_at(s, 10, config) for s in range(10)]
+    assert rates[0] == pytest.approx(5e-4) and rates[1] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:]))
+    assert _lr_at(10, 10, config) == 0.0
+
+
+def test_bad_settings_and_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="n_train must be a positive integer"):
+        FinetuneConfig(n_train=0)
+    with pytest.raises(ValueError, match="unknown fine-tune profile 'fast'"):
+        finetune("fast", progress=False)
+    empty = tmp_path / "pool.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no prompts|has 0 prompts"):
+        finetune(FinetuneConfig(pool=str(empty)), progress=False)
+    with pytest.raises(FileNotFoundError, match="fine-tuning pool not found"):
+        finetune(FinetuneConfig(pool=str(tmp_path / "missing.jsonl")), progress=False)
+    with pytest.raises(ValueError, match="unknown model 'no-such-base'"):
+        finetune(FinetuneConfig(base="no-such-base"), progress=False)
+
+
+def test_chat_template_renders_gemma_turns():
+    from jinja2 import Template
+
+    text = Template(GEMMA_CHAT_TEMPLATE).render(
+        bos_token="<bos>", add_generation_prompt=True,
+        messages=[{"role": "user", "content": " Hi there "}])
+    assert text == "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
+
+
+@pytest.mark.integration
+def test_quick_finetune_end_to_end_and_the_result_samples_with_the_chat_template():
+    from canopy.models import load_model
+    from canopy.sampling import Prompt, SamplingConfig, sample_prompts
+
+    path = finetune("quick", progress=False)
+    report = json.loads((path / "report.json").read_text())
+    loss = report["heldout_response_loss"]
+    assert loss["fine_tuned"] < loss["base"]
+    assert len(report["train_loss"]) >= 1
+    assert 106 in report["stop_ids"]  # <end_of_turn>
+
+    loaded = load_model(PROFILES["quick"].name, fingerprint=False)
+    assert loaded.spec.variant == "fine-tuned" and loaded.spec.family == "gemma-3-270m"
+    assert 106 in loaded.stop_ids and 1 in loaded.stop_ids
+    table = sample_prompts(loaded, [Prompt("chat", "0", "Name a colour.")],
+                           SamplingConfig(rollouts=2, max_new_tokens=16, seed=1))
+    assert table["prompt_text"].iloc[0].startswith("<bos><start_of_turn>user\nName a colour.")
+    assert table["prompt_text"].iloc[0].endswith("<start_of_turn>model\n")
+    # A rerun with the same configuration does nothing (returns at once).
+    assert finetune("quick", progress=False) == path
