@@ -708,7 +708,10 @@ def _natural_spline(x: np.ndarray, df: int, knots_from: np.ndarray | None = None
 
     for k in range(len(knots) - 2):
         cols.append(d(k) - d(len(knots) - 2))
-    return np.column_stack(cols)
+    basis = np.column_stack(cols)
+    # Unit-scale columns (same span) so the optimisers see a well-conditioned design.
+    scale = basis.std(axis=0) if basis.shape[0] > 1 else np.ones(basis.shape[1])
+    return basis / np.where(scale > 0, scale, 1.0)
 
 
 def _beta_frame(panel: pd.DataFrame, notes: list[str]):
@@ -771,15 +774,12 @@ def beta_regression(panel: pd.DataFrame, level: float = 0.95, cluster: bool = Tr
     if not cluster:
         diffs[0] = "no random intercept for prompt and no clustering: model-based SEs"
     model = BetaModel(data["D"].to_numpy(), mean_x, exog_precision=prec_x)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            res = model.fit(maxiter=maxiter, disp=False, **fit_kw)
-        except (np.linalg.LinAlgError, ValueError) as exc:
-            notes.append(f"fit failed: {type(exc).__name__}: {exc}")
-            return BetaResult("statsmodels BetaModel", _empty_beta_table(), len(data), True,
-                              False, notes, diffs, model=model)
-    converged = bool(res.mle_retvals.get("converged", False))
+    try:
+        res, converged, caught = _fit_beta(model, maxiter, fit_kw)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        notes.append(f"fit failed: {type(exc).__name__}: {exc}")
+        return BetaResult("statsmodels BetaModel", _empty_beta_table(), len(data), True,
+                          False, notes, diffs, model=model)
     if _warning_notes(caught, notes):
         converged = False
     if not converged and not any("converge" in n for n in notes):
@@ -793,6 +793,28 @@ def beta_regression(panel: pd.DataFrame, level: float = 0.95, cluster: bool = Tr
     table.loc[table["part"] == "dispersion", "symbol"] = ""
     return BetaResult("statsmodels BetaModel", table, len(data), True, converged, notes, diffs,
                       loglik=float(res.llf), model=res)
+
+
+def _fit_beta(model, maxiter: int, fit_kw: dict):
+    """BFGS; when it stops short (often precision loss at the optimum), polish with Newton
+    from its end point and keep Newton's fit if it converged to at least the same
+    likelihood. Returns the fit, whether it converged, and the warnings of the kept fit."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit(maxiter=maxiter, disp=False, **fit_kw)
+    if res.mle_retvals.get("converged", False):
+        return res, True, caught
+    with warnings.catch_warnings(record=True) as caught2:
+        warnings.simplefilter("always")
+        try:
+            polished = model.fit(start_params=res.params, method="newton", maxiter=100,
+                                 disp=False, **fit_kw)
+        except (np.linalg.LinAlgError, ValueError):
+            polished = None
+    if (polished is not None and polished.mle_retvals.get("converged", False)
+            and polished.llf >= res.llf - 1e-6 and np.all(np.isfinite(polished.bse))):
+        return polished, True, caught2
+    return res, False, caught
 
 
 def _empty_beta_table() -> pd.DataFrame:
