@@ -1,0 +1,167 @@
+"""Experiment files (YAML) and prompt files (JSONL).
+
+An experiment file::
+
+    models: [gemma-3-270m, gemma-3-270m-sft, smollm2-135m-instruct]   # registry names/paths
+    tasks: [coding, math, stories, completion]    # prompt files <prompts_dir>/<task>.jsonl
+    prompts_dir: ../prompts      # optional; relative to this file; default <repo>/data/prompts
+    out: null                    # optional rollout directory; default
+                                 #   cache_dir()/rollouts/<file stem>-<profile>
+    sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
+               seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
+    profiles:
+      quick: {sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 2}}
+      default: {}
+
+A profile has the shape of the top level (any of ``models``, ``tasks``, ``prompts_dir``,
+``out``, ``sampling``) and is merged over it (``sampling`` key by key). Overrides passed
+by the caller (CLI flags) are applied last. Unknown keys are errors.
+
+A prompt file holds one JSON object per line: ``prompt`` (non-empty string), optional
+``id`` (string or integer; default: the line number) and ``task`` (default: the file's
+stem). Blank lines are skipped; any other malformed line is an error naming the line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from canopy import REPO_ROOT, cache_dir
+from canopy.sampling import Prompt, SamplingConfig
+
+__all__ = ["read_prompts", "Experiment", "load_experiment", "DEFAULT_EXPERIMENT"]
+
+DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
+_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "profiles"}
+_SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)} | {"prompts_per_task"}
+
+
+def read_prompts(path, task: str | None = None) -> list[Prompt]:
+    """Prompts of a JSONL file (format in the module docstring), in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    prompts, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object with a 'prompt' field")
+        text = obj.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}: 'prompt' must be a non-empty string")
+        pid = obj.get("id", number)
+        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
+            raise ValueError(f"{where}: 'id' must be a non-empty string or an integer")
+        name = obj.get("task", task or path.stem)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{where}: 'task' must be a non-empty string")
+        if (name, str(pid)) in seen:
+            raise ValueError(f"{where}: duplicate id {pid!r} in task {name!r}")
+        seen.add((name, str(pid)))
+        prompts.append(Prompt(task=name, prompt_id=str(pid), text=text))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts in the file")
+    return prompts
+
+
+@dataclass
+class Experiment:
+    """A resolved experiment: models, tasks, sampling settings, where prompts and
+    rollouts live."""
+
+    models: list[str]
+    tasks: list[str]
+    sampling: SamplingConfig
+    prompts_per_task: int | None
+    prompts_dir: Path
+    out: Path
+    name: str = "experiment"
+    profile: str = "default"
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def prompts(self) -> list[Prompt]:
+        """The first ``prompts_per_task`` prompts of each task file, task by task."""
+        out = []
+        for task in self.tasks:
+            prompts = read_prompts(self.prompts_dir / f"{task}.jsonl", task)
+            out.extend(prompts[: self.prompts_per_task] if self.prompts_per_task else prompts)
+        return out
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    unknown = set(over) - (_TOP_KEYS - {"profiles"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
+    merged = dict(base)
+    for key, value in over.items():
+        if key == "sampling":
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: 'sampling' must be a mapping")
+            merged["sampling"] = {**(base.get("sampling") or {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_experiment(path=None, profile: str = "default",
+                    overrides: dict | None = None) -> Experiment:
+    """Read an experiment file (default ``data/experiments/default.yaml``), apply the
+    ``profile`` and then ``overrides`` (top-level keys, or sampling keys given flat,
+    e.g. ``{"models": [...], "rollouts": 4}``; ``None`` values are ignored)."""
+    import yaml
+
+    path = Path(path) if path is not None else DEFAULT_EXPERIMENT
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level must be a mapping")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; "
+                         f"allowed: {sorted(_TOP_KEYS)}")
+    profiles = raw.get("profiles") or {}
+    if profile not in profiles and profile != "default":
+        raise ValueError(f"{path}: no profile {profile!r}; profiles: {sorted(profiles)}")
+    config = _merge({k: v for k, v in raw.items() if k != "profiles"},
+                    profiles.get(profile) or {}, f"{path}: profile {profile!r}")
+    flat = {k: v for k, v in (overrides or {}).items() if v is not None}
+    sampling_over = {k: flat.pop(k) for k in list(flat) if k in _SAMPLING_KEYS}
+    config = _merge(config, {**flat, "sampling": sampling_over}, "overrides")
+
+    sampling = dict(config.get("sampling") or {})
+    unknown = set(sampling) - _SAMPLING_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown sampling key(s) {sorted(unknown)}; "
+                         f"allowed: {sorted(_SAMPLING_KEYS)}")
+    per_task = sampling.pop("prompts_per_task", None)
+    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int)
+                                 or per_task < 1):
+        raise ValueError(f"{path}: prompts_per_task must be a positive integer or null")
+    models, tasks = config.get("models"), config.get("tasks")
+    for key, value in (("models", models), ("tasks", tasks)):
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{path}: '{key}' must be a non-empty list of names")
+    if "prompts_dir" in config and config["prompts_dir"]:
+        prompts_dir = Path(config["prompts_dir"])
+        if not prompts_dir.is_absolute():
+            prompts_dir = (path.parent / prompts_dir).resolve()
+    else:
+        prompts_dir = REPO_ROOT / "data" / "prompts"
+    out = Path(config["out"]) if config.get("out") else \
+        cache_dir() / "rollouts" / f"{path.stem}-{profile}"
+    return Experiment(models=list(models), tasks=list(tasks),
+                      sampling=SamplingConfig(**sampling), prompts_per_task=per_task,
+                      prompts_dir=prompts_dir, out=out, name=path.stem, profile=profile,
+                      raw=raw)

@@ -1,0 +1,319 @@
+"""The rollout store: Parquet shards, one per (model, task, prompt), resumable.
+
+Layout under an output directory ``out``::
+
+    out/<model>/current.json                      {"config_hash": …} of the latest run
+    out/<model>/<hash12>/manifest.json            configuration, fingerprint, versions
+    out/<model>/<hash12>/<task>/<prompt_id>.parquet
+
+``hash12`` is the first 12 hex digits of the configuration hash: sampling settings
+(``batch_size`` excluded), model name/family/variant/dtype/chat template, the weights'
+fingerprint, the stop ids and the algorithm version. A changed configuration therefore
+writes a new directory and never mixes with old shards. Shards are written atomically
+(temporary file + ``os.replace``) as soon as a prompt's rollouts are complete; the
+Parquet metadata of each shard repeats the configuration hash and the prompt text's
+sha256. A rerun reuses every valid shard; a corrupt, partial or stale shard (other
+prompt text) is reported with a warning and resampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from canopy.sampling import (
+    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, SamplingConfig, as_prompts,
+    sample_prompts,
+)
+
+__all__ = ["sample_to_store", "load_rollouts", "config_record", "config_hash", "shard_path",
+           "read_shard", "write_shard", "ShardError"]
+
+_META_KEY = b"canopy"
+
+
+class ShardError(Exception):
+    """A shard that cannot be used (unreadable, partial, or of another configuration)."""
+
+
+# ------------------------------------------------------------------------ configuration
+
+
+def config_record(loaded, config: SamplingConfig) -> dict:
+    """The dict whose hash names a configuration directory (see the module docstring)."""
+    spec, tok = loaded.spec, loaded.tokenizer
+    template = getattr(tok, "chat_template", None) if spec.chat_template else None
+    return {
+        "algorithm_version": ALGORITHM_VERSION,
+        "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
+                  "dtype": spec.dtype, "chat_template": spec.chat_template},
+        "fingerprint": loaded.fingerprint,
+        "tokenizer": {"vocab": len(tok), "chat_template_sha256": hashlib.sha256(
+            (template or "").encode()).hexdigest()},
+        "stop_ids": list(loaded.stop_ids),
+        "sampling": config.distribution(),
+    }
+
+
+def config_hash(record: dict) -> str:
+    """sha256 (hex) of the canonical JSON of ``record``."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _versions() -> dict:
+    import numpy
+    import torch
+    import transformers
+
+    import canopy
+    return {"canopy": canopy.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": numpy.__version__,
+            "pandas": pd.__version__, "python": platform.python_version()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ shards
+
+
+def _safe(name: str) -> str:
+    """A file-system-safe, collision-free name for a task or prompt id."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", name):
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:60]
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def shard_path(config_dir: Path, task: str, prompt_id: str) -> Path:
+    """Where the shard of (task, prompt_id) lives in a configuration directory."""
+    return Path(config_dir) / _safe(str(task)) / f"{_safe(str(prompt_id))}.parquet"
+
+
+def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
+    """Write ``table`` to ``path`` atomically with ``meta`` in the Parquet metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                           _META_KEY: json.dumps(meta).encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(arrow, tmp)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
+    """Read one shard; raise :class:`ShardError` if it is unreadable, partial, or its
+    metadata differs from ``expect`` (keys ``config_hash``, ``prompt_sha256``,
+    ``rollouts``)."""
+    import pyarrow.parquet as pq
+
+    try:
+        arrow = pq.read_table(path)
+        meta = json.loads((arrow.schema.metadata or {})[_META_KEY])
+    except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
+        raise ShardError(f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+                         ) from None
+    missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in arrow.column_names]
+    if missing:
+        raise ShardError(f"missing columns {missing}")
+    if arrow.num_rows != meta.get("rollouts"):
+        raise ShardError(f"holds {arrow.num_rows} rollouts, its metadata says "
+                         f"{meta.get('rollouts')}")
+    for key, value in (expect or {}).items():
+        if meta.get(key) != value:
+            raise ShardError(f"stale: {key} differs")
+    table = arrow.to_pandas()
+    if sorted(table["rollout_id"].tolist()) != list(range(arrow.num_rows)):
+        raise ShardError("rollout ids are not 0..M-1")
+    return table
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def _as_loaded(model):
+    from canopy.models import LoadedModel, ModelSpec, load_model
+
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (ModelSpec, str)):
+        return load_model(model)
+    raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
+                     f"{type(model).__name__}")
+
+
+def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
+                  progress) -> tuple[pd.DataFrame, int]:
+    record = config_record(loaded, config)
+    digest = config_hash(record)
+    model_dir = out / _safe(loaded.spec.name)
+    config_dir = model_dir / digest[:12]
+    config_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = config_dir / "manifest.json"
+    manifest = {}
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError:
+            warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
+    manifest.update({"config_hash": digest, "config": record,
+                     "spec": loaded.spec.describe(), "batch_size": config.batch_size,
+                     "package_versions": _versions(), "updated": _now()})
+    manifest.setdefault("created", manifest["updated"])
+    manifest.setdefault("prompts", {})
+    manifest["prompts"].update({f"{p.task}/{p.prompt_id}": p.sha256() for p in prompts})
+    _write_json(manifest_path, manifest)
+    _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
+
+    def expect(p: Prompt) -> dict:
+        return {"config_hash": digest, "prompt_sha256": p.sha256(), "rollouts": config.rollouts}
+
+    done: dict[int, pd.DataFrame] = {}
+    for i, p in enumerate(prompts):
+        path = shard_path(config_dir, p.task, p.prompt_id)
+        if not path.exists():
+            continue
+        try:
+            done[i] = read_shard(path, expect(p))
+        except ShardError as exc:
+            warnings.warn(f"resampling shard {path}: {exc}", stacklevel=3)
+            path.unlink()
+
+    def write(i: int, table: pd.DataFrame) -> None:
+        p = prompts[i]
+        write_shard(shard_path(config_dir, p.task, p.prompt_id), table,
+                    {**expect(p), "task": p.task, "prompt_id": p.prompt_id,
+                     "written": _now()})
+
+    fresh = sample_prompts(loaded, prompts, config, skip=lambda i: i in done,
+                           on_prompt=write, progress=progress)
+    reused = len(done)
+    tables = [done[i] for i in sorted(done)] + ([fresh] if len(fresh) else [])
+    table = pd.concat(tables, ignore_index=True)
+    order = {(p.task, p.prompt_id): i for i, p in enumerate(prompts)}
+    table["_order"] = [order[(t, str(q))] for t, q in zip(table["task"], table["prompt_id"])]
+    table = table.sort_values(["_order", "rollout_id"], kind="stable").drop(columns="_order")
+    return table.reset_index(drop=True), reused
+
+
+def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
+                    progress: bool = True) -> pd.DataFrame:
+    """Sample ``config.rollouts`` rollouts of every prompt with every model.
+
+    ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
+    or :class:`~canopy.models.LoadedModel` (loaded one at a time). ``prompts``: a JSONL
+    path, :class:`~canopy.sampling.Prompt` objects or strings. ``out``: the store
+    directory; finished shards there are reused and new ones written as prompts
+    complete, so an interrupted call resumes. ``out=None`` samples in memory only.
+    Returns the rollout DataFrame (all models, prompts in the given order);
+    ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``.
+    """
+    if not isinstance(config, SamplingConfig):
+        raise ValueError("config must be a canopy.sampling.SamplingConfig")
+    prompts = as_prompts(prompts)
+    if isinstance(models, (str, Path)) or not isinstance(models, Sequence):
+        models = [models]
+    if not models:
+        raise ValueError("no models given")
+    models = [str(m) if isinstance(m, Path) else m for m in models]
+    started = time.perf_counter()
+    tables, reused, sampled = [], 0, 0
+    for model in models:
+        loaded = _as_loaded(model)
+        if out is None:
+            table, n_reused = sample_prompts(loaded, prompts, config, progress=progress), 0
+        else:
+            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress)
+        reused += n_reused
+        sampled += len(prompts) - n_reused
+        tables.append(table)
+        del loaded
+    result = pd.concat(tables, ignore_index=True)
+    result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
+                              "seconds": time.perf_counter() - started}
+    return result
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _config_dirs(root: Path) -> list[Path]:
+    """The configuration directories to read: ``root`` itself if it is one, else per
+    model the one named in ``current.json`` (latest run)."""
+    if (root / "manifest.json").is_file():
+        return [root]
+    by_model: dict[Path, list[Path]] = {}
+    for manifest in sorted(root.rglob("manifest.json")):
+        by_model.setdefault(manifest.parent.parent, []).append(manifest.parent)
+    chosen = []
+    for model_dir, dirs in sorted(by_model.items()):
+        pick = dirs[0]
+        if len(dirs) > 1:
+            try:
+                current = json.loads((model_dir / "current.json").read_text())["config_hash"]
+                pick = next(d for d in dirs if d.name == current)
+            except (OSError, ValueError, KeyError, StopIteration):
+                pick = max(dirs, key=lambda d: (d / "manifest.json").stat().st_mtime)
+            others = ", ".join(d.name for d in dirs if d != pick)
+            warnings.warn(f"{model_dir}: reading configuration {pick.name} (the latest run) "
+                          f"and ignoring {others}; pass a configuration directory to "
+                          "read another", stacklevel=3)
+        chosen.append(pick)
+    return chosen
+
+
+def load_rollouts(directory) -> pd.DataFrame:
+    """All finished rollouts under a store directory, as one rollout DataFrame.
+
+    ``directory``: the ``out`` of :func:`sample_to_store`, one model's directory, or one
+    configuration directory. Per model only the configuration of the latest run is read
+    (a warning names any other). Corrupt shards are skipped with a warning. Raises a
+    one-line ``ValueError`` when there are no rollouts.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"no rollouts: {root} is not a directory (write one with "
+                         f"`canopy sample --out {root}`)")
+    tables, samplings = [], {}
+    for config_dir in _config_dirs(root):
+        try:
+            manifest = json.loads((config_dir / "manifest.json").read_text())
+        except (OSError, ValueError):
+            warnings.warn(f"skipping {config_dir}: unreadable manifest.json", stacklevel=2)
+            continue
+        samplings[config_dir] = json.dumps(manifest["config"]["sampling"], sort_keys=True)
+        for path in sorted(config_dir.glob("*/*.parquet")):
+            try:
+                tables.append(read_shard(path, {"config_hash": manifest["config_hash"]}))
+            except ShardError as exc:
+                warnings.warn(f"skipping shard {path}: {exc} (a rerun of `canopy sample` "
+                              "resamples it)", stacklevel=2)
+    if len(set(samplings.values())) > 1:
+        warnings.warn(f"{root}: models were sampled with different settings; comparisons "
+                      "across them mix decoding effects", stacklevel=2)
+    if not tables:
+        raise ValueError(f"no rollouts under {root}; write some with "
+                         f"`canopy sample --out {root}`")
+    return pd.concat(tables, ignore_index=True)
