@@ -51,6 +51,7 @@ __all__ = [
     "r_glmmtmb_available",
     "fieller_interval",
     "simulate_panel",
+    "simulation_study",
     "RegressionResult",
     "InteractionResult",
     "SlopeRatio",
@@ -313,9 +314,13 @@ def check_panel(panel: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
                          "(build it with canopy.stats.build_panel or simulate_panel)")
     if panel.empty:
         raise ValueError("panel is empty")
-    bad = sorted(set(pd.unique(panel["fine_tuned"].astype(object))) - {0, 1, True, False})
+    bad = sorted(set(pd.unique(panel["fine_tuned"].astype(object))) - {0, 1, True, False},
+                 key=repr)
     if bad:
         raise ValueError(f"fine_tuned must be 0/1, got {bad[0]!r}")
+    for col in ("diversity", "mean_entropy_rate", "mean_length"):
+        if not pd.api.types.is_numeric_dtype(panel[col]) or pd.api.types.is_bool_dtype(panel[col]):
+            raise ValueError(f"panel column {col} must be numeric, got dtype {panel[col].dtype}")
 
 
 def build_panel(rollouts: pd.DataFrame, embeddings, **semantic_kwargs) -> pd.DataFrame:
@@ -770,6 +775,9 @@ def beta_regression(panel: pd.DataFrame, level: float = 0.95, cluster: bool = Tr
         return BetaResult("statsmodels BetaModel", _empty_beta_table(), len(data), True, False,
                           notes, diffs)
     groups = pd.factorize(data["prompt_uid"])[0]
+    if cluster and groups.max() + 1 <= k:
+        notes.append(f"only {groups.max() + 1} prompt clusters for {k} coefficients: the "
+                     "clustered covariance is rank-deficient and its SEs are unreliable")
     fit_kw = dict(cov_type="cluster", cov_kwds={"groups": groups}) if cluster else {}
     if not cluster:
         diffs[0] = "no random intercept for prompt and no clustering: model-based SEs"
@@ -966,7 +974,7 @@ def fit_beta_glmm_r(panel: pd.DataFrame, rscript: str = "Rscript", level: float 
         notes.append("glmmTMB did not converge or its Hessian is not positive definite")
     notes.append(f"R formula: {info['formula']}; dispformula: {info['dispformula']}")
     return BetaResult("R glmmTMB", table, len(data), True, converged, notes,
-                      loglik=float(info["loglik"]))
+                      loglik=float(pd.to_numeric(info["loglik"], errors="coerce")))
 
 
 def _r_term(term: str) -> str:
@@ -1038,3 +1046,42 @@ def simulate_panel(n_prompts: int = 40, n_tasks: int = 2, n_families: int = 2,
                             "ratio": (beta + eta) / beta if beta else np.nan,
                             "curvature": curvature}
     return panel
+
+
+def simulation_study(n_seeds: int = 200, level: float = 0.95, first_seed: int = 0,
+                     progress: bool = False, **simulate_kwargs) -> pd.DataFrame:
+    """Fit :func:`interaction_regression` to ``n_seeds`` panels of :func:`simulate_panel`.
+
+    One row per seed: ``beta``, ``beta_low``, ``beta_high``, ``eta``, ``eta_low``,
+    ``eta_high``, ``ratio``, ``ratio_low``, ``ratio_high``, ``ratio_kind``, the
+    ``covers_beta``/``covers_eta``/``covers_ratio`` flags against the truth, and
+    ``converged``. The mean of a ``covers_*`` column estimates the coverage, with binomial
+    standard error sqrt(c(1−c)/n_seeds). ``simulate_kwargs`` go to :func:`simulate_panel`.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for seed in tqdm(range(first_seed, first_seed + n_seeds), disable=not progress,
+                     desc="simulating"):
+        panel = simulate_panel(seed=seed, **simulate_kwargs)
+        truth = panel.attrs["truth"]
+        res = interaction_regression(panel, level=level)
+        row = {"seed": seed, "converged": res.converged}
+        for key, term in (("beta", "mean_entropy_rate"), ("eta", "mean_entropy_rate:fine_tuned")):
+            if term in res.table.index:
+                est, lo, hi = res.table.loc[term, ["estimate", "ci_low", "ci_high"]]
+            else:
+                est = lo = hi = np.nan
+            row.update({key: est, f"{key}_low": lo, f"{key}_high": hi,
+                        f"covers_{key}": bool(lo <= truth[key] <= hi)})
+        ratio = res.ratio
+        row.update(ratio=np.nan if ratio is None else ratio.estimate,
+                   ratio_low=np.nan if ratio is None else ratio.ci_low,
+                   ratio_high=np.nan if ratio is None else ratio.ci_high,
+                   ratio_kind="" if ratio is None else ratio.kind,
+                   covers_ratio=bool(ratio is not None and ratio.covers(truth["ratio"])))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["truth"] = simulate_panel(n_prompts=1, seed=0, **{
+        k: v for k, v in simulate_kwargs.items() if k != "n_prompts"}).attrs["truth"]
+    return out

@@ -258,6 +258,8 @@ def test_missing_columns_and_bad_values_raise_one_line_errors():
     assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="fine_tuned must be 0/1"):
         main_regression(panel.assign(fine_tuned=2))
+    with pytest.raises(ValueError, match="diversity must be numeric"):
+        main_regression(panel.assign(diversity="high"))
     with pytest.raises(ValueError, match="level"):
         interaction_regression(panel, level=95)
     nan_panel = panel.copy()
@@ -315,3 +317,12 @@ def test_simulate_panel_structure():
     assert np.corrcoef(means.T)[0, 1] > 0
     with pytest.raises(ValueError):
         simulate_panel(n_prompts=0)
+
+
+def test_simulation_study_table():
+    study = st.simulation_study(n_seeds=4, n_prompts=15)
+    assert len(study) == 4 and study["converged"].all()
+    for col in ("beta", "beta_low", "beta_high", "eta", "covers_beta", "covers_eta",
+                "ratio", "ratio_kind", "covers_ratio"):
+        assert col in study.columns
+    assert study.attrs["truth"]["ratio"] == pytest.approx(3.0)
