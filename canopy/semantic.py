@@ -250,8 +250,9 @@ def _codes(rollouts: pd.DataFrame):
 def _diversity_parts(e: np.ndarray, codes: np.ndarray, n_groups: int):
     """Per-group D and per-row d_i from group sums of the embeddings (O(R·dim))."""
     counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
-    sums = np.zeros((n_groups, e.shape[1]))
-    np.add.at(sums, codes, e)
+    indicator = csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))),
+                           shape=(n_groups, codes.size))
+    sums = np.asarray(indicator @ e)  # (n_groups, dim): per-group sum of embeddings
     self_dot = np.einsum("ij,ij->i", e, e)
     total = np.einsum("ij,ij->i", sums, sums) - np.bincount(codes, self_dot, n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -306,8 +307,9 @@ def _vendi_groups(e: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.nd
         if m < 1:
             continue
         groups = np.flatnonzero(counts == m)
-        for lo in range(0, groups.size, 512):  # bound memory at 512 stacked matrices
-            g = groups[lo:lo + 512]
+        step = max(1, 4_000_000 // (m * dim))  # bound the stacked embeddings at ~32 MB
+        for lo in range(0, groups.size, step):
+            g = groups[lo:lo + step]
             stack = e[order[starts[g][:, None] + np.arange(m)[None, :]]]  # (G, m, dim)
             if m <= dim:
                 mat = np.einsum("gid,gjd->gij", stack, stack) / m
