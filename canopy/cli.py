@@ -32,6 +32,72 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
           f"{len(pooled)} pooled rows -> {out}/ ({', '.join(tables)}; .parquet and .csv)")
 
 
+def _cmd_models(args: argparse.Namespace) -> None:
+    from canopy.models import list_models
+
+    rows = list_models()
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'family':<14} {'variant':<10} {'prompt':<6} status")
+    for r in rows:
+        status = ("available" + (" (converted)" if r["converted"] else "")
+                  if r["available"] else f"missing: {r['needs']}")
+        prompt = "chat" if r["chat_template"] else "raw"
+        print(f"{r['name']:<{width}}  {r['family']:<14} {r['variant']:<10} {prompt:<6} {status}")
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    import dataclasses
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy import cache_dir
+    from canopy.experiment import DEFAULT_EXPERIMENT, load_experiment, read_prompts
+    from canopy.models import resolve_spec
+    from canopy.sampling import SamplingConfig
+    from canopy.store import sample_to_store
+
+    flags = {"rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
+             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+             "seed": args.seed, "batch_size": args.batch_size,
+             "prompts_per_task": args.prompts_per_task}
+    if args.experiment or args.profile:
+        exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
+                              {**flags, "models": args.models, "out": args.out})
+        models, config, out = exp.models, exp.sampling, exp.out
+        prompts = exp.prompts() if not args.prompts else None
+        per_task = exp.prompts_per_task
+    else:
+        if not args.models:
+            raise ValueError("give --models NAME … (see `canopy models`) or --experiment FILE")
+        if not args.prompts:
+            raise ValueError("give --prompts FILE.jsonl or --experiment FILE")
+        models = args.models
+        config = SamplingConfig(**{k: v for k, v in flags.items()
+                                   if v is not None and k != "prompts_per_task"})
+        out = args.out or cache_dir() / "rollouts" / "cli"
+        prompts, per_task = None, args.prompts_per_task
+    if args.prompts:
+        prompts = []
+        for path in args.prompts:
+            found = read_prompts(path)
+            prompts.extend(found[:per_task] if per_task else found)
+    specs = []
+    for name in models:
+        spec = resolve_spec(name, variant=args.variant or "base",
+                            chat_template=args.chat_template)
+        if args.dtype:
+            spec = dataclasses.replace(spec, dtype=args.dtype)
+        specs.append(spec)
+    table = sample_to_store(specs, prompts, config, out, progress=True)
+    info = table.attrs["canopy"]
+    tokens = int(table["length"].sum())
+    seconds = max(info["seconds"], 1e-9)
+    print(f"canopy sample: {len(specs)} model(s) x {len(prompts)} prompts x {config.rollouts} "
+          f"rollouts = {len(table)} rollouts, {tokens} tokens "
+          f"({info['reused_prompts']} prompt shards reused, {info['sampled_prompts']} sampled) "
+          f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="canopy", description="Canopy Entropy of language-model generation trees.")
@@ -44,6 +110,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paired bootstrap resamples base vs fine-tuned (0 = skip; default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(handler=_cmd_metrics)
+
+    p = sub.add_parser("models", help="list registered models and whether they are available")
+    p.set_defaults(handler=_cmd_models)
+
+    p = sub.add_parser(
+        "sample", help="sample rollouts with exact per-step entropy into a resumable store",
+        description="Sample M rollouts per prompt. Settings come from --experiment FILE "
+                    "--profile NAME (default data/experiments/default.yaml when only "
+                    "--profile is given) and/or flags; flags override the file.")
+    p.add_argument("--experiment", help="experiment YAML (see canopy/experiment.py)")
+    p.add_argument("--profile", help="profile of the experiment file (quick, default, ...)")
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="registry names, local directories, .gguf files or Hugging Face ids")
+    p.add_argument("--prompts", nargs="+", metavar="FILE",
+                   help="prompt JSONL file(s) (fields: prompt, optional id, task)")
+    p.add_argument("--prompts-per-task", type=int, help="use the first N prompts of each file/task")
+    p.add_argument("--rollouts", type=int, help="rollouts M per prompt (default 8)")
+    p.add_argument("--max-new-tokens", type=int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=int, help="top-k, 0 = off (default 0)")
+    p.add_argument("--top-p", type=float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="model dtype (default float32; bfloat16 is slightly inexact)")
+    p.add_argument("--variant", choices=["base", "fine-tuned"],
+                   help="variant of models given by path or id (default base)")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="render prompts with the chat template (default: on for "
+                        "fine-tuned, off for base; registered models keep theirs)")
+    p.add_argument("--out", help="rollout directory (default from the experiment, else "
+                                 "$CANOPY_CACHE/rollouts/cli)")
+    p.set_defaults(handler=_cmd_sample)
 
     return parser
 

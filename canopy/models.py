@@ -214,14 +214,16 @@ def available(spec: ModelSpec) -> tuple[bool, str]:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """One dict per registered model: name, family, variant, kind, available, needs."""
+    """One dict per registered model: name, family, variant, kind, chat_template,
+    available (loadable offline), converted (GGUF already in the cache), needs."""
     rows = []
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
         ok, needs = available(spec)
+        converted = (cache_dir() / "models" / name / _MARKER).is_file()
         rows.append({"name": name, "family": spec.family, "variant": spec.variant,
                      "kind": spec.kind, "chat_template": spec.chat_template,
-                     "available": ok, "needs": needs})
+                     "available": ok, "converted": converted, "needs": needs})
     return rows
 
 
