@@ -22,6 +22,7 @@ converged — never silently.
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import shutil
@@ -897,8 +898,10 @@ write.csv(info, args[3], row.names = FALSE)
 """
 
 
+@functools.lru_cache(maxsize=8)
 def r_glmmtmb_available(rscript: str = "Rscript") -> tuple[bool, str]:
-    """Whether ``Rscript`` and the R package glmmTMB can be used, and why not if not."""
+    """Whether ``Rscript`` and the R package glmmTMB can be used, and why not if not
+    (checked once per process and executable name)."""
     exe = shutil.which(rscript)
     if exe is None:
         return False, (f"{rscript} not found: install R (Debian: apt-get install r-base-core "

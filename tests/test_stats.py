@@ -179,6 +179,23 @@ def test_r_glmmtmb_agrees_with_python_beta_regression():
     assert any("(1 | family)" in n for n in r.notes)  # the exact spec was run
 
 
+def test_natural_spline_span_equals_r_ns(tmp_path):
+    _r_ready()
+    import subprocess
+
+    x = np.random.default_rng(0).normal(size=200)
+    np.savetxt(tmp_path / "x.txt", x)
+    script = (f"x <- scan('{tmp_path / 'x.txt'}', quiet = TRUE); write.table(cbind("
+              f"splines::ns(x, df = 4), splines::ns(x, df = 3)), '{tmp_path / 'ns.txt'}', "
+              "row.names = FALSE, col.names = FALSE)")
+    subprocess.run(["Rscript", "-e", script], check=True, capture_output=True)
+    r_basis = np.loadtxt(tmp_path / "ns.txt")
+    for df, target in ((4, r_basis[:, :4]), (3, r_basis[:, 4:])):
+        ours = np.column_stack([np.ones_like(x), st._natural_spline(x, df)])
+        coef = np.linalg.lstsq(ours, target, rcond=None)[0]
+        assert np.abs(ours @ coef - target).max() < 1e-10
+
+
 def test_r_path_says_when_r_is_missing():
     res = fit_beta_glmm_r(simulate_panel(n_prompts=5), rscript="no-such-Rscript-here")
     assert not res.available and res.table.empty
