@@ -25,11 +25,11 @@ string when every value is defined). Illegal input raises a one-line ``ValueErro
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from scipy.stats import kendalltau
 
 __all__ = [
     "ROLLOUT_COLUMNS",
@@ -39,6 +39,8 @@ __all__ = [
     "prompt_metrics",
     "pool",
     "paired_bootstrap",
+    "comovement",
+    "pool_comovement",
 ]
 
 ROLLOUT_COLUMNS = (
@@ -164,38 +166,49 @@ def _group_sums(codes: np.ndarray, n_groups: int, x: np.ndarray) -> np.ndarray:
     return np.bincount(codes, weights=x, minlength=n_groups)
 
 
-def _padded(codes: np.ndarray, counts: np.ndarray, values: Sequence[np.ndarray], fill: float):
-    """Scatter 1-D per-rollout arrays into ``(n_groups, max_count)`` arrays.
+def _group_ranks(values: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties averaged) of ``values`` within each group.
 
-    Returns the padded arrays and the position of each rollout within its group.
+    One ``lexsort`` over all rows: O(R log R) whatever the group sizes.
     """
-    order = np.argsort(codes, kind="stable")
+    order = np.lexsort((values, codes))
+    sv, sc = values[order], codes[order]
+    new_run = np.ones(sv.size, dtype=bool)
+    new_run[1:] = (sv[1:] != sv[:-1]) | (sc[1:] != sc[:-1])
+    run = np.cumsum(new_run) - 1
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    pos = np.empty_like(codes)
-    pos[order] = np.arange(codes.size) - np.repeat(starts, counts)
-    width = int(counts.max())
-    out = []
-    for v in values:
-        a = np.full((counts.size, width), fill, dtype=np.float64)
-        a[codes, pos] = v
-        out.append(a)
-    return out, pos
+    position = np.arange(sv.size) - starts[sc]  # 0-based position within the group
+    run_len = np.bincount(run)
+    run_rank = position[new_run] + (run_len + 1) / 2.0
+    ranks = np.empty(sv.size)
+    ranks[order] = run_rank[run]
+    return ranks
 
 
-def _kendall_tau_b(rank_x: np.ndarray, rank_y: np.ndarray, counts: np.ndarray,
-                   chunk_pairs: int = 4_000_000) -> np.ndarray:
-    """Kendall τ-b per row of padded ``(P, W)`` average-rank arrays (row p uses its
-    first counts[p] entries).
+#: Groups up to this size get Kendall's τ from an all-pairs comparison done for many
+#: groups at once; larger groups use scipy's O(M log M) routine one at a time.
+KENDALL_PAIRWISE_MAX = 512
+
+
+def _kendall_pairwise(rank_x, rank_y, codes, counts, chunk_pairs: int = 4_000_000):
+    """Kendall τ-b of every group from its average ranks, all pairs at once.
 
     τ-b = Σ sgn(Δx)sgn(Δy) / sqrt(#pairs untied in x · #pairs untied in y), which is
-    scipy's ``kendalltau(variant='b')``. Comparing ranks gives the same signs as
-    comparing values; doubled average ranks are integers, so the O(W²) pair work runs
-    on small integers in row chunks. (scipy's O(M log M) routine works one prompt at a
-    time; this all-prompts-at-once form is the faster one at M ≲ 10³.)
+    scipy's ``kendalltau(variant='b')``. Comparing ranks gives the signs of comparing
+    values; doubled average ranks are small integers, so the O(W²) pair work runs on
+    int16/int8 arrays of shape (groups in a chunk, W(W−1)/2).
     """
-    n_groups, width = rank_x.shape
+    n_groups = counts.size
+    width = int(counts.max())
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    order = np.argsort(codes, kind="stable")
+    pos = np.empty_like(codes)
+    pos[order] = np.arange(codes.size) - np.repeat(starts, counts)
     dtype = np.int16 if 2 * width < np.iinfo(np.int16).max else np.int32
-    rx, ry = (np.rint(2 * rank_x).astype(dtype), np.rint(2 * rank_y).astype(dtype))
+    rx = np.zeros((n_groups, width), dtype=dtype)
+    ry = np.zeros((n_groups, width), dtype=dtype)
+    rx[codes, pos] = np.rint(2 * rank_x)
+    ry[codes, pos] = np.rint(2 * rank_y)
     i, j = np.triu_indices(width, k=1)
     concordance = np.zeros(n_groups)
     untied_x = np.zeros(n_groups)
@@ -211,6 +224,76 @@ def _kendall_tau_b(rank_x: np.ndarray, rank_y: np.ndarray, counts: np.ndarray,
         untied_y[lo:hi] = np.abs(sy).sum(axis=1, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return concordance / np.sqrt(untied_x * untied_y)
+
+
+def _kendall(x, y, rank_x, rank_y, codes, counts) -> np.ndarray:
+    tau = np.full(counts.size, np.nan)
+    small = counts <= KENDALL_PAIRWISE_MAX
+    if small.any():
+        new_code = np.cumsum(small) - 1
+        rows = small[codes]
+        tau[small] = _kendall_pairwise(rank_x[rows], rank_y[rows], new_code[codes[rows]],
+                                       counts[small])
+    for g in np.flatnonzero(~small):
+        member = codes == g
+        tau[g] = kendalltau(x[member], y[member], variant="b").statistic
+    return tau
+
+
+def comovement(x, y, codes, counts, *, rel_tol: float = 1e-12) -> dict[str, np.ndarray]:
+    """Co-movement of two per-rollout quantities within each group (METHOD §3).
+
+    ``x``, ``y``: shape (R,) floats; ``codes``: group index of each row in
+    ``0..G−1``; ``counts``: shape (G,) rows per group. Returns arrays of shape (G,):
+    ``pearson``, ``spearman``, ``kendall`` (τ-b, ties adjusted) — NaN when M < 3 or x or
+    y is constant —, ``cov`` (sample, ÷ M−1; NaN when M < 3), ``cov_pop`` (÷ M), and the
+    flags ``const_x``, ``const_y``. ``y`` counts as constant when its spread is within
+    ``rel_tol`` of its size (rounding); ``x`` only when exactly constant.
+    """
+    n_groups = counts.size
+    m = counts.astype(np.float64)
+
+    def gsum(v):
+        return np.bincount(codes, weights=v, minlength=n_groups)
+
+    def centred(v):
+        return v - (gsum(v) / m)[codes]
+
+    dx, dy = centred(x), centred(y)
+    ss_x, ss_y, sp = gsum(dx * dx), gsum(dy * dy), gsum(dx * dy)
+    const_x = ss_x <= 0
+    const_y = ss_y <= (rel_tol * np.maximum(np.abs(gsum(y) / m), 1e-300)) ** 2 * m
+    undefined = (m < 3) | const_x | const_y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pearson = np.where(undefined, np.nan, sp / np.sqrt(ss_x * ss_y))
+        rank_x, rank_y = _group_ranks(x, codes, counts), _group_ranks(y, codes, counts)
+        qx, qy = centred(rank_x), centred(rank_y)
+        spearman = np.where(undefined, np.nan,
+                            gsum(qx * qy) / np.sqrt(gsum(qx * qx) * gsum(qy * qy)))
+        kendall = np.full(n_groups, np.nan)
+        if (~undefined).any():
+            kendall = np.where(undefined, np.nan,
+                               _kendall(x, y, rank_x, rank_y, codes, counts))
+        cov = np.where(m >= 3, sp / np.maximum(m - 1, 1), np.nan)
+    return {"pearson": pearson, "spearman": spearman, "kendall": kendall, "cov": cov,
+            "cov_pop": sp / m, "const_x": const_x, "const_y": const_y}
+
+
+def pool_comovement(values: np.ndarray, m: np.ndarray, kind: str) -> float:
+    """Pool per-prompt co-movement values over prompts (METHOD §4); NaN entries skipped.
+
+    ``kind``: ``pearson`` / ``spearman`` (Fisher z, weights M−3), ``kendall`` (weights
+    M(M−1)/2), ``cov`` (weights M−1). NaN when no prompt has a positive weight.
+    """
+    values, m = np.asarray(values, dtype=np.float64), np.asarray(m, dtype=np.float64)
+    if kind in ("pearson", "spearman"):
+        z, w = _fisher_parts(values, m)
+        return float(np.tanh((w * z).sum() / w.sum())) if w.sum() > 0 else np.nan
+    weight = {"kendall": m * (m - 1) / 2, "cov": m - 1}.get(kind)
+    if weight is None:
+        raise ValueError(f"kind must be pearson, spearman, kendall or cov, got {kind!r}")
+    w = np.where(np.isnan(values), 0.0, np.maximum(weight, 0.0))
+    return float((w * np.nan_to_num(values)).sum() / w.sum()) if w.sum() > 0 else np.nan
 
 
 def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> pd.DataFrame:
@@ -247,40 +330,18 @@ def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> p
     mean_n, mean_h, mean_s, mean_r = mean(n), mean(h), mean(s), mean(rate)
     gap = s - h
     mean_gap = mean(gap)
-    dn, dr = n - mean_n[codes], rate - mean_r[codes]
-    ss_n = _group_sums(codes, n_groups, dn * dn)
-    ss_r = _group_sums(codes, n_groups, dr * dr)
-    sp_nr = _group_sums(codes, n_groups, dn * dr)
     ss_h = _group_sums(codes, n_groups, (h - mean_h[codes]) ** 2)
     ss_s = _group_sums(codes, n_groups, (s - mean_s[codes]) ** 2)
     ss_gap = _group_sums(codes, n_groups, (gap - mean_gap[codes]) ** 2)
+    co = comovement(n, rate, codes, counts)
+    n_const, r_const = co["const_x"], co["const_y"]
+    cov_pop = co["cov_pop"]
 
     with np.errstate(invalid="ignore", divide="ignore"):
         sample = np.where(m >= 2, 1.0 / np.maximum(m - 1, 1), np.nan)  # 1/(M−1), NaN if M < 2
         se_h = np.sqrt(ss_h * sample / m)
         se_s = np.sqrt(ss_s * sample / m)
         se_gap = np.sqrt(ss_gap * sample / m)
-        cov_pop = sp_nr / m
-        cov_sample = np.where(m >= 3, sp_nr * sample, np.nan)
-        n_const = ss_n <= 0
-        # A rate is "constant" when its spread is at rounding level of its size.
-        r_const = ss_r <= (1e-12 * np.maximum(np.abs(mean_r), 1e-300)) ** 2 * m
-        undefined = (m < 3) | n_const | r_const
-        pearson = np.where(undefined, np.nan, sp_nr / np.sqrt(ss_n * ss_r))
-
-        # Spearman: Pearson of average ranks. Padding with +inf keeps the ranks of the
-        # real entries unchanged (padding ranks above all of them).
-        (pn, pr), pos = _padded(codes, counts, (n, rate), np.inf)
-        padded_rank_n = rankdata(pn, axis=1, method="average")
-        padded_rank_r = rankdata(pr, axis=1, method="average")
-        rank_n, rank_r = padded_rank_n[codes, pos], padded_rank_r[codes, pos]
-        qn, qr = rank_n - mean(rank_n)[codes], rank_r - mean(rank_r)[codes]
-        spearman = _group_sums(codes, n_groups, qn * qr) / np.sqrt(
-            _group_sums(codes, n_groups, qn * qn) * _group_sums(codes, n_groups, qr * qr))
-        spearman = np.where(undefined, np.nan, spearman)
-        kendall = np.where(undefined, np.nan,
-                           _kendall_tau_b(padded_rank_n, padded_rank_r, counts))
-
         length_term = mean_n * mean_r
         zero = mean_h <= 0
         length_share = np.where(zero, np.nan, length_term / mean_h)
@@ -315,16 +376,16 @@ def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> p
         "estimators_agree": pd.array(np.where(m >= 2, agree, pd.NA), dtype="boolean"),
         "mean_length": mean_n,
         "mean_entropy_rate": mean_r,
-        "sd_length": np.sqrt(ss_n / m),
-        "sd_entropy_rate": np.sqrt(ss_r / m),
+        "sd_length": np.sqrt(_group_sums(codes, n_groups, (n - mean_n[codes]) ** 2) / m),
+        "sd_entropy_rate": np.sqrt(_group_sums(codes, n_groups, (rate - mean_r[codes]) ** 2) / m),
         "gen_ppl": np.exp(mean_h / mean_n),
         "branching_factor": np.exp(mean_r),
         "truncation_rate": trunc_rate,
         "truncation_flag": trunc_rate > TRUNCATION_FLAG_RATE,
-        "length_rate_pearson": pearson,
-        "length_rate_spearman": spearman,
-        "length_rate_kendall": kendall,
-        "length_rate_cov": cov_sample,
+        "length_rate_pearson": co["pearson"],
+        "length_rate_spearman": co["spearman"],
+        "length_rate_kendall": co["kendall"],
+        "length_rate_cov": co["cov"],
         "length_rate_cov_pop": cov_pop,
         "length_term": length_term,
         "length_share": length_share,

@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.stats import rankdata
 
 from . import cache_dir
-from .entropy import PROMPT_KEYS, _fisher_parts, _kendall_tau_b, _padded
+from .entropy import PROMPT_KEYS, comovement, pool_comovement
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -367,32 +366,8 @@ def _check_embeddings(rollouts: pd.DataFrame, embeddings) -> np.ndarray:
 
 def _corr_parts(x: np.ndarray, y: np.ndarray, codes: np.ndarray, counts: np.ndarray):
     """Pearson, Spearman and Kendall τ-b of (x, y) per group (NaN if M < 3 or constant)."""
-    n_groups = counts.size
-    m = counts.astype(np.float64)
-
-    def gsum(v):
-        return np.bincount(codes, weights=v, minlength=n_groups)
-
-    def centred(v):
-        return v - (gsum(v) / m)[codes]
-
-    dx, dy = centred(x), centred(y)
-    ss_x, ss_y = gsum(dx * dx), gsum(dy * dy)
-    const_x = ss_x <= 0
-    scale = np.maximum(np.abs(gsum(y) / m), 1e-300)
-    const_y = ss_y <= (1e-12 * scale) ** 2 * m
-    undefined = (m < 3) | const_x | const_y
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pearson = np.where(undefined, np.nan, gsum(dx * dy) / np.sqrt(ss_x * ss_y))
-        # Padding with +inf ranks the padding above every real entry of its row.
-        (px, py), pos = _padded(codes, counts, (x, y), np.inf)
-        rank_x = rankdata(px, axis=1, method="average")
-        rank_y = rankdata(py, axis=1, method="average")
-        rx, ry = centred(rank_x[codes, pos]), centred(rank_y[codes, pos])
-        spearman = np.where(undefined, np.nan,
-                            gsum(rx * ry) / np.sqrt(gsum(rx * rx) * gsum(ry * ry)))
-        kendall = np.where(undefined, np.nan, _kendall_tau_b(rank_x, rank_y, counts))
-    return pearson, spearman, kendall, const_x, const_y
+    co = comovement(x, y, codes, counts)
+    return co["pearson"], co["spearman"], co["kendall"], co["const_x"], co["const_y"]
 
 
 def _bucket_of(rollouts: pd.DataFrame, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -514,14 +489,9 @@ def pool_semantic(table: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
         for c in _SEM_MEAN:
             v = g[c].to_numpy(dtype=np.float64)
             row[c] = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
-        for name in ("pearson", "spearman"):
-            z, w = _fisher_parts(g[f"length_diversity_{name}"].to_numpy(dtype=np.float64), m)
-            row[f"length_diversity_{name}"] = (float(np.tanh((w * z).sum() / w.sum()))
-                                               if w.sum() > 0 else np.nan)
-        tau = g["length_diversity_kendall"].to_numpy(dtype=np.float64)
-        w = np.where(np.isnan(tau), 0.0, m * (m - 1) / 2)
-        row["length_diversity_kendall"] = (float((w * np.nan_to_num(tau)).sum() / w.sum())
-                                           if w.sum() > 0 else np.nan)
+        for name in ("pearson", "spearman", "kendall"):
+            row[f"length_diversity_{name}"] = pool_comovement(
+                g[f"length_diversity_{name}"].to_numpy(dtype=np.float64), m, name)
         row["reason"] = ("" if np.isfinite(row["length_diversity_pearson"]) else
                          "no prompt with M > 3 and a defined correlation: pooled "
                          "length-diversity correlations undefined")

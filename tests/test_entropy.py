@@ -338,3 +338,18 @@ def test_bootstrap_rejects_unknown_metric_and_reports_every_pooled_metric():
     numeric = set(pooled.select_dtypes("number").columns) - {
         "n_prompts", "n_rollouts", "canopy_entropy_se", "n_truncation_flagged"}
     assert reported == numeric
+
+
+def test_large_prompts_use_the_log_linear_kendall_and_agree_with_scipy():
+    rng = np.random.default_rng(12)
+    # One prompt far above the all-pairs limit next to small ones.
+    sizes = [3000, 5, 40]
+    p = np.repeat(np.arange(3), sizes)
+    n = rng.integers(1, 50, p.size)
+    h = rng.gamma(2.0, 1.0, p.size) * n
+    pm = tree_metrics(n, h, h, np.zeros(p.size, bool), prompt=p)
+    for k in range(3):
+        x, y = n[p == k].astype(float), (h / n)[p == k]
+        assert pm["length_rate_kendall"].iloc[k] == pytest.approx(
+            stats.kendalltau(x, y)[0], abs=1e-12)
+        assert pm["length_rate_spearman"].iloc[k] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
