@@ -119,8 +119,8 @@ class Prompt:
 
 def entropy(logq: torch.Tensor) -> torch.Tensor:
     """``-Σ q log q`` over the last axis (nats); ``logq`` may hold ``-inf``. [..., K] → [...]."""
-    q = logq.exp()
-    return -(q * torch.where(q > 0, logq, torch.zeros_like(logq))).sum(-1)
+    # clamping -inf to the most negative finite value makes 0 * log 0 = 0 (not NaN)
+    return -(logq.exp() * logq.clamp(min=torch.finfo(logq.dtype).min)).sum(-1)
 
 
 def _top_p_candidates(x: torch.Tensor, top_p: float):
@@ -188,15 +188,34 @@ def rollout_uniforms(seeds: Sequence[int], steps: int) -> torch.Tensor:
     return out
 
 
+_BLOCK = 1024
+
+
 def _draw(logq: torch.Tensor, idx: torch.Tensor | None, u: torch.Tensor):
-    """Invert the CDF of each row of ``logq`` [R, K] at ``u`` [R] → (token ids [R],
-    log q(token) [R])."""
-    q = logq.exp().double()
-    cdf = q.cumsum(-1)
-    j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
-    # guard against rounding past the last token of positive mass
-    last = q.shape[-1] - 1 - torch.flip(q > 0, dims=[-1]).int().argmax(-1, keepdim=True)
-    j = torch.minimum(j, last)
+    """Invert the CDF of each row of ``logq`` [R, K] at ``u`` [R] (float64 arithmetic)
+    → (token ids [R], log q(token) [R]). Long rows go in two stages (block masses, then
+    within one block) because a float64 cumsum over 262k entries is slow on CPU."""
+    q = logq.exp()
+    rows, k = q.shape
+    if k <= 4 * _BLOCK:
+        cdf = q.double().cumsum(-1)
+        target = u * cdf[:, -1]
+        j = torch.searchsorted(cdf, target[:, None], right=True).clamp(max=k - 1)
+    else:
+        blocks = -(-k // _BLOCK)
+        qb = torch.nn.functional.pad(q, (0, blocks * _BLOCK - k)).view(rows, blocks, _BLOCK)
+        block_cdf = qb.sum(-1, dtype=torch.float64).cumsum(-1)  # [R, blocks]
+        target = u * block_cdf[:, -1]
+        b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp(max=blocks - 1)
+        before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)),
+                             torch.zeros_like(target[:, None]))
+        inner = qb[torch.arange(rows, device=q.device), b[:, 0]].double().cumsum(-1) + before
+        j_in = torch.searchsorted(inner, target[:, None], right=True).clamp(max=_BLOCK - 1)
+        j = (b * _BLOCK + j_in).clamp(max=k - 1)
+    empty = q.gather(1, j)[:, 0] == 0
+    if bool(empty.any()):  # rounding ran past the last token of positive mass (rare)
+        positive = torch.arange(k, device=q.device) * (q[empty] > 0)
+        j[empty] = positive.argmax(-1, keepdim=True)
     lp = logq.gather(1, j)[:, 0]
     token = (j if idx is None else idx.gather(1, j))[:, 0]
     return token, lp
@@ -271,12 +290,18 @@ def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Seque
     truncated = torch.ones(rows, dtype=torch.bool)
     live = torch.arange(rows)  # original row index of each batch row
     u = uniforms.to(device)
+    plain = temperature == 1.0 and top_p >= 1.0 and (top_k == 0 or top_k >= logits.shape[-1])
 
     for t in range(steps):
         logp_raw = torch.log_softmax(logits, -1)
-        logq, idx = process_logits(logits, temperature, top_k, top_p)
+        h_raw = entropy(logp_raw)
+        if plain:
+            logq, idx, h = logp_raw, None, h_raw
+        else:
+            logq, idx = process_logits(logits, temperature, top_k, top_p)
+            h = entropy(logq)
         token, lp = _draw(logq, idx, u[live, t])
-        stats = {"entropy": entropy(logq), "logprob": lp, "entropy_raw": entropy(logp_raw),
+        stats = {"entropy": h, "logprob": lp, "entropy_raw": h_raw,
                  "stop_logprob": torch.logsumexp(logp_raw[:, stop], -1)}
         tokens[live, t] = token.cpu()
         for key, value in stats.items():

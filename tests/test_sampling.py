@@ -78,6 +78,24 @@ def test_top_p_candidate_search_widens():
     assert torch.allclose(entropy(logq), torch.tensor(math.log(4500.0)), atol=1e-4)
 
 
+@pytest.mark.parametrize("vocab", [50, 5000, 262144])
+def test_inverse_cdf_draw_matches_reference(vocab):
+    from canopy.sampling import _draw
+
+    torch.manual_seed(vocab)
+    logits = torch.randn(64, vocab) * 4
+    logits[:, ::3] = float("-inf")  # zero-probability tokens inside the support range
+    logq = torch.log_softmax(logits, -1)
+    u = torch.rand(64, dtype=torch.float64)
+    u[0], u[1] = 0.0, 1.0 - 1e-16
+    token, lp = _draw(logq, None, u)
+    cdf = logq.exp().double().cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    assert torch.isfinite(lp).all() and (token % 3 != 0).all()
+    assert (token[2:] == want[2:]).all()
+    assert torch.equal(lp, logq.gather(1, token[:, None])[:, 0])
+
+
 def teacher_forced(model, prompt, tokens, stop_ids, s):
     """Per-step (entropy, logprob, raw entropy, raw stop logprob) from one full pass."""
     ids = torch.tensor([list(prompt) + list(tokens)])
