@@ -98,6 +98,15 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
 
 
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from canopy.finetune import PROFILES, finetune, with_overrides
+
+    config = with_overrides(PROFILES["quick" if args.quick else "default"],
+                            n_train=args.n_train, epochs=args.epochs, lr=args.lr,
+                            seed=args.seed)
+    finetune(config, force=args.force)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="canopy", description="Canopy Entropy of language-model generation trees.")
@@ -143,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
     p.set_defaults(handler=_cmd_sample)
+
+    p = sub.add_parser("finetune", help="make gemma-3-270m-sft by LoRA fine-tuning (cached)")
+    p.add_argument("--quick", action="store_true",
+                   help="the small configuration for tests and classrooms (~2 min); "
+                        "its result is gemma-3-270m-sft-quick")
+    p.add_argument("--n-train", type=int, help="pool prompts to train on")
+    p.add_argument("--epochs", type=int, help="passes over the training examples")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed of the teacher sampling and the training")
+    p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
+    p.set_defaults(handler=_cmd_finetune)
 
     return parser
 
