@@ -250,7 +250,8 @@ def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Seque
 
     ``prompt_token_ids``: P token-id lists (rendered prompts). ``uniforms`` [R, T]
     (R = Σ counts, T = max_new_tokens), one row per rollout, prompt-major. Each prompt is
-    run once; its KV cache is repeated for its rollouts.
+    run once; its KV cache is repeated for its rollouts. Empty ``stop_ids``: rows never
+    stop (all truncated; stop log-prob ``-inf``), used by the benchmarks.
     """
     from transformers import DynamicCache
 
@@ -259,7 +260,7 @@ def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Seque
     rows, steps = uniforms.shape
     if sum(counts) != rows or len(counts) != n_prompts:
         raise ValueError("counts must give one count per prompt and sum to uniforms' rows")
-    stop = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=device)
+    stop = torch.tensor(sorted(set(int(s) for s in stop_ids)), dtype=torch.long, device=device)
 
     # prefill: prompts left-padded to a common length
     width = max(len(p) for p in prompt_token_ids)
