@@ -15,7 +15,8 @@ ours, and ``generate(output_scores=True)`` followed by the entropy of every step
 scores. Each first generates 2 tokens (touching the memory-mapped weights). Reported:
 resident memory after that warm-up ("loaded"), the peak during generation
 (VmHWM, reset after loading via /proc/self/clear_refs; ``ru_maxrss`` where that is
-unavailable), and the extra = peak − after-loading.
+unavailable), the extra = peak − loaded, and the float32 KV cache size at the end
+(the same for both: layers × 2 × kv heads × head dim × 4 B × rows × positions).
 """
 
 from __future__ import annotations
@@ -143,7 +144,12 @@ def memory_child(args):
         n, s = run_generate(loaded, ids, args, args.child_tokens, True, scores=True)
     peak = (_rss_kib("VmHWM") if peak_source == "VmHWM"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    cfg = loaded.model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = (cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4
+                * args.rollouts * (len(ids) + args.child_tokens))
     print(json.dumps({"after_load_mib": after_load / 1024, "peak_mib": peak / 1024,
+                      "kv_cache_mib": kv_bytes / 2**20,
                       "extra_mib": (peak - after_load) / 1024, "tokens": n, "seconds": s,
                       "peak_source": peak_source}))
 
@@ -166,7 +172,8 @@ def memory(args):
         print(f"memory [{args.rollouts}x{tokens}]: canopy peak {c['peak_mib']:7.0f} MiB "
               f"(+{c['extra_mib']:6.0f} over loaded) | generate+scores peak "
               f"{g['peak_mib']:7.0f} MiB (+{g['extra_mib']:6.0f}) | peak ratio "
-              f"{row['peak_ratio']:.2f}, extra ratio {row['extra_ratio']:.2f}", flush=True)
+              f"{row['peak_ratio']:.2f}, extra ratio {row['extra_ratio']:.2f} | "
+              f"KV cache (both) {c['kv_cache_mib']:.0f} MiB", flush=True)
     return results
 
 

@@ -8,8 +8,11 @@ Sources (``kind``):
 ``dir``      a local ``save_pretrained`` directory
 ``hub``      a Hugging Face id (needs network or the local HF cache; ``HF_HUB_OFFLINE=1`` is
              honoured and a missing model is a one-line error)
-``adapter``  ``source`` is a LoRA adapter directory and ``base`` the registry name of its
-             base model; loaded with ``peft`` and merged (``merge_and_unload``)
+``adapter``  ``source`` is a LoRA adapter directory (``PeftModel.save_pretrained``) and
+             ``base`` the registry name of its base model; loaded with ``peft`` and merged
+             (``merge_and_unload``). If the directory also holds a tokenizer (e.g. with a
+             chat template) or a ``generation_config.json`` (e.g. extra stop ids), those
+             replace the base model's.
 
 Paths may start with ``{cache}``, which expands to :func:`canopy.cache_dir` (so a spec can
 point at ``{cache}/finetune/...`` before the directory exists).

@@ -110,6 +110,13 @@ class Prompt:
     prompt_id: str
     text: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError(f"prompt {self.prompt_id!r}: the text must be a non-empty string")
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError(f"prompt {self.prompt_id!r}: the task must be a non-empty string")
+        object.__setattr__(self, "prompt_id", str(self.prompt_id))  # ids are strings
+
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 

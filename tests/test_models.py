@@ -12,9 +12,8 @@ from canopy.models import (
     REGISTRY, ModelSpec, available, get_spec, list_models, load_model, register,
     render_prompt, resolve_spec, stop_token_ids,
 )
-from sampling_tiny import tiny_model, tiny_tokenizer
+from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,8 @@ from canopy.sampling import (
     Prompt, SamplingConfig, entropy, process_logits, rollout_uniforms, sample_batch,
     sample_prompts, plan_batches,
 )
-from sampling_tiny import tiny_model, tiny_tokenizer
+from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
-torch.set_num_threads(1)
 
 SETTINGS = {
     "untruncated": dict(temperature=1.0, top_k=0, top_p=1.0),
@@ -131,6 +130,17 @@ def test_recorded_entropies_equal_teacher_forced(kind, name):
         for got, want in ((res.entropy, h), (res.logprob, lp), (res.entropy_raw, h_raw),
                           (res.stop_logprob, stop_lp)):
             assert torch.allclose(got[r, :n], want, atol=1e-4), (r, got[r, :n], want)
+
+
+def test_bfloat16_model_samples_with_float32_statistics():
+    model = tiny_model("llama", scale=8.0, eos=[1, 15]).to(torch.bfloat16)
+    prompt, s = [2, 5, 6], SETTINGS["all"]
+    res = sample_batch(model, [prompt], [4], rollout_uniforms(range(4), 6), [1, 15], **s)
+    assert res.entropy.dtype == torch.float32 and torch.isfinite(res.logprob).all()
+    for r in range(4):
+        n = int(res.lengths[r])
+        h, lp, _, _ = teacher_forced(model, prompt, res.tokens[r, :n].tolist(), [1, 15], s)
+        assert torch.allclose(res.entropy[r, :n], h, atol=0.05)  # bfloat16: close, not exact
 
 
 def enumerate_tree(model, prompt, stop, vocab, steps, s):
@@ -282,6 +292,12 @@ def test_bad_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as info:
         SamplingConfig(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_prompt_ids_are_strings_and_text_is_required():
+    assert Prompt("t", 3, "a").prompt_id == "3"
+    with pytest.raises(ValueError, match="non-empty string"):
+        Prompt("t", "x", "  ")
 
 
 def test_duplicate_prompt_ids_rejected():

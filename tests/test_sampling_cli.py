@@ -11,9 +11,8 @@ from canopy import REPO_ROOT
 from canopy.cli import main
 from canopy.experiment import load_experiment, read_prompts
 from canopy.store import load_rollouts
-from sampling_tiny import tiny_model, tiny_tokenizer
+from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

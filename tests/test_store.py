@@ -14,9 +14,8 @@ from canopy.entropy import prompt_metrics
 from canopy.models import resolve_spec
 from canopy.sampling import Prompt, SamplingConfig, sample
 from canopy.store import load_rollouts, sample_to_store, shard_path
-from sampling_tiny import tiny_model, tiny_tokenizer
+from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
-torch.set_num_threads(1)
 
 PROMPTS = [Prompt("t", "p0", "a b c"), Prompt("t", "p1", "d"), Prompt("u", "p0", "e f g h"),
            Prompt("u", "weird id/2", "k l")]
