@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -77,14 +78,14 @@ class FinetuneConfig:
     pool: str = "data/finetune/pool.jsonl"
     n_train: int = 256
     n_heldout: int = 32
-    teacher_max_new_tokens: int = 96
+    teacher_max_new_tokens: int = 128
     teacher_temperature: float = 0.7
     teacher_top_k: int = 50
     teacher_top_p: float = 1.0
     max_seq_len: int = 160
     epochs: int = 1
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 5e-4
     warmup_steps: int = 4
     lora_r: int = 16
     lora_alpha: int = 32
@@ -111,9 +112,9 @@ class FinetuneConfig:
 #: included). ``quick``: a small but real fine-tune for tests and classrooms (~2 min).
 PROFILES = {
     "default": FinetuneConfig(),
-    "quick": FinetuneConfig(name="gemma-3-270m-sft-quick", n_train=32, n_heldout=8,
-                            teacher_max_new_tokens=48, max_seq_len=96, batch_size=4,
-                            lr=2e-3, warmup_steps=1, eval_max_new_tokens=48),
+    "quick": FinetuneConfig(name="gemma-3-270m-sft-quick", n_train=48, n_heldout=8,
+                            teacher_max_new_tokens=64, max_seq_len=112, batch_size=4,
+                            lr=1e-3, warmup_steps=2, eval_max_new_tokens=64),
 }
 
 
@@ -148,8 +149,20 @@ def _read_pool(config: FinetuneConfig):
     return prompts[: config.n_train], prompts[-config.n_heldout:]
 
 
+def trim_to_sentence(text: str) -> str:
+    """``text`` cut after its last complete sentence (``.``, ``!`` or ``?``), or '' if it
+    has none. Used on teacher responses that hit ``max_new_tokens``."""
+    match = re.search(r"^(.*[.!?])(?=\s|$)", text, flags=re.S)
+    return match.group(1).strip() if match else ""
+
+
 def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: bool):
-    """One teacher rollout per prompt (cached in the rollout store under ``out``)."""
+    """One teacher response per prompt: (prompt text, response) pairs.
+
+    Sampled once through the rollout store under ``out`` (cached, resumable). A response
+    that hit ``teacher_max_new_tokens`` is cut after its last complete sentence (dropped
+    if it has none), so every training target ends where a sentence ends.
+    """
     from canopy.sampling import SamplingConfig
     from canopy.store import sample_to_store
 
@@ -158,11 +171,14 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
                               top_k=config.teacher_top_k, top_p=config.teacher_top_p,
                               seed=config.seed, batch_size=16)
     table = sample_to_store([config.teacher], prompts, sampling, out, progress=progress)
-    table = table[~table["truncated"]]
-    return [(p.text, table.loc[(table["task"] == p.task) & (table["prompt_id"] == p.prompt_id),
-                               "text"].iloc[0].strip())
-            for p in prompts
-            if ((table["task"] == p.task) & (table["prompt_id"] == p.prompt_id)).any()]
+    by_key = {(row.task, str(row.prompt_id)): row for row in table.itertuples()}
+    pairs = []
+    for p in prompts:
+        row = by_key[(p.task, str(p.prompt_id))]
+        text = trim_to_sentence(row.text) if row.truncated else row.text.strip()
+        if text:
+            pairs.append((p.text, text))
+    return pairs
 
 
 def encode_example(tokenizer, prompt: str, response: str, max_seq_len: int):
@@ -287,9 +303,9 @@ def _train(config: FinetuneConfig, base, examples, run_dir: Path, progress: bool
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 step += 1
-                losses.append({"step": step, "epoch": epoch, "loss": float(loss),
+                losses.append({"step": step, "epoch": epoch, "loss": loss.item(),
                                "tokens": count, "lr": optimizer.param_groups[0]["lr"]})
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
                 bar.update(1)
                 if step % config.save_every == 0 or step == total:
                     _save_atomic({"adapter": get_peft_model_state_dict(model),
@@ -374,6 +390,7 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     pad_id = tok.pad_token_id or 0
 
     base_loss = _mean_response_loss(base.model, held_ex, pad_id)
+    base_stop = _stop_fraction(base, heldout_prompts, config.eval_max_new_tokens, config.seed)
     model, losses = _train(config, base, train_ex, run_dir, progress)
     t_train = time.perf_counter() - started - t_teacher
     tuned_loss = _mean_response_loss(model, held_ex, pad_id)
@@ -395,8 +412,6 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     tuned = LoadedModel(model=merged.eval(), tokenizer=tok, spec=spec or _adhoc_spec(config),
                         stop_ids=stops, fingerprint="")
     tuned_stop = _stop_fraction(tuned, heldout_prompts, config.eval_max_new_tokens, config.seed)
-    base_plain = load_model(config.base, fingerprint=False)
-    base_stop = _stop_fraction(base_plain, heldout_prompts, config.eval_max_new_tokens, config.seed)
 
     report = {
         "name": config.name, "base": config.base, "teacher": config.teacher, "hash": key,
