@@ -95,6 +95,14 @@ class Experiment:
             out.extend(prompts[: self.prompts_per_task] if self.prompts_per_task else prompts)
         return out
 
+    def sample(self, models=None, *, progress: bool = True):
+        """Sample (or reuse from ``self.out``) the rollouts of ``models`` (default: all of
+        the experiment's) on its prompts; returns the rollout DataFrame."""
+        from canopy.store import sample_to_store
+
+        return sample_to_store(models or self.models, self.prompts(), self.sampling,
+                               self.out, progress=progress)
+
 
 def _merge(base: dict, over: dict, where: str) -> dict:
     unknown = set(over) - (_TOP_KEYS - {"profiles"})

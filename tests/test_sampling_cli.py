@@ -77,7 +77,7 @@ profiles:
 """
 
 
-def test_experiment_profiles_and_overrides(tmp_path):
+def test_experiment_profiles_and_overrides(model_dir, tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(EXPERIMENT)
     (tmp_path / "prompts").mkdir()
@@ -93,6 +93,10 @@ def test_experiment_profiles_and_overrides(tmp_path):
     assert [p.prompt_id for p in quick.prompts()] == ["0", "1", "0", "1"]
     flags = load_experiment(path, "quick", {"rollouts": 5, "models": ["x"], "seed": None})
     assert flags.sampling.rollouts == 5 and flags.models == ["x"] and flags.sampling.seed == 0
+    table = load_experiment(path, "quick", {"rollouts": 2, "max_new_tokens": 4,
+                                            "out": str(tmp_path / "r")}).sample(
+        [str(model_dir)], progress=False)
+    assert len(table) == 8 and (tmp_path / "r").is_dir()
     with pytest.raises(ValueError, match="no profile 'huge'"):
         load_experiment(path, "huge")
     with pytest.raises(ValueError, match="rollouts must be ≥ 1"):
