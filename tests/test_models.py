@@ -16,6 +16,9 @@ from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (
 
 
 
+_USER_CACHE = os.environ.get("CANOPY_CACHE")
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CANOPY_CACHE", str(tmp_path / "cache"))
@@ -170,7 +173,10 @@ def test_converted_smollm2_gives_the_gguf_logits(monkeypatch):
     """The safetensors conversion reproduces the GGUF-loaded model's logits exactly."""
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.delenv("CANOPY_CACHE")  # reuse the shared conversion cache
+    if _USER_CACHE:  # reuse the shared conversion cache
+        monkeypatch.setenv("CANOPY_CACHE", _USER_CACHE)
+    else:
+        monkeypatch.delenv("CANOPY_CACHE")
     _packaged_or_skip("smollm2-135m-instruct")
     spec = get_spec("smollm2-135m-instruct")
     loaded = load_model(spec)
