@@ -95,6 +95,24 @@ class Experiment:
             out.extend(prompts[: self.prompts_per_task] if self.prompts_per_task else prompts)
         return out
 
+    def rollouts(self, *, progress: bool = True):
+        """The experiment's rollouts, all models: read straight from the store when a
+        model's shards are complete (no model is loaded: see
+        :func:`canopy.store.cached_rollouts`), sampled (resumably) otherwise."""
+        import pandas as pd
+
+        from canopy.models import resolve_spec
+        from canopy.store import cached_rollouts, sample_to_store
+
+        prompts, tables = self.prompts(), []
+        for name in self.models:
+            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out)
+            if table is None:
+                table = sample_to_store([name], prompts, self.sampling, self.out,
+                                        progress=progress)
+            tables.append(table)
+        return pd.concat(tables, ignore_index=True)
+
     def sample(self, models=None, *, progress: bool = True):
         """Sample (or reuse from ``self.out``) the rollouts of ``models`` (default: all of
         the experiment's) on its prompts; returns the rollout DataFrame."""

@@ -41,6 +41,7 @@ from canopy import cache_dir
 __all__ = [
     "ModelSpec", "LoadedModel", "REGISTRY", "register", "get_spec", "resolve_spec",
     "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
+    "source_signature",
     "render_prompt", "gguf_path",
 ]
 
@@ -347,6 +348,24 @@ def stop_token_ids(tokenizer, model) -> list[int]:
         raise ValueError("the model has no stop token (no eos_token_id in tokenizer or "
                          "generation config); set one")
     return sorted(ids)
+
+
+def source_signature(spec: ModelSpec) -> dict[str, Any]:
+    """A cheap stand-in for the weights fingerprint, read without loading the model:
+    sizes and modification times of the files the weights come from (and, for an
+    adapter, its base's signature). Changes whenever those files are rewritten."""
+    def stat(path: Path) -> list:
+        return [str(path), path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else [str(path)]
+
+    if spec.kind in ("package", "gguf"):
+        return {"converted": stat(cache_dir() / "models" / spec.name / _MARKER)}
+    if spec.kind == "dir":
+        return {"files": [stat(p) for p in sorted(spec.path().glob("*.safetensors"))
+                          + sorted(spec.path().glob("*.bin")) + [spec.path() / "config.json"]]}
+    if spec.kind == "adapter":
+        return {"adapter": [stat(p) for p in sorted(spec.path().glob("adapter_model.*"))],
+                "base": source_signature(get_spec(spec.base))}
+    return {"hub": spec.source}
 
 
 def model_fingerprint(model) -> str:

@@ -31,12 +31,13 @@ from typing import Sequence
 
 import pandas as pd
 
+from canopy.models import source_signature
 from canopy.sampling import (
     ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, SamplingConfig, as_prompts,
     sample_prompts,
 )
 
-__all__ = ["sample_to_store", "load_rollouts", "config_record", "config_hash", "shard_path",
+__all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "config_record", "config_hash", "shard_path",
            "read_shard", "write_shard", "ShardError"]
 
 _META_KEY = b"canopy"
@@ -153,6 +154,36 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- sampling
 
 
+def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) -> pd.DataFrame | None:
+    """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
+    or ``None`` unless every shard is there and valid.
+
+    Trusts the latest configuration directory of the model (``current.json``) when its
+    manifest has the same spec, sampling settings and :func:`~canopy.models.source_signature`
+    (the weights' files unchanged) — a cheap check in place of the weights fingerprint.
+    """
+    model_dir = Path(out) / _safe(spec.name)
+    try:
+        current = json.loads((model_dir / "current.json").read_text())["config_hash"]
+        config_dir = model_dir / current
+        manifest = json.loads((config_dir / "manifest.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    if (manifest.get("spec") != json.loads(json.dumps(spec.describe()))
+            or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
+            or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
+        return None
+    tables = []
+    for p in prompts:
+        try:
+            tables.append(read_shard(shard_path(config_dir, p.task, p.prompt_id),
+                                     {"config_hash": manifest["config_hash"],
+                                      "prompt_sha256": p.sha256(), "rollouts": config.rollouts}))
+        except (ShardError, OSError):
+            return None
+    return pd.concat(tables, ignore_index=True)
+
+
 def _as_loaded(model):
     from canopy.models import LoadedModel, ModelSpec, load_model
 
@@ -180,6 +211,7 @@ def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Pa
             warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
     manifest.update({"config_hash": digest, "config": record,
                      "spec": loaded.spec.describe(), "batch_size": config.batch_size,
+                     "source_signature": source_signature(loaded.spec),
                      "package_versions": _versions(), "updated": _now()})
     manifest.setdefault("created", manifest["updated"])
     manifest.setdefault("prompts", {})

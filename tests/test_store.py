@@ -180,3 +180,26 @@ def test_bad_arguments(model_dir, tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="models must be"):
             sample_to_store([3.5], PROMPTS, CFG, tmp_path)
+
+
+def test_cached_rollouts_reads_without_loading_and_refuses_stale_results(model_dir, tmp_path):
+    from canopy.store import cached_rollouts
+
+    out = tmp_path / "r"
+    s = spec(model_dir)
+    assert cached_rollouts(s, PROMPTS, CFG, out) is None  # nothing stored yet
+    first = sample_to_store(s, PROMPTS, CFG, out, progress=False)
+    cached = cached_rollouts(s, PROMPTS, CFG, out)
+    pd.testing.assert_frame_equal(canonical(cached), canonical(first))
+    assert cached_rollouts(s, PROMPTS + [Prompt("t", "new", "a")], CFG, out) is None
+    other = SamplingConfig(**{**CFG.__dict__, "top_k": 5})
+    assert cached_rollouts(s, PROMPTS, other, out) is None
+    # Rewriting the weights (a re-made model) invalidates the fast path.
+    copy = tmp_path / "copy"
+    tiny_model("llama", scale=8.0, eos=[1, 15]).save_pretrained(copy)
+    tiny_tokenizer().save_pretrained(copy)
+    import shutil, time
+    time.sleep(0.01)
+    for f in copy.glob("*.safetensors"):
+        shutil.copy(f, model_dir / f.name)
+    assert cached_rollouts(s, PROMPTS, CFG, out) is None
