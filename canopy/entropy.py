@@ -41,6 +41,12 @@ __all__ = [
     "paired_bootstrap",
     "comovement",
     "pool_comovement",
+    "length_summary",
+    "example_rollouts",
+    "estimator_check",
+    "decomposition_identities",
+    "pooled_bootstrap",
+    "position_profile",
 ]
 
 ROLLOUT_COLUMNS = (
@@ -660,3 +666,300 @@ def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
                "base_lo", "base_hi", "fine_tuned_lo", "fine_tuned_hi", "delta_lo", "delta_hi",
                "pct_delta_lo", "pct_delta_hi"]
     return pd.DataFrame(rows, columns=columns)
+
+
+# ====================================================================================
+# Chapters 2–4: data the book chapters show (sampling summary, estimator check,
+# decomposition identities, bootstrap over prompts, per-position profiles).
+# ====================================================================================
+
+
+def _scopes(frame: pd.DataFrame, keys: list[str], all_tasks: bool):
+    """(key tuple, sub-frame) per group of ``keys``, plus task ``"all"`` per model."""
+    out = [(k if isinstance(k, tuple) else (k,), g)
+           for k, g in frame.groupby(keys, sort=True, observed=True)]
+    if all_tasks:
+        by_model = [c for c in keys if c != "task"]
+        for k, g in frame.groupby(by_model, sort=True, observed=True):
+            k = k if isinstance(k, tuple) else (k,)
+            full = dict(zip(by_model, k))
+            full["task"] = "all"
+            out.append((tuple(full[c] for c in keys), g))
+    return out
+
+
+def length_summary(rollouts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
+    """Lengths and truncation per (model, task): one row each (chapter 2).
+
+    Columns: ``model, family, variant, task, n_prompts, n_rollouts``, ``mean_length``
+    (over rollouts), ``median_length``, ``min_length``, ``max_length``,
+    ``truncation_rate`` (fraction of rollouts with no stop token within ``max_new_tokens``)
+    and ``n_prompts_flagged`` (prompts whose own truncation rate exceeds 5 %, METHOD §3).
+    With ``all_tasks`` each model also gets a ``task == "all"`` row.
+    """
+    validate_rollouts(rollouts)
+    rows = []
+    for keys, grp in _scopes(rollouts, list(POOL_KEYS), all_tasks):
+        n = grp["length"].to_numpy(dtype=np.float64)
+        trunc = grp["truncated"].to_numpy().astype(bool)
+        per_prompt = grp.assign(_t=trunc).groupby(["task", "prompt_id"])["_t"].mean()
+        row = dict(zip(POOL_KEYS, keys))
+        row.update(n_prompts=int(per_prompt.size), n_rollouts=int(n.size),
+                   mean_length=float(n.mean()), median_length=float(np.median(n)),
+                   min_length=int(n.min()), max_length=int(n.max()),
+                   truncation_rate=float(trunc.mean()),
+                   n_prompts_flagged=int((per_prompt > TRUNCATION_FLAG_RATE).sum()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def example_rollouts(rollouts: pd.DataFrame, task: str, prompt_id=None, rollout_ids=(0, 1),
+                     models: Iterable[str] | None = None, max_chars: int = 400) -> pd.DataFrame:
+    """Rollouts of one prompt side by side: one row per rollout id, one column per model.
+
+    ``prompt_id`` None picks the first prompt (sorted) of ``task`` that every requested
+    model has. Each cell is the decoded text (stop token stripped), newlines shown as
+    ``⏎``, cut at ``max_chars`` characters (``…``), followed by ``[N tokens, r = …]`` and
+    ``truncated`` when no stop token came. ``df.attrs['prompt_id']`` holds the prompt.
+    """
+    need = {"text", "task", "prompt_id", "rollout_id", "model", "length", "summed_entropy",
+            "truncated"}
+    missing = sorted(need - set(rollouts.columns))
+    if missing:
+        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)}")
+    names = list(models) if models is not None else list(dict.fromkeys(rollouts["model"]))
+    sub = rollouts[(rollouts["task"] == task) & rollouts["model"].isin(names)]
+    if sub.empty:
+        raise ValueError(f"no rollouts for task {task!r} and models {names}")
+    if prompt_id is None:
+        have = sub.groupby("prompt_id")["model"].nunique()
+        common = sorted(have.index[have == len(names)].astype(str))
+        if not common:
+            raise ValueError(f"no prompt of task {task!r} has rollouts from every model {names}")
+        prompt_id = common[0]
+    sub = sub[sub["prompt_id"].astype(str) == str(prompt_id)]
+    if sub.empty:
+        raise ValueError(f"no rollouts for prompt {prompt_id!r} of task {task!r}")
+    if max_chars < 1:
+        raise ValueError("max_chars must be ≥ 1")
+
+    def cell(row) -> str:
+        text = str(row["text"]).replace("\r", "").replace("\n", " ⏎ ").strip()
+        if len(text) > max_chars:
+            text = text[:max_chars].rstrip() + " …"
+        rate = row["summed_entropy"] / row["length"]
+        tail = f"[{int(row['length'])} tokens, r = {rate:.2f} nats/token"
+        tail += ", truncated]" if row["truncated"] else "]"
+        return f"{text} {tail}"
+
+    sub = sub[sub["rollout_id"].isin(list(rollout_ids))]
+    table = (sub.assign(cell=[cell(r) for _, r in sub.iterrows()])
+             .pivot(index="rollout_id", columns="model", values="cell"))
+    table = table.reindex(columns=[m for m in names if m in table.columns])
+    table.columns.name = None
+    table.attrs["prompt_id"] = str(prompt_id)
+    table.attrs["task"] = task
+    return table
+
+
+def estimator_check(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
+    """Both CE* estimators pooled over prompts, with rollout-level SEs (chapter 3).
+
+    Per (model, task): ``canopy_entropy`` (mean over prompts of ĈE*_H) and
+    ``canopy_entropy_surprisal`` (of ĈE*_S), each with ``*_se`` =
+    sqrt(Σ_p se_p²) / P — the Monte-Carlo error of the pooled mean given the prompts
+    (rollouts independent across prompts); ``estimator_gap`` = mean over prompts of
+    mean(S − H) with its ``estimator_gap_se`` the same way, ``gap_z`` = gap / se,
+    ``estimators_agree`` = |gap| ≤ 4·se (METHOD §3's check applied to the pooled mean),
+    and ``n_prompts_agree`` of ``n_prompts`` prompts passing the per-prompt check.
+    The prompt-level SE of :func:`pool` (sd over prompts / √P) answers another question:
+    how much CE* would move with other prompts.
+    """
+    _check_prompt_table(prompts)
+    need = ["canopy_entropy_se", "canopy_entropy_surprisal_se", "estimator_gap",
+            "estimator_gap_se", "estimators_agree"]
+    missing = [c for c in need if c not in prompts.columns]
+    if missing:
+        raise ValueError(f"per-prompt table is missing column(s): {', '.join(missing)}")
+    rows = []
+    for keys, grp in _scopes(prompts, list(POOL_KEYS), all_tasks):
+        p = len(grp)
+        row = dict(zip(POOL_KEYS, keys))
+        row["n_prompts"] = p
+        for col in ("canopy_entropy", "canopy_entropy_surprisal", "estimator_gap"):
+            row[col] = float(grp[col].to_numpy(dtype=np.float64).mean())
+            se = grp[f"{col}_se"].to_numpy(dtype=np.float64)
+            row[f"{col}_se"] = float(np.sqrt(np.sum(se ** 2)) / p)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            row["gap_z"] = row["estimator_gap"] / row["estimator_gap_se"]
+        row["estimators_agree"] = bool(abs(row["estimator_gap"]) <= 4 * row["estimator_gap_se"])
+        row["n_prompts_agree"] = int(grp["estimators_agree"].fillna(False).astype(bool).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def decomposition_identities(pooled: pd.DataFrame) -> pd.DataFrame:
+    """The identities of the pooled decomposition, checked numerically (chapter 3).
+
+    ``pooled`` is :func:`pool`'s output. Per row: ``canopy_entropy``, ``length_term``,
+    ``within_prompt_cov``, ``between_prompt_cov``, ``cov_residual`` and
+
+    - ``split_error`` = CE* − (E[N]E[r] + within + between) (0 up to rounding);
+    - ``log_genppl_minus_log_bf`` = log GenPPL − log BF (from the exponentiated values),
+      ``cov_over_length`` = C / E[N], and ``identity_error`` their difference.
+    """
+    need = ["canopy_entropy", "length_term", "within_prompt_cov", "between_prompt_cov",
+            "cov_residual", "mean_length", "gen_ppl", "branching_factor"]
+    missing = [c for c in need if c not in pooled.columns]
+    if missing:
+        raise ValueError(f"pooled table is missing column(s): {', '.join(missing)} "
+                         "(build it with canopy.entropy.pool)")
+    keys = [c for c in POOL_KEYS if c in pooled.columns]
+    out = pooled[keys + need[:5]].copy()
+    out["split_error"] = (pooled["canopy_entropy"] - pooled["length_term"]
+                          - pooled["within_prompt_cov"] - pooled["between_prompt_cov"])
+    out["log_genppl_minus_log_bf"] = np.log(pooled["gen_ppl"]) - np.log(pooled["branching_factor"])
+    out["cov_over_length"] = pooled["cov_residual"] / pooled["mean_length"]
+    out["identity_error"] = out["log_genppl_minus_log_bf"] - out["cov_over_length"]
+    return out.reset_index(drop=True)
+
+
+def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None,
+                     n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+                     all_tasks: bool = True, chunk: int = 250) -> pd.DataFrame:
+    """Bootstrap over prompts of pooled metrics, one model at a time (METHOD §4).
+
+    For every (model, task) — plus ``task == "all"`` when ``all_tasks`` — prompts are
+    resampled with replacement ``n_boot`` times and each pooled metric recomputed exactly
+    as :func:`pool` does. Returns one row per (model, task, metric): ``estimate`` (the
+    point estimate on all prompts), percentile CI ``lo``/``hi`` at ``confidence``,
+    ``n_prompts`` and ``n_valid`` (bootstrap draws where the metric was defined; a
+    pooled correlation is NaN in a draw whose prompts all have undefined correlations).
+    Unlike :func:`paired_bootstrap` this needs no partner model, so it covers models
+    without a base (e.g. ``smollm2-135m-instruct``).
+    """
+    _check_prompt_table(prompts)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    names = list(_POOLED_METRICS) if metrics is None else list(metrics)
+    unknown = sorted(set(names) - set(_POOLED_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(_POOLED_METRICS)}")
+    tails = (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for keys, grp in _scopes(prompts, list(POOL_KEYS), all_tasks):
+        parts = _pool_parts(grp)
+        n = len(grp)
+        point = _pooled_from_parts(parts, np.arange(n)[None, :])
+        boot = {k: [] for k in names}
+        done = 0
+        while done < n_boot:
+            b = min(chunk, n_boot - done)
+            res = _pooled_from_parts(parts, rng.integers(0, n, size=(b, n)))
+            for k in names:
+                boot[k].append(res[k])
+            done += b
+        for k in names:
+            sample = np.concatenate(boot[k])
+            row = dict(zip(POOL_KEYS, keys))
+            row.update(metric=k, n_prompts=n, n_boot=n_boot,
+                       n_valid=int(np.isfinite(sample).sum()),
+                       estimate=float(point[k][0]),
+                       lo=_percentile(sample, tails[0]), hi=_percentile(sample, tails[1]))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*POOL_KEYS, "metric", "n_prompts", "n_boot",
+                                       "n_valid", "estimate", "lo", "hi"])
+
+
+#: Columns of :func:`position_profile`'s output after the keys.
+PROFILE_COLUMNS = ("position", "n_active", "n_stopped", "mean_step_entropy",
+                   "mean_step_entropy_raw", "running_entropy_rate", "mean_stop_prob",
+                   "stop_fraction")
+
+
+def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bool = True,
+                     max_position: int | None = None) -> pd.DataFrame:
+    """How entropy and stopping evolve with the token position t (chapter 4).
+
+    ``rollouts`` needs the per-step list columns ``step_entropy``, ``step_entropy_raw``
+    and ``step_stop_logprob`` (one value per generated token, the stop token included,
+    as :mod:`canopy.sampling` writes them) besides ``model, family, variant, task``.
+    A rollout is *active* at position t (1-based) when its length N ≥ t. One row per
+    (model, task, t) — task ``"all"`` pools every task (when ``all_tasks``; with
+    ``by_task=False`` only that row) — with, over the rollouts active at t:
+
+    - ``n_active``; ``n_stopped``: how many of them emit a stop token at t;
+    - ``mean_step_entropy``: mean of h_t (sampling distribution, nats);
+    - ``mean_step_entropy_raw``: mean of the raw model entropy at t;
+    - ``running_entropy_rate``: mean of (Σ_{s≤t} h_s) / t, the entropy rate of the
+      prefix up to t (at t = N_i it is the rollout's r_i);
+    - ``mean_stop_prob``: mean of exp(step_stop_logprob), the raw model's probability of
+      stopping at t (temperature 1, no top-k/top-p);
+    - ``stop_fraction`` = n_stopped / n_active, the empirical stopping hazard (truncated
+      rollouts never stop).
+
+    Every rollout weighs the same (prompts with more active rollouts weigh more at t).
+    The set of active rollouts shrinks with t, so a change along t mixes a change within
+    rollouts with a change of *which* rollouts are still running; ``n_active`` says how
+    many values each mean rests on. ``max_position`` drops positions beyond it.
+    Vectorised: the lists are concatenated once (no Python loop over rollouts).
+    """
+    need = ["model", "family", "variant", "task", "length", "truncated", "step_entropy",
+            "step_entropy_raw", "step_stop_logprob"]
+    if not isinstance(rollouts, pd.DataFrame):
+        raise ValueError(f"rollouts must be a pandas DataFrame, got {type(rollouts).__name__}")
+    missing = [c for c in need if c not in rollouts.columns]
+    if missing:
+        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)} "
+                         "(per-step lists come from canopy.sampling)")
+    if rollouts.empty:
+        raise ValueError("rollout table is empty")
+    if not by_task and not all_tasks:
+        raise ValueError("by_task and all_tasks cannot both be False: nothing to group by")
+    if max_position is not None and (isinstance(max_position, bool) or max_position < 1):
+        raise ValueError(f"max_position must be a positive integer or None, got {max_position!r}")
+
+    lengths = np.array([len(v) for v in rollouts["step_entropy"]], dtype=np.int64)
+    for col in ("step_entropy_raw", "step_stop_logprob"):
+        other = np.array([len(v) for v in rollouts[col]], dtype=np.int64)
+        if not np.array_equal(other, lengths):
+            raise ValueError(f"{col} and step_entropy have different lengths in some rollout")
+    if not np.array_equal(lengths, rollouts["length"].to_numpy(dtype=np.int64)):
+        raise ValueError("the per-step lists do not have `length` entries in some rollout")
+
+    h = np.concatenate([np.asarray(v, dtype=np.float64) for v in rollouts["step_entropy"]])
+    h_raw = np.concatenate([np.asarray(v, dtype=np.float64) for v in rollouts["step_entropy_raw"]])
+    p_stop = np.exp(np.concatenate([np.asarray(v, dtype=np.float64)
+                                    for v in rollouts["step_stop_logprob"]]))
+    row = np.repeat(np.arange(len(rollouts)), lengths)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    position = np.arange(h.size) - np.repeat(starts, lengths) + 1          # 1-based t
+    cum = np.cumsum(h)
+    running = (cum - np.repeat(cum[starts] - h[starts], lengths)) / position  # Σ_{s≤t} h_s / t
+    truncated = rollouts["truncated"].to_numpy().astype(bool)
+    stops_here = (position == lengths[row]) & ~truncated[row]
+
+    steps = pd.DataFrame({
+        "position": position, "h": h, "h_raw": h_raw, "running": running, "p_stop": p_stop,
+        "stopped": stops_here.astype(np.int64),
+        **{k: rollouts[k].to_numpy()[row] for k in ("model", "family", "variant", "task")},
+    })
+    if max_position is not None:
+        steps = steps[steps["position"] <= max_position]
+    frames = []
+    keys = ["model", "family", "variant"]
+    if by_task:
+        frames.append(steps)
+    if all_tasks:
+        frames.append(steps.assign(task="all"))
+    steps = pd.concat(frames, ignore_index=True)
+    g = steps.groupby([*keys, "task", "position"], sort=True)
+    out = g.agg(n_active=("h", "size"), n_stopped=("stopped", "sum"),
+                mean_step_entropy=("h", "mean"), mean_step_entropy_raw=("h_raw", "mean"),
+                running_entropy_rate=("running", "mean"), mean_stop_prob=("p_stop", "mean"))
+    out = out.reset_index()
+    out["stop_fraction"] = out["n_stopped"] / out["n_active"]
+    return out[[*keys, "task", *PROFILE_COLUMNS]]
