@@ -53,6 +53,7 @@ __all__ = [
     "fieller_interval",
     "simulate_panel",
     "simulation_study",
+    "simulation_summary",
     "RegressionResult",
     "InteractionResult",
     "SlopeRatio",
@@ -1088,3 +1089,59 @@ def simulation_study(n_seeds: int = 200, level: float = 0.95, first_seed: int = 
     out.attrs["truth"] = simulate_panel(n_prompts=1, seed=0, **{
         k: v for k, v in simulate_kwargs.items() if k != "n_prompts"}).attrs["truth"]
     return out
+
+
+# ---------------------------------------------------- simulation summary (chapter 6)
+
+_SIM_PARAMETERS = (("beta", "β"), ("eta", "η"), ("ratio", "(β+η)/β"))
+
+
+def simulation_summary(study: pd.DataFrame, truth: dict | None = None) -> pd.DataFrame:
+    """Summarise :func:`simulation_study`: one row per parameter (β, η, (β+η)/β).
+
+    ``truth`` defaults to ``study.attrs["truth"]``. Columns: ``symbol``, ``truth``,
+    ``n_fits`` (seeds with a finite estimate), ``n_converged``, ``mean``, ``median``,
+    ``bias`` (mean − truth), ``sd`` (ddof = 1), ``rmse``, ``median_abs_error``,
+    ``coverage`` (share of the fits whose interval contains the truth; for the ratio,
+    the Fieller set, which covers everything when it is the whole line), ``coverage_se``
+    (binomial, sqrt(c(1−c)/n_fits)) and ``bounded_share`` (share of bounded intervals; 1
+    for β and η). The ratio's mean and RMSE are dominated by the fits where β is near 0
+    (the ratio has no finite moments then); read its median and median absolute error.
+    NaN where no seed gave an estimate.
+    """
+    if not isinstance(study, pd.DataFrame):
+        raise ValueError(f"study must be the DataFrame of simulation_study, got {type(study).__name__}")
+    needed = [c for key, _ in _SIM_PARAMETERS for c in (key, f"covers_{key}")]
+    missing = [c for c in (*needed, "converged", "ratio_kind") if c not in study.columns]
+    if missing:
+        raise ValueError(f"study is missing column(s): {', '.join(missing)} "
+                         "(make it with canopy.stats.simulation_study)")
+    truth = study.attrs.get("truth") if truth is None else truth
+    if not truth or any(key not in truth for key, _ in _SIM_PARAMETERS):
+        raise ValueError("truth must give beta, eta and ratio (simulation_study stores it in "
+                         "study.attrs['truth'])")
+    rows = []
+    for key, symbol in _SIM_PARAMETERS:
+        est = pd.to_numeric(study[key], errors="coerce").to_numpy(dtype=np.float64)
+        ok = np.isfinite(est)
+        n = int(ok.sum())
+        t = float(truth[key])
+        e = est[ok]
+        covers = study[f"covers_{key}"].to_numpy(dtype=bool)[ok]
+        cov = float(covers.mean()) if n else np.nan
+        bounded = (float((study["ratio_kind"].to_numpy()[ok] == "bounded").mean())
+                   if key == "ratio" and n else (1.0 if n else np.nan))
+        rows.append({
+            "parameter": key, "symbol": symbol, "truth": t, "n_fits": n,
+            "n_converged": int(study["converged"].to_numpy(dtype=bool)[ok].sum()),
+            "mean": float(e.mean()) if n else np.nan,
+            "median": float(np.median(e)) if n else np.nan,
+            "bias": float(e.mean() - t) if n else np.nan,
+            "sd": float(e.std(ddof=1)) if n > 1 else np.nan,
+            "rmse": float(np.sqrt(np.mean((e - t) ** 2))) if n else np.nan,
+            "median_abs_error": float(np.median(np.abs(e - t))) if n else np.nan,
+            "coverage": cov,
+            "coverage_se": float(np.sqrt(cov * (1 - cov) / n)) if n else np.nan,
+            "bounded_share": bounded,
+        })
+    return pd.DataFrame(rows).set_index("parameter")
