@@ -235,3 +235,47 @@ def test_pooled_bootstrap_all_rows_and_errors(rollouts):
         E.pooled_bootstrap(prompts, metrics=["nope"])
     with pytest.raises(ValueError, match="n_boot"):
         E.pooled_bootstrap(prompts, n_boot=0)
+
+
+# --------------------------------------------------------------- chart helpers
+
+
+def test_rate_length_data_centres_within_prompts(rollouts):
+    from canopy import charts as C
+
+    texts = {("alpha", "p0"): "Write   a\nstory about a very long topic indeed"}
+    raw = C.rate_length_data(rollouts, prompt_text=texts, snippet=10)
+    np.testing.assert_allclose(raw["entropy_rate"],
+                               rollouts["summed_entropy"] / rollouts["length"])
+    first = raw[(raw["task"] == "alpha") & (raw["prompt_id"] == "p0")]["prompt"].iloc[0]
+    assert first == "Write a st…"
+    cen = C.rate_length_data(rollouts, centre=True)
+    for (model, task, pid), grp in rollouts.groupby(["model", "task", "prompt_id"]):
+        sel = (cen["model"] == model) & (cen["task"] == task) & (cen["prompt_id"] == pid)
+        n = grp["length"].to_numpy(float)
+        np.testing.assert_allclose(cen.loc[sel, "length"], n - n.mean(), atol=1e-12)
+        assert abs(cen.loc[sel, "entropy_rate"].sum()) < 1e-9
+
+
+def test_chapter_charts_build_with_tooltips(rollouts):
+    from canopy import charts as C
+
+    prompts = E.prompt_metrics(rollouts)
+    pooled = E.pool(prompts)
+    prof = E.position_profile(rollouts)
+    boot = E.paired_bootstrap(prompts, n_boot=20)
+    built = [
+        C.rollout_length_chart(rollouts), C.truncation_chart(E.length_summary(rollouts)),
+        C.decomposition_share_chart(pooled), C.covariance_split_chart(pooled),
+        C.bootstrap_delta_chart(boot, ["canopy_entropy", "gen_ppl"]),
+        C.interval_chart(E.pooled_bootstrap(prompts, ["length_rate_pearson"], n_boot=20)),
+        C.rate_length_scatter(C.rate_length_data(rollouts)),
+        C.position_chart(prof, min_active=3), C.stop_probability_chart(prof),
+    ]
+    for chart in built:
+        text = str(chart.to_dict())
+        assert "tooltip" in text
+    with pytest.raises(ValueError, match="no positions"):
+        C.position_chart(prof, task="nope")
+    with pytest.raises(ValueError, match="missing column"):
+        C.truncation_chart(pooled.drop(columns="truncation_rate"))
