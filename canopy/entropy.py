@@ -47,6 +47,8 @@ __all__ = [
     "decomposition_identities",
     "pooled_bootstrap",
     "position_profile",
+    "interval_side",
+    "bootstrap_table",
 ]
 
 ROLLOUT_COLUMNS = (
@@ -963,3 +965,39 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
     out = out.reset_index()
     out["stop_fraction"] = out["n_stopped"] / out["n_active"]
     return out[[*keys, "task", *PROFILE_COLUMNS]]
+
+
+def interval_side(lo, hi) -> np.ndarray:
+    """Where an interval ``[lo, hi]`` lies relative to 0, element-wise: ``"> 0"`` when
+    lo > 0, ``"< 0"`` when hi < 0, ``"includes 0"`` otherwise, ``"undefined"`` when
+    either end is NaN. For bootstrap CIs of a difference or a correlation."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    out = np.where(lo > 0, "> 0", np.where(hi < 0, "< 0", "includes 0")).astype(object)
+    out[np.isnan(lo) | np.isnan(hi)] = "undefined"
+    return out
+
+
+def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """A readable view of :func:`paired_bootstrap`'s output (chapters 3–4).
+
+    Keeps ``family, task, metric, n_prompts, base, fine_tuned, delta, delta_lo,
+    delta_hi, pct_delta, pct_delta_lo, pct_delta_hi`` (rows of ``metrics`` only, in
+    that order, when given) and adds ``change`` = :func:`interval_side` of the delta's
+    CI: ``"> 0"`` (fine-tuned higher at this confidence), ``"< 0"`` (lower) or
+    ``"includes 0"`` (no difference resolved with these prompts).
+    """
+    cols = ["family", "task", "metric", "n_prompts", "base", "fine_tuned", "delta",
+            "delta_lo", "delta_hi", "pct_delta", "pct_delta_lo", "pct_delta_hi"]
+    missing = [c for c in cols if c not in boot.columns]
+    if missing:
+        raise ValueError(f"bootstrap table is missing column(s): {', '.join(missing)} "
+                         "(build it with canopy.entropy.paired_bootstrap)")
+    out = boot[cols].copy()
+    if metrics is not None:
+        order = {m: i for i, m in enumerate(metrics)}
+        out = out[out["metric"].isin(order)]
+        out = out.assign(_o=out["metric"].map(order)).sort_values(
+            ["family", "_o"], kind="stable").drop(columns="_o")
+    out["change"] = interval_side(out["delta_lo"], out["delta_hi"])
+    return out.reset_index(drop=True)

@@ -279,3 +279,17 @@ def test_chapter_charts_build_with_tooltips(rollouts):
         C.position_chart(prof, task="nope")
     with pytest.raises(ValueError, match="missing column"):
         C.truncation_chart(pooled.drop(columns="truncation_rate"))
+
+
+def test_interval_side_and_bootstrap_table(rollouts):
+    sides = E.interval_side([0.1, -2.0, -1.0, np.nan, 0.0], [0.5, -0.1, 1.0, 1.0, 0.0])
+    assert list(sides) == ["> 0", "< 0", "includes 0", "undefined", "includes 0"]
+    boot = E.paired_bootstrap(E.prompt_metrics(rollouts), n_boot=40, seed=1)
+    table = E.bootstrap_table(boot, metrics=["gen_ppl", "canopy_entropy"])
+    assert set(table["metric"]) == {"gen_ppl", "canopy_entropy"}
+    assert list(table["metric"][:2]) == ["gen_ppl", "gen_ppl"]
+    for _, row in table.iterrows():
+        want = ("> 0" if row["delta_lo"] > 0 else "< 0" if row["delta_hi"] < 0
+                else "includes 0")
+        assert row["change"] == want
+        assert row["delta"] == pytest.approx(row["fine_tuned"] - row["base"])

@@ -1,0 +1,169 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Sampling rollouts
+#
+# **Question.** What did the models actually generate? Before any entropy is computed,
+# this chapter looks at the raw material: for every prompt of the experiment, $M$
+# rollouts per model, sampled token by token with the exact step entropies recorded
+# (METHOD §1–2). We look at example rollouts side by side, at how long rollouts are, and
+# at how often a rollout hits the token limit $T_{\max}$ without stopping — the
+# *truncation* that turns every later estimate into an estimate of the truncated
+# process.
+
+# %% tags=["parameters"]
+profile = "default"        # experiment profile: "default" or "quick"
+experiment_file = None     # None = data/experiments/default.yaml
+models = None              # None = the experiment's models; or a list of names/paths
+example_task = "stories"   # task of the side-by-side examples
+example_prompt = None      # prompt id; None = the first prompt of example_task
+example_rollouts = 2       # how many rollouts per model to show
+max_chars = 500            # characters shown per rollout
+
+# %%
+import dataclasses
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from canopy import charts, entropy
+from canopy.experiment import load_experiment
+from canopy.models import resolve_spec
+
+pd.set_option("display.max_colwidth", None)
+experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+rollouts = experiment.rollouts(progress=False)
+prompt_list = experiment.prompts()
+settings = experiment.sampling
+
+# %% [markdown]
+# ## What was measured
+#
+# The models, how each is prompted (a *base* model gets the raw prompt text; a
+# fine-tuned model gets it wrapped in its chat template with the generation prompt),
+# and the decoding settings. Every rollout is sampled from the *sampling distribution*
+# $q_t$ (temperature, then top-k, then top-p), and $h_t = H(q_t)$ is computed over its
+# whole support from the full logits.
+
+# %%
+model_table = pd.DataFrame([resolve_spec(name).describe() for name in experiment.models])
+model_table["prompting"] = model_table["chat_template"].map({True: "chat template",
+                                                             False: "raw text"})
+model_table[["name", "family", "variant", "kind", "prompting", "dtype"]]
+
+# %%
+measured = {
+    "experiment": f"{experiment.name} (profile {experiment.profile})",
+    "tasks": ", ".join(experiment.tasks),
+    "prompts per task": experiment.prompts_per_task or "all",
+    "prompts in total": len(prompt_list),
+    "rollouts per prompt M": settings.rollouts,
+    "max_new_tokens T_max": settings.max_new_tokens,
+    **{k: v for k, v in dataclasses.asdict(settings).items()
+       if k in ("temperature", "top_k", "top_p", "seed")},
+    "rollouts in total": len(rollouts),
+    "generated tokens in total": int(rollouts["length"].sum()),
+}
+pd.Series(measured, name="value").to_frame()
+
+# %% [markdown]
+# These are small models (135M–270M parameters) on a few prompts per task. What follows
+# describes *these* rollouts; it is a working demonstration of the measurement, not
+# evidence about large models. The paper (Cheng, Tian & Xu 2026, arXiv 2605.30844)
+# samples far larger instruction-tuned and base models with vLLM; its code keeps only the
+# top-100 log-probabilities per step, while here $h_t$ is exact.
+
+# %% [markdown]
+# ## Example rollouts, side by side
+#
+# One prompt, the first rollouts of each model. All models draw their tokens from the
+# same per-rollout random numbers (common random numbers: rollout $i$ of a prompt uses
+# the same uniforms $u_1, u_2, \dots$ whatever the model), so differences come from the
+# models, not from luck of the draw. Each cell ends with the rollout's length $N$ (stop
+# token included) and entropy rate $r = H/N$; `⏎` marks a newline.
+
+# %%
+examples = entropy.example_rollouts(rollouts, example_task, example_prompt,
+                                    rollout_ids=range(example_rollouts),
+                                    max_chars=max_chars)
+prompt_text = {(p.task, p.prompt_id): p.text for p in prompt_list}
+display(Markdown(f"**Prompt** `{examples.attrs['task']}/{examples.attrs['prompt_id']}`: "
+                 f"{prompt_text[(examples.attrs['task'], examples.attrs['prompt_id'])]}"))
+examples
+
+# %% [markdown]
+# The base model continues the raw text as a document would continue; the fine-tuned
+# models answer as an assistant. That difference in *format* is part of what
+# fine-tuning changes, and it shows up in lengths and stopping below.
+
+# %% [markdown]
+# ## How long are the rollouts?
+#
+# $N$ counts generated tokens including the stop token. Rollouts that never stop sit at
+# $N = T_{\max}$ (hover a bar to see how many of it are truncated).
+
+# %%
+charts.rollout_length_chart(rollouts)
+
+# %%
+summary = entropy.length_summary(rollouts)
+summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_length",
+         "min_length", "max_length", "truncation_rate", "n_prompts_flagged"]].round(3)
+
+# %% [markdown]
+# ## Truncation
+#
+# A rollout is truncated when no stop token comes within $T_{\max}$ tokens. Then $N$ and
+# $H = \sum_t h_t$ are cut short, and $\widehat{CE}^*$ estimates the entropy of the
+# *truncated* process — a lower bound of the untruncated $CE^*$. Prompts whose truncation
+# rate exceeds 5 % are flagged (METHOD §3).
+
+# %%
+charts.truncation_chart(summary)
+
+# %%
+overall = summary[summary["task"] == "all"].set_index("model")
+lines = [f"- `{m}`: {row.truncation_rate:.0%} of {row.n_rollouts} rollouts truncated; "
+         f"{row.n_prompts_flagged} of {row.n_prompts} prompts flagged (> 5 %); "
+         f"mean length {row.mean_length:.1f} tokens"
+         for m, row in overall.iterrows()]
+display(Markdown("Measured here, over all tasks:\n\n" + "\n".join(lines)))
+
+# %% [markdown]
+# How to read this. Where a model's truncation rate is high, its $CE^*$, $E[N]$ and
+# length–rate statistics in the next chapters describe rollouts cut at $T_{\max}$: the
+# length is then mostly set by the limit, not by the model, and any comparison with
+# another model that does stop is a comparison of a lower bound with an estimate. A base
+# model given raw text has no reason to emit its end-of-text token soon, so a high
+# truncation rate for it is expected; a larger `max_new_tokens` lowers truncation at the
+# price of sampling time. Which models are affected, and how much, is in the table above.
+
+# %% [markdown]
+# ## Rerun this chapter
+#
+# The parameters used for this page, and the commands that regenerate it (the rollouts
+# are cached under `$CANOPY_CACHE`, so a rerun with the same settings reads them back).
+
+# %%
+used = {"profile": profile, "experiment_file": experiment_file, "models": models,
+        "example_task": example_task, "example_prompt": example_prompt,
+        "example_rollouts": example_rollouts, "max_chars": max_chars}
+display(Markdown("\n".join([
+    "Parameters: " + ", ".join(f"`{k} = {v!r}`" for k, v in used.items()),
+    "",
+    "```bash",
+    "jupytext --to ipynb -o 02_sampling.ipynb notebooks/02_sampling.py",
+    f"papermill 02_sampling.ipynb out.ipynb -p profile {profile}",
+    f"canopy sample --profile {profile}     # only the sampling",
+    "```"])))
