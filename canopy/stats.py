@@ -1096,7 +1096,8 @@ def simulation_study(n_seeds: int = 200, level: float = 0.95, first_seed: int = 
 _SIM_PARAMETERS = (("beta", "β"), ("eta", "η"), ("ratio", "(β+η)/β"))
 
 
-def simulation_summary(study: pd.DataFrame, truth: dict | None = None) -> pd.DataFrame:
+def simulation_summary(study: pd.DataFrame, truth: dict | None = None,
+                       level: float = 0.95) -> pd.DataFrame:
     """Summarise :func:`simulation_study`: one row per parameter (β, η, (β+η)/β).
 
     ``truth`` defaults to ``study.attrs["truth"]``. Columns: ``symbol``, ``truth``,
@@ -1104,7 +1105,10 @@ def simulation_summary(study: pd.DataFrame, truth: dict | None = None) -> pd.Dat
     ``bias`` (mean − truth), ``sd`` (ddof = 1), ``rmse``, ``median_abs_error``,
     ``coverage`` (share of the fits whose interval contains the truth; for the ratio,
     the Fieller set, which covers everything when it is the whole line), ``coverage_se``
-    (binomial, sqrt(c(1−c)/n_fits)) and ``bounded_share`` (share of bounded intervals; 1
+    (binomial, sqrt(c(1−c)/n_fits)), ``coverage_check``: ``"nominal"`` when the coverage
+    is within two binomial SEs at the nominal rate, sqrt(level(1−level)/n_fits), of
+    ``level`` (the intervals' level in the study), else ``"low"`` (intervals too narrow)
+    or ``"high"`` (conservative); and ``bounded_share`` (share of bounded intervals; 1
     for β and η). The ratio's mean and RMSE are dominated by the fits where β is near 0
     (the ratio has no finite moments then); read its median and median absolute error.
     NaN where no seed gave an estimate.
@@ -1116,6 +1120,7 @@ def simulation_summary(study: pd.DataFrame, truth: dict | None = None) -> pd.Dat
     if missing:
         raise ValueError(f"study is missing column(s): {', '.join(missing)} "
                          "(make it with canopy.stats.simulation_study)")
+    _check_level(level)
     truth = study.attrs.get("truth") if truth is None else truth
     if not truth or any(key not in truth for key, _ in _SIM_PARAMETERS):
         raise ValueError("truth must give beta, eta and ratio (simulation_study stores it in "
@@ -1142,6 +1147,8 @@ def simulation_summary(study: pd.DataFrame, truth: dict | None = None) -> pd.Dat
             "median_abs_error": float(np.median(np.abs(e - t))) if n else np.nan,
             "coverage": cov,
             "coverage_se": float(np.sqrt(cov * (1 - cov) / n)) if n else np.nan,
+            "coverage_check": ("" if not n else "nominal" if abs(cov - level) <= 2 * np.sqrt(
+                level * (1 - level) / n) else "low" if cov < level else "high"),
             "bounded_share": bounded,
         })
     return pd.DataFrame(rows).set_index("parameter")

@@ -70,6 +70,23 @@ def test_simulation_summary_by_hand():
     assert list(s["symbol"]) == ["β", "η", "(β+η)/β"]
 
 
+def test_simulation_summary_coverage_check():
+    # 100 fits, nominal 0.95: two binomial SEs at the nominal rate are 2·sqrt(.95·.05/100) ≈ .0436
+    n = 100
+    beta = np.full(n, 0.1)
+    beta[:7] = 0.2         # 7 misses: coverage 0.93, inside 0.95 ± 0.0436 → nominal
+    eta = np.full(n, 0.2)
+    eta[:20] = 0.4         # 20 misses: coverage 0.80 → low
+    study = _study(beta, eta, np.full(n, 3.0))
+    s = simulation_summary(study, level=0.95)
+    assert s.loc["beta", "coverage"] == pytest.approx(0.93)
+    assert s.loc["beta", "coverage_check"] == "nominal"
+    assert s.loc["eta", "coverage_check"] == "low"
+    assert simulation_summary(study, level=0.5).loc["ratio", "coverage_check"] == "high"
+    with pytest.raises(ValueError, match="level"):
+        simulation_summary(study, level=95)
+
+
 def test_simulation_summary_explicit_truth_overrides_attrs():
     study = _study([0.5, 0.5], [0.2, 0.2], [3, 3])
     s = simulation_summary(study, truth={"beta": 0.5, "eta": 0.2, "ratio": 1.4})

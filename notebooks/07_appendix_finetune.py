@@ -1,0 +1,188 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Appendix: making the fine-tuned model
+#
+# The book compares a base model with a fine-tuned version of *the same* model. No such
+# pair of small models can be downloaded here (everything runs offline), so the project
+# makes one: `gemma-3-270m-sft` is `gemma-3-270m` after a short LoRA fine-tune.
+# **How was it made, and is it a real fine-tune — does it behave measurably differently
+# from its base on text it has not seen?**
+
+# %% tags=["parameters"]
+profile = "default"            # experiment profile: "default" or "quick"
+experiment_file = None         # None: data/experiments/default.yaml
+models = None                  # None: the experiment's models (listed for reference)
+finetune_name = None           # None: "gemma-3-270m-sft" ("gemma-3-270m-sft-quick" with profile "quick")
+smoothing_window = 5           # steps in the running mean of the training loss
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from canopy import charts
+from canopy.experiment import load_experiment
+from canopy.finetune import PROFILES, finetune, read_report
+
+pd.set_option("display.precision", 4)
+pd.set_option("display.max_colwidth", 80)
+
+experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+if finetune_name is None:
+    finetune_name = PROFILES["quick" if profile == "quick" else "default"].name
+try:
+    report = read_report(finetune_name)
+except FileNotFoundError:
+    # The fine-tune is a dependency of the experiment: make it (cached, resumable).
+    recipe = next((key for key, cfg in PROFILES.items() if cfg.name == finetune_name), None)
+    if recipe is None:
+        raise ValueError(f"no fine-tune report for {finetune_name!r} and no built-in recipe "
+                         f"makes it; run `canopy finetune` for it first") from None
+    finetune(recipe, progress=False)
+    report = read_report(finetune_name)
+config = report["config"]
+display(Markdown(
+    f"**Parameters.** profile `{profile}`, fine-tune `{finetune_name}`. Rerun: `jupytext "
+    f"--to ipynb notebooks/07_appendix_finetune.py -o c7.ipynb && papermill c7.ipynb "
+    f"c7_out.ipynb -p profile {profile}`. The experiment's models: "
+    + ", ".join(f"`{m}`" for m in experiment.models) + "."))
+
+# %% [markdown]
+# ## The recipe
+#
+# 1. **A teacher writes the targets.** The instruction-tuned `smollm2-135m-instruct` answers
+#    the prompts of the fine-tuning pool (`data/finetune/pool.jsonl`, separate from the
+#    experiment's prompts), once each, by sampling. A response that ran into the token
+#    budget is cut after its last complete sentence (and dropped if it has none), so every
+#    target ends where a sentence ends. The last prompts of the pool are held out for the
+#    report below and never trained on.
+# 2. **The Gemma chat format.** Each (prompt, response) pair becomes one example
+#
+#    ```text
+#    <bos><start_of_turn>user
+#    {prompt}<end_of_turn>
+#    <start_of_turn>model
+#    {response}<end_of_turn>
+#    ```
+#
+#    so that the fine-tuned model learns to answer in a model turn and to **stop** with
+#    `<end_of_turn>`, which becomes one of its stop tokens.
+# 3. **Loss on the response only.** With $\mathcal R$ the positions of the response tokens
+#    (its `<end_of_turn>` included) the loss of a batch is the mean cross-entropy
+#
+#    $$\mathcal L = -\frac{1}{|\mathcal R|}\sum_{t \in \mathcal R}
+#      \log p_\theta(y_t \mid y_{<t}) \quad\text{nats per response token};$$
+#
+#    the prompt and the chat markup are context, not targets.
+# 4. **LoRA.** The base weights stay frozen; every attention and MLP projection $W$ gets a
+#    trainable low-rank update, $W + \frac{\alpha}{r} B A$ with $A \in \mathbb R^{r\times k}$,
+#    $B \in \mathbb R^{d\times r}$ and $B = 0$ at the start (so training starts from the
+#    base model exactly). AdamW with a linear warm-up, then linear decay to zero.
+# 5. **A held-out report** compares base and fine-tuned model on the held-out prompts.
+#
+# The whole run is cached under a hash of the pool and the configuration: a rerun with the
+# same settings does nothing. The adapter derives from Gemma weights and is never
+# committed.
+
+# %%
+lora = pd.DataFrame({
+    "setting": ["LoRA rank r", "LoRA α", "scale α / r", "LoRA dropout", "learning rate",
+                "warm-up steps", "epochs", "batch size", "max tokens per example",
+                "training prompts", "training examples (after dropping)", "held-out examples"],
+    "value": [str(v) for v in (
+        config["lora_r"], config["lora_alpha"], config["lora_alpha"] / config["lora_r"],
+        config["lora_dropout"], config["lr"], config["warmup_steps"], config["epochs"],
+        config["batch_size"], config["max_seq_len"], report.get("n_train_prompts"),
+        report.get("n_train_examples"), report.get("n_heldout_examples"))],
+}).set_index("setting")
+display(lora)
+
+# %% [markdown]
+# ## The training loss
+
+# %%
+loss = charts.finetune_loss_data(report, window=smoothing_window)
+display(charts.loss_curve_chart(loss, report["heldout_response_loss"],
+                                "Training loss on response tokens (dashed: held-out losses)"))
+first, last = loss["smoothed"].iloc[min(smoothing_window, len(loss)) - 1], loss["smoothed"].iloc[-1]
+display(Markdown(
+    f"{len(loss)} optimiser steps ({config['epochs']} epoch(s) of "
+    f"{report.get('n_train_examples')} examples in batches of {config['batch_size']}). "
+    f"The running mean over {smoothing_window} steps goes from {first:.3f} to {last:.3f} nats "
+    "per response token. Single steps scatter because each batch holds different prompts and "
+    "a different number of response tokens (in the tooltips). A falling *training* loss only "
+    "shows that the model fits what it sees; the held-out comparison below is the check."))
+
+# %% [markdown]
+# ## Is it a real fine-tune? The held-out report
+#
+# Two checks on the held-out prompts, which training never saw:
+#
+# - **Held-out response loss**: the cross-entropy of the teacher's held-out responses
+#   under the base and under the fine-tuned model (in the chat format, response tokens
+#   only). Lower means the fine-tuned model now puts more probability on answers of the
+#   teacher's kind.
+# - **Stop fraction**: the share of held-out prompts on which one sampled rollout ends
+#   with a stop token within the budget. The base model sees the raw prompt, the
+#   fine-tuned model the chat prompt; learning to end a turn is one of the behaviours a
+#   fine-tune should add.
+
+# %%
+summary = charts.finetune_summary(report)
+display(summary)
+display(charts.heldout_loss_chart(report))
+
+# %%
+held, stop = report["heldout_response_loss"], report["stop_fraction"]
+drop = held["base"] - held["fine_tuned"]
+display(Markdown(
+    f"On {report.get('n_heldout_examples')} held-out responses the loss "
+    + (f"falls by {drop:.3f} nats per token ({held['base']:.3f} → {held['fine_tuned']:.3f}), "
+       f"a perplexity of {summary.iloc[1]['base']:.1f} → {summary.iloc[1]['fine_tuned']:.1f}: "
+       "the fine-tune changed the model's distribution in the intended direction on text it "
+       "did not train on."
+       if drop > 0 else
+       f"does not fall ({held['base']:.3f} → {held['fine_tuned']:.3f}): on this evidence the "
+       "fine-tune did not generalise to held-out prompts.")
+    + f" Within {stop['max_new_tokens']} tokens, {stop['base']:.0%} of the base model's and "
+    f"{stop['fine_tuned']:.0%} of the fine-tuned model's rollouts stopped (one rollout per "
+    f"held-out prompt, {stop['n_prompts']} prompts"
+    + ("; so few that a difference of one prompt moves the share by "
+       f"{1 / stop['n_prompts']:.0%}" if stop["n_prompts"] else "") + ")."
+    + (" Neither model stopped within that budget, so the stop check says nothing either "
+       "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else "")))
+
+# %% [markdown]
+# ## Timings and the full configuration
+
+# %%
+seconds = pd.Series(report.get("seconds", {}), name="seconds").rename_axis("stage")
+display(seconds.to_frame())
+display(Markdown(f"Measured with {report.get('torch_threads', '?')} CPU thread(s)."))
+display(charts.finetune_config_table(report))
+
+# %% [markdown]
+# ## What this fine-tune is, and is not
+#
+# - It is a **small distillation-style SFT**: a few hundred examples (a few dozen in the
+#   quick profile), one epoch, low-rank adapters, a teacher that is itself a 135-million-
+#   parameter model. It is enough to change the model's next-token distribution on held-out
+#   text, which is what the book's comparisons need: a base and a fine-tuned model that
+#   share everything except the fine-tune.
+# - It is **not** the instruction tuning behind released chat models (larger and more
+#   varied data, preference optimisation, many more steps). Effects of fine-tuning that the
+#   paper reports for such models need not appear, or appear as strongly, after this one.
+# - There is **one** such pair. Chapter 6's interaction regression therefore has one
+#   matched family, and what it finds about "fine-tuning" is a finding about this
+#   fine-tune of this model.
