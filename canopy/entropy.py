@@ -48,6 +48,7 @@ __all__ = [
     "pooled_bootstrap",
     "position_profile",
     "interval_side",
+    "format_interval",
     "bootstrap_table",
 ]
 
@@ -835,8 +836,12 @@ def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None
     resampled with replacement ``n_boot`` times and each pooled metric recomputed exactly
     as :func:`pool` does. Returns one row per (model, task, metric): ``estimate`` (the
     point estimate on all prompts), percentile CI ``lo``/``hi`` at ``confidence``,
-    ``n_prompts`` and ``n_valid`` (bootstrap draws where the metric was defined; a
-    pooled correlation is NaN in a draw whose prompts all have undefined correlations).
+    ``n_prompts``, ``n_defined`` (prompts that enter the pooled value: for the
+    correlations and ``length_rate_cov`` those with a defined value and a positive
+    weight — Pearson and Spearman need M > 3 —, else all) and ``n_valid`` (bootstrap
+    draws where the metric was defined; a pooled correlation is NaN in a draw whose
+    prompts all have undefined correlations). With few defined prompts the percentile
+    interval is degenerate: read it with :func:`interval_side`'s ``n``.
     Unlike :func:`paired_bootstrap` this needs no partner model, so it covers models
     without a base (e.g. ``smollm2-135m-instruct``).
     """
@@ -856,6 +861,8 @@ def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None
         parts = _pool_parts(grp)
         n = len(grp)
         point = _pooled_from_parts(parts, np.arange(n)[None, :])
+        weights = {"length_rate_pearson": "pearson_w", "length_rate_spearman": "spearman_w",
+                   "length_rate_kendall": "kendall_w", "length_rate_cov": "cov_w"}
         boot = {k: [] for k in names}
         done = 0
         while done < n_boot:
@@ -867,13 +874,14 @@ def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None
         for k in names:
             sample = np.concatenate(boot[k])
             row = dict(zip(POOL_KEYS, keys))
-            row.update(metric=k, n_prompts=n, n_boot=n_boot,
+            n_defined = int((parts[weights[k]] > 0).sum()) if k in weights else n
+            row.update(metric=k, n_prompts=n, n_defined=n_defined, n_boot=n_boot,
                        n_valid=int(np.isfinite(sample).sum()),
                        estimate=float(point[k][0]),
                        lo=_percentile(sample, tails[0]), hi=_percentile(sample, tails[1]))
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*POOL_KEYS, "metric", "n_prompts", "n_boot",
-                                       "n_valid", "estimate", "lo", "hi"])
+    return pd.DataFrame(rows, columns=[*POOL_KEYS, "metric", "n_prompts", "n_defined",
+                                       "n_boot", "n_valid", "estimate", "lo", "hi"])
 
 
 #: Columns of :func:`position_profile`'s output after the keys.
@@ -967,25 +975,49 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
     return out[[*keys, "task", *PROFILE_COLUMNS]]
 
 
-def interval_side(lo, hi) -> np.ndarray:
+#: Fewer prompts than this: a bootstrap over prompts cannot say much (it takes only a
+#: handful of distinct values), and :func:`interval_side` says so instead of a sign.
+MIN_BOOTSTRAP_PROMPTS = 5
+
+
+def interval_side(lo, hi, n=None, min_n: int = MIN_BOOTSTRAP_PROMPTS) -> np.ndarray:
     """Where an interval ``[lo, hi]`` lies relative to 0, element-wise: ``"> 0"`` when
     lo > 0, ``"< 0"`` when hi < 0, ``"includes 0"`` otherwise, ``"undefined"`` when
-    either end is NaN. For bootstrap CIs of a difference or a correlation."""
+    either end is NaN, and ``"too few prompts"`` where ``n`` (the prompts behind the
+    interval, optional) is below ``min_n``. For bootstrap CIs of a difference or a
+    correlation."""
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
     out = np.where(lo > 0, "> 0", np.where(hi < 0, "< 0", "includes 0")).astype(object)
-    out[np.isnan(lo) | np.isnan(hi)] = "undefined"
+    out = np.atleast_1d(out)
+    if n is not None:
+        few = np.broadcast_to(np.asarray(n, dtype=np.float64) < min_n, out.shape)
+        out[few] = "too few prompts"
+    out[np.atleast_1d(np.isnan(lo) | np.isnan(hi))] = "undefined"
     return out
 
 
-def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.DataFrame:
+def format_interval(estimate, lo, hi, fmt: str = "+.2f", unit: str = "") -> str:
+    """``"estimate<unit> [lo, hi]"`` with ``fmt``, or ``"undefined"`` when the estimate is
+    NaN (an interval end that is NaN prints as ``?``). For sentences in the chapters."""
+    def one(x) -> str:
+        return "?" if x is None or not np.isfinite(x) else format(float(x), fmt)
+
+    if estimate is None or not np.isfinite(estimate):
+        return "undefined"
+    return f"{one(estimate)}{unit} [{one(lo)}, {one(hi)}]"
+
+
+def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None,
+                    min_prompts: int = MIN_BOOTSTRAP_PROMPTS) -> pd.DataFrame:
     """A readable view of :func:`paired_bootstrap`'s output (chapters 3–4).
 
     Keeps ``family, task, metric, n_prompts, base, fine_tuned, delta, delta_lo,
     delta_hi, pct_delta, pct_delta_lo, pct_delta_hi`` (rows of ``metrics`` only, in
     that order, when given) and adds ``change`` = :func:`interval_side` of the delta's
     CI: ``"> 0"`` (fine-tuned higher at this confidence), ``"< 0"`` (lower) or
-    ``"includes 0"`` (no difference resolved with these prompts).
+    ``"includes 0"`` (no difference resolved with these prompts), ``"too few prompts"``
+    when fewer than ``min_prompts`` paired prompts stand behind it, ``"undefined"``.
     """
     cols = ["family", "task", "metric", "n_prompts", "base", "fine_tuned", "delta",
             "delta_lo", "delta_hi", "pct_delta", "pct_delta_lo", "pct_delta_hi"]
@@ -999,5 +1031,6 @@ def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None) ->
         out = out[out["metric"].isin(order)]
         out = out.assign(_o=out["metric"].map(order)).sort_values(
             ["family", "_o"], kind="stable").drop(columns="_o")
-    out["change"] = interval_side(out["delta_lo"], out["delta_hi"])
+    out["change"] = interval_side(out["delta_lo"], out["delta_hi"], out["n_prompts"],
+                                  min_prompts)
     return out.reset_index(drop=True)

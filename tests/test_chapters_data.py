@@ -221,6 +221,13 @@ def test_pooled_bootstrap_matches_resampling_pool(rollouts):
             s = np.array(samples[k], dtype=float)
             s = s[np.isfinite(s)]
             assert mine["estimate"] == pytest.approx(point[k], rel=1e-12, abs=1e-12)
+            if k.startswith("length_rate_") and k != "length_rate_kendall":
+                defined = grp[k].notna() & (grp["n_rollouts"] > 3)
+            elif k == "length_rate_kendall":
+                defined = grp[k].notna() & (grp["n_rollouts"] > 1)
+            else:
+                defined = grp[k].notna() | True
+            assert mine["n_defined"] == int(defined.sum())
             assert mine["n_valid"] == s.size
             assert mine["lo"] == pytest.approx(np.percentile(s, 2.5), rel=1e-9, abs=1e-12)
             assert mine["hi"] == pytest.approx(np.percentile(s, 97.5), rel=1e-9, abs=1e-12)
@@ -284,8 +291,16 @@ def test_chapter_charts_build_with_tooltips(rollouts):
 def test_interval_side_and_bootstrap_table(rollouts):
     sides = E.interval_side([0.1, -2.0, -1.0, np.nan, 0.0], [0.5, -0.1, 1.0, 1.0, 0.0])
     assert list(sides) == ["> 0", "< 0", "includes 0", "undefined", "includes 0"]
+    sides = E.interval_side([0.1, 0.1, np.nan], [0.5, 0.5, 1.0], n=[2, 5, 1], min_n=5)
+    assert list(sides) == ["too few prompts", "> 0", "undefined"]
+    assert E.format_interval(0.1234, -0.5, 1.0) == "+0.12 [-0.50, +1.00]"
+    assert E.format_interval(12.0, 10.0, np.nan, fmt=".0f", unit=" %") == "12 % [10, ?]"
+    assert E.format_interval(np.nan, 0.0, 1.0) == "undefined"
     boot = E.paired_bootstrap(E.prompt_metrics(rollouts), n_boot=40, seed=1)
-    table = E.bootstrap_table(boot, metrics=["gen_ppl", "canopy_entropy"])
+    default = E.bootstrap_table(boot)
+    few = default["n_prompts"] < E.MIN_BOOTSTRAP_PROMPTS
+    assert few.any() and (default.loc[few, "change"] == "too few prompts").all()
+    table = E.bootstrap_table(boot, metrics=["gen_ppl", "canopy_entropy"], min_prompts=1)
     assert set(table["metric"]) == {"gen_ppl", "canopy_entropy"}
     assert list(table["metric"][:2]) == ["gen_ppl", "gen_ppl"]
     for _, row in table.iterrows():
