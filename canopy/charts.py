@@ -381,6 +381,12 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} is missing column(s): {', '.join(missing)}")
 
 
+def _model_scale(frame: pd.DataFrame):
+    """A colour scale over every model of ``frame`` (sorted), so that a model keeps its
+    colour when some of its values are NaN and left out of the drawing."""
+    return alt.Scale(domain=sorted(frame["model"].astype(str).unique()))
+
+
 def semantic_bar_chart(pooled: pd.DataFrame, metric: str = "diversity",
                        title: str | None = None, axis_title: str | None = None) -> alt.Chart:
     """Grouped bars of a pooled semantic measure: one group per task, one bar per model.
@@ -396,10 +402,10 @@ def semantic_bar_chart(pooled: pd.DataFrame, metric: str = "diversity",
     tasks = list(dict.fromkeys([t for t in pooled["task"] if t != "all"] +
                                (["all"] if (pooled["task"] == "all").any() else [])))
     return alt.Chart(data, title=title or f"{metric} by model and task").mark_bar().encode(
-        x=alt.X("task:N", title="task", sort=tasks),
+        x=alt.X("task:N", title="task", sort=tasks, axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("model:N"),
         y=alt.Y(f"{metric}:Q", title=axis_title or metric),
-        color=alt.Color("model:N", title="model"),
+        color=alt.Color("model:N", title="model", scale=_model_scale(pooled)),
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("task:N"),
                  alt.Tooltip(f"{metric}:Q", format=".4f"),
                  *[alt.Tooltip(f"{c}:{'N' if c == 'variant' else 'Q'}") for c in extra]],
@@ -428,11 +434,13 @@ def bucket_diversity_chart(pooled: pd.DataFrame, task: str = "all",
     """Lines and points of ``D`` in the short, medium and long thirds of each prompt's
     rollouts, one line per model (:func:`bucket_diversity_data`)."""
     data = bucket_diversity_data(pooled, task)
+    scale = _model_scale(data)
     data = data[np.isfinite(data["diversity"].to_numpy(dtype=np.float64))]
     enc = dict(x=alt.X("bucket:N", title="length bucket (thirds of each prompt's rollouts)",
-                       sort=list(_BUCKET_LABELS.values())),
+                       sort=list(_BUCKET_LABELS.values()), axis=alt.Axis(labelAngle=0),
+                       scale=alt.Scale(domain=list(_BUCKET_LABELS.values()))),
                y=alt.Y("diversity:Q", title="D within the bucket", scale=alt.Scale(zero=False)),
-               color=alt.Color("model:N", title="model"),
+               color=alt.Color("model:N", title="model", scale=scale),
                tooltip=[alt.Tooltip("model:N"), alt.Tooltip("bucket:N"),
                         alt.Tooltip("diversity:Q", title="D", format=".4f")])
     base = alt.Chart(data)
@@ -449,13 +457,14 @@ def length_diversity_chart(pooled: pd.DataFrame, measure: str = "pearson",
     col = f"length_diversity_{measure}"
     _require(pooled, ["model", "task", col], "pooled table")
     data = pooled[["model", "task", col]].rename(columns={col: "value"})
+    scale = _model_scale(data)
     data = data[np.isfinite(data["value"].to_numpy(dtype=np.float64))]
     points = alt.Chart(data).mark_point(filled=True, size=80).encode(
         x=alt.X("value:Q", title=f"ρ(N, d) ({measure}, pooled over prompts)",
                 scale=alt.Scale(domain=[-1, 1])),
         y=alt.Y("task:N", title="task"),
         yOffset=alt.YOffset("model:N"),
-        color=alt.Color("model:N", title="model"),
+        color=alt.Color("model:N", title="model", scale=scale),
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("task:N"),
                  alt.Tooltip("value:Q", title=f"ρ(N, d) {measure}", format=".3f")])
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(color="#888", strokeDash=[4, 3]).encode(
@@ -497,7 +506,7 @@ def rate_diversity_chart(panel: pd.DataFrame, color: str = "model", fit_lines: b
     data["prompt_id"] = data["prompt_id"].astype(str)
     data = data[np.isfinite(data[["diversity", "mean_entropy_rate"]].to_numpy(dtype=np.float64)).all(axis=1)]
     scale = (alt.Scale(domain=list(_VARIANT_COLORS), range=list(_VARIANT_COLORS.values()))
-             if color == "variant" else alt.Undefined)
+             if color == "variant" else alt.Scale(domain=sorted(data[color].astype(str).unique())))
     enc_color = alt.Color(f"{color}:N", title=color, scale=scale)
     x = alt.X("mean_entropy_rate:Q", title="R̄ = E[r] (nats per token)", scale=alt.Scale(zero=False))
     y = alt.Y("diversity:Q", title="D (semantic diversity)", scale=alt.Scale(zero=False))

@@ -27,7 +27,7 @@ models = None                  # None: the experiment's models (listed for refer
 finetune_name = None           # None: "gemma-3-270m-sft" ("gemma-3-270m-sft-quick" with profile "quick")
 smoothing_window = 5           # steps in the running mean of the training loss
 
-# %%
+# %% tags=["remove-stderr"]
 import pandas as pd
 from IPython.display import Markdown, display
 

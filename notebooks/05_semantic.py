@@ -1,0 +1,252 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Semantic diversity
+#
+# Canopy Entropy counts how many *token sequences* a model can produce for a prompt. Two
+# rollouts can differ in every token and still say the same thing. **Do the rollouts of a
+# prompt differ in meaning, does fine-tuning change that, and do longer rollouts say
+# different things from shorter ones?** This chapter measures meaning with sentence
+# embeddings: every rollout becomes a vector, and the spread of those vectors is the
+# rollouts' semantic diversity. The next chapter asks whether that diversity follows the
+# entropy rate once length, task and prompt are held fixed.
+
+# %% tags=["parameters"]
+profile = "default"            # experiment profile: "default" or "quick"
+experiment_file = None         # None: data/experiments/default.yaml
+models = None                  # None: the experiment's models; or a list of registry names
+embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
+similarity_threshold = 0.9     # cosine similarity at which the default judge says "same meaning"
+correlation = "pearson"        # measure charted for rho(N, d): pearson, spearman or kendall
+example_task = None            # task of the worked example; None: the experiment's first task
+
+# %% tags=["remove-stderr"]
+import pandas as pd
+from IPython.display import Markdown, display
+
+from canopy import charts, semantic
+from canopy.experiment import load_experiment
+from canopy.stats import build_panel
+
+pd.set_option("display.precision", 4)
+pd.set_option("display.max_colwidth", 120)
+
+experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+rollouts = experiment.rollouts(progress=False)
+n_rollouts = int(experiment.sampling.rollouts)
+display(Markdown(
+    f"**Parameters.** profile `{profile}`, experiment `{experiment.name}`, "
+    f"embedding model `{embedding_model}`, similarity threshold {similarity_threshold}. "
+    f"Rerun: `jupytext --to ipynb notebooks/05_semantic.py -o c5.ipynb && papermill c5.ipynb "
+    f"c5_out.ipynb -p profile {profile}`.\n\n"
+    f"**Data.** {rollouts['model'].nunique()} models ({', '.join(f'`{m}`' for m in experiment.models)}), "
+    f"{rollouts['task'].nunique()} tasks, {rollouts.groupby('task')['prompt_id'].nunique().max()} "
+    f"prompts per task, M = {n_rollouts} rollouts per prompt, at most "
+    f"{experiment.sampling.max_new_tokens} new tokens: {len(rollouts):,} rollouts in all."))
+
+# %% [markdown]
+# ## From text to vectors
+#
+# Each rollout's decoded text (stop token removed) is embedded with a sentence-embedding
+# model, by default **all-MiniLM-L6-v2**, a small general-purpose English model that maps a
+# text to a 384-dimensional vector, and the vector is scaled to unit length, $e_i$. Two
+# rollouts that say similar things get a cosine similarity $\langle e_i, e_j\rangle$ near
+# 1; unrelated texts get values near 0. Embeddings are cached under the project cache,
+# keyed by the model name and the texts, so a rerun does not embed again.
+
+# %% tags=["remove-stderr"]
+embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
+display(Markdown(f"Embedded {embeddings.shape[0]:,} rollouts into {embeddings.shape[1]} dimensions."))
+
+# %% [markdown]
+# ## The measures
+#
+# For one prompt with $M$ rollouts:
+#
+# - **Semantic diversity** — the mean pairwise cosine *dis*similarity,
+#
+#   $$D = 1 - \frac{2}{M(M-1)} \sum_{i<j} \langle e_i, e_j \rangle .$$
+#
+#   $D = 0$ when all rollouts have the same embedding; $D$ near 1 when they are unrelated
+#   (it can exceed 1 slightly, up to $1 + 1/(M-1)$, when the vectors point away from each
+#   other).
+# - **Per-rollout diversity** — how far rollout $i$ is from the others,
+#   $d_i = 1 - \frac{1}{M-1}\sum_{j \ne i}\langle e_i, e_j\rangle$, so that
+#   $\operatorname{mean}_i d_i = D$.
+# - **Vendi score** — the effective number of distinct rollouts. With $K = E E^\top$ the
+#   $M \times M$ matrix of cosine similarities and $\lambda_k$ the eigenvalues of $K/M$,
+#
+#   $$\mathrm{VS} = \exp\Big(-\sum_k \lambda_k \log \lambda_k\Big) \in [1, M].$$
+#
+#   $\mathrm{VS} = 1$ when all rollouts coincide, $M$ when they are mutually orthogonal.
+#   Unlike $D$, it notices clusters: four rollouts in two tight pairs count as about 2.
+# - **Length buckets** — each prompt's rollouts are sorted by length $N$ and split into
+#   three near-equal thirds (short, medium, long); $D$ is computed within each third. A
+#   third with fewer than two rollouts has no $D$ (with $M = 4$, the medium and long thirds
+#   hold one rollout each).
+# - **Length and diversity** — $\rho(N, d)$, the correlation across a prompt's rollouts
+#   of length $N_i$ and per-rollout diversity $d_i$ (Pearson, Spearman and Kendall's
+#   $\tau_b$), pooled over prompts as $\rho(N, r)$ is in chapter 4: Fisher $z$ with
+#   weights $M - 3$ (Kendall: $M(M-1)/2$). With $M \le 3$ a prompt carries no weight.
+#   Positive: longer rollouts are the odd ones out.
+# - **Semantic entropy** — a judge joins two rollouts when they "mean the same" (here:
+#   cosine similarity $\ge$ the threshold, checked in both orders); the clusters are the
+#   connected groups, and with cluster sizes $|c|$
+#
+#   $$\mathrm{SE} = -\sum_c \frac{|c|}{M}\log\frac{|c|}{M}\ \text{nats}, \qquad
+#   \mathrm{SE}_{\text{norm}} = \mathrm{SE} / \log M \in [0, 1].$$
+#
+#   $\mathrm{SE}_{\text{norm}} = 1$ means every rollout is its own cluster.
+#
+# Pooled values (per model and task, and over all tasks) are unweighted means over
+# prompts.
+
+# %%
+per_prompt = semantic.semantic_metrics(rollouts, embeddings, threshold=similarity_threshold)
+pooled = semantic.pool_semantic(per_prompt)
+overall = pooled[pooled["task"] == "all"].set_index("model")
+
+# %% [markdown]
+# ## Semantic diversity $D$ and the Vendi score
+
+# %%
+display(pooled.pivot(index="model", columns="task", values="diversity")
+        .rename_axis(columns="D by task"))
+display(charts.semantic_bar_chart(pooled, "diversity", "Semantic diversity D by model and task",
+                                  "D (mean pairwise cosine dissimilarity)"))
+
+# %%
+top, bottom = overall["diversity"].idxmax(), overall["diversity"].idxmin()
+display(Markdown(
+    f"Over all tasks, `{top}` has the highest mean D ({overall.loc[top, 'diversity']:.3f}) and "
+    f"`{bottom}` the lowest ({overall.loc[bottom, 'diversity']:.3f}). Each value is a mean over "
+    f"{int(overall['n_prompts'].max())} prompts; the strip chart below shows how much single "
+    "prompts scatter around it, which is the honest measure of how far apart two models' "
+    "means have to be before the difference means anything."))
+display(charts.prompt_strip_chart(per_prompt, "diversity", "D per prompt (one tick per prompt)",
+                                  "D"))
+
+# %%
+display(pooled.pivot(index="model", columns="task", values="vendi")
+        .rename_axis(columns=f"Vendi score by task (max {n_rollouts})"))
+display(charts.semantic_bar_chart(pooled, "vendi", "Vendi score: effective number of distinct rollouts",
+                                  f"Vendi score (1 … M = {n_rollouts})"))
+
+# %% [markdown]
+# ## Diversity within length buckets
+#
+# Is the diversity carried by the long rollouts? Comparing $D$ within the short, medium and
+# long thirds of each prompt's rollouts holds the prompt fixed. Short texts are also harder
+# to embed well (a few tokens carry little meaning), so a difference between buckets is a
+# mixture of what the model says and how well the embedding model reads short text.
+
+# %%
+buckets = pooled[["model", "task", "diversity_short", "diversity_medium", "diversity_long"]]
+display(buckets.set_index(["model", "task"]))
+display(charts.bucket_diversity_chart(pooled, "all"))
+missing = [c.split("_")[1] for c in ("diversity_short", "diversity_medium", "diversity_long")
+           if overall[c].isna().all()]
+if missing:
+    display(Markdown(
+        f"**No value for the {' and '.join(missing)} bucket(s):** with M = {n_rollouts} rollouts "
+        "per prompt those thirds hold fewer than two rollouts, so D is undefined there. Rerun "
+        "with more rollouts (the default profile) for a real comparison."))
+
+# %% [markdown]
+# ## Length and per-rollout diversity, $\rho(N, d)$
+
+# %%
+display(pooled[["model", "task", "length_diversity_pearson", "length_diversity_spearman",
+                "length_diversity_kendall", "reason"]].set_index(["model", "task"]))
+display(charts.length_diversity_chart(pooled, correlation))
+rho = overall[f"length_diversity_{correlation}"]
+if rho.notna().any():
+    display(Markdown(
+        "Pooled over all tasks (" + correlation + "): " + ", ".join(
+            f"`{m}` {v:+.3f}" for m, v in rho.items() if pd.notna(v))
+        + ". These are within-prompt correlations from only "
+        f"{n_rollouts} rollouts per prompt: each prompt's correlation is very noisy, and the "
+        "pooled value is a weighted average of such noisy values. Read the sign across tasks "
+        "and models rather than any single number."))
+else:
+    display(Markdown(
+        f"No pooled ρ(N, d) is defined: with M = {n_rollouts} rollouts a prompt's Fisher weight "
+        "M − 3 is at most 1 and prompts with constant length or diversity drop out. More "
+        "rollouts per prompt are needed."))
+
+# %% [markdown]
+# ## Semantic entropy
+#
+# The default judge is offline and crude: two rollouts "mean the same" when their
+# embeddings have cosine similarity of at least the threshold. Raising the threshold
+# splits more rollouts apart and raises SE; the absolute level therefore depends on this
+# choice, and only comparisons at the same threshold are meaningful. A language-model
+# judge (entailment in both directions) can be plugged in via `semantic_metrics(judge=…)`.
+
+# %%
+display(pooled[["model", "task", "semantic_entropy", "semantic_entropy_norm"]]
+        .set_index(["model", "task"]))
+display(charts.semantic_bar_chart(pooled, "semantic_entropy_norm",
+                                  f"Normalised semantic entropy (cosine ≥ {similarity_threshold})",
+                                  "SE / log M"))
+clusters = per_prompt.groupby("model")["n_clusters"].mean()
+display(Markdown(
+    "Mean number of meaning clusters per prompt (out of "
+    f"{n_rollouts} rollouts): " + ", ".join(f"`{m}` {v:.2f}" for m, v in clusters.items()) + "."))
+
+# %% [markdown]
+# ## A worked example
+#
+# The rollouts of one prompt per model, with each rollout's distance $d_i$ from the
+# others. Texts are cut at 160 characters.
+
+# %%
+task = example_task or experiment.tasks[0]
+example = rollouts.assign(d_i=semantic.rollout_diversity(rollouts, embeddings))
+first_prompt = sorted(example.loc[example["task"] == task, "prompt_id"].unique())[0]
+example = example[(example["task"] == task) & (example["prompt_id"] == first_prompt)]
+display(Markdown(f"Task `{task}`, prompt `{first_prompt}`."))
+display(example[["model", "rollout_id", "length", "d_i", "text"]]
+        .assign(text=example["text"].str.replace(r"\s+", " ", regex=True).str.slice(0, 160))
+        .sort_values(["model", "rollout_id"]).set_index(["model", "rollout_id"]))
+
+# %% [markdown]
+# ## Diversity next to entropy rate
+#
+# Each point is one prompt of one model: its mean entropy rate $\bar R = \mathbb{E}[r]$
+# (chapter 3) against its $D$. The lines are plain least-squares fits per model, with no
+# control for length, task or prompt; chapter 6 fits the controlled regressions.
+
+# %%
+panel = build_panel(rollouts, per_prompt)
+display(charts.rate_diversity_chart(panel, color="model"))
+
+# %% [markdown]
+# ## What this chapter can and cannot show
+#
+# - **Measured**: semantic diversity of the rollouts the experiment sampled, for the models
+#   listed above, through one embedding model. $D$, Vendi and SE describe *these* rollouts
+#   at *these* decoding settings; they are not properties of the models in general.
+# - **The embedding model is the instrument.** MiniLM was trained on English sentences; for
+#   code and arithmetic its notion of "same meaning" is rough (two programs that differ in
+#   one operator can embed almost identically). Differences between tasks partly reflect
+#   how well the instrument reads each task.
+# - **Tiny models, short rollouts, few prompts.** The default models have 135–270 million
+#   parameters, rollouts are capped at the experiment's token budget, and each pooled value
+#   averages a few dozen prompts at most (a handful in the quick profile). Differences
+#   between models smaller than the prompt-to-prompt spread in the strip chart are not
+#   evidence of anything.
+# - **Length confounds diversity.** Longer texts embed differently from short ones, and
+#   the models differ in how long they write. That is why the regressions in the next
+#   chapter control for mean length before asking what entropy rate adds.
