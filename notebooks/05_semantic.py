@@ -32,6 +32,7 @@ correlation = "pearson"        # measure charted for rho(N, d): pearson, spearma
 example_task = None            # task of the worked example; None: the experiment's first task
 
 # %% tags=["remove-stderr"]
+import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -197,6 +198,9 @@ else:
 # %%
 display(pooled[["model", "task", "semantic_entropy", "semantic_entropy_norm"]]
         .set_index(["model", "task"]))
+display(charts.semantic_bar_chart(pooled, "semantic_entropy",
+                                  f"Semantic entropy (cosine ≥ {similarity_threshold})",
+                                  f"SE (nats; at most log M = {np.log(n_rollouts):.3f})"))
 display(charts.semantic_bar_chart(pooled, "semantic_entropy_norm",
                                   f"Normalised semantic entropy (cosine ≥ {similarity_threshold})",
                                   "SE / log M"))

@@ -240,8 +240,10 @@ if beta_fit.table.empty or not beta_fit.converged:
 r_ok, r_why = stats.r_glmmtmb_available()
 if run_r and r_ok:
     glmm = stats.fit_beta_glmm_r(panel, level=level)
-    display(Markdown("The paper's exact specification, fitted in R with glmmTMB (random "
-                     "intercepts for prompt and family):"))
+    display(Markdown("The paper's specification, fitted in R with glmmTMB (a random "
+                     "intercept for prompt, and for family when the panel has several "
+                     "matched families; terms the design cannot carry are listed in the "
+                     "notes):"))
     display(glmm)
     if glmm.available and not glmm.converged:
         display(Markdown("**glmmTMB did not converge cleanly** (see its notes): its estimates "
