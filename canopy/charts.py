@@ -1133,7 +1133,8 @@ def stop_probability_chart(profile: pd.DataFrame, task: str = "all", min_active:
     x = alt.X("position:Q", title="token position t")
     color = alt.Color("model:N", title="model")
     lines = alt.Chart(data).mark_line().encode(
-        x=x, y=alt.Y("mean_stop_prob:Q", title="probability of stopping at t", scale=scale),
+        x=x, y=alt.Y("mean_stop_prob:Q", title="probability of stopping at t", scale=scale,
+                     axis=alt.Axis(format=".0e" if log_scale else ".2f")),
         color=color, tooltip=tooltip)
     points = alt.Chart(data[data["stop_fraction"] > 0]).mark_point(
         shape="diamond", filled=True, size=40).encode(

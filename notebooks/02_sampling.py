@@ -103,9 +103,11 @@ display(Markdown(f"**Prompt** `{examples.attrs['task']}/{examples.attrs['prompt_
 examples
 
 # %% [markdown]
-# The base model continues the raw text as a document would continue; the fine-tuned
-# models answer as an assistant. That difference in *format* is part of what
-# fine-tuning changes, and it shows up in lengths and stopping below.
+# Compare the *format* as well as the content: the base model receives the bare prompt
+# and continues it as a piece of text might continue; the fine-tuned models receive a
+# chat turn and were trained to answer it. That difference is part of what fine-tuning
+# changes, and it shows up in lengths and stopping below. Two rollouts of one prompt
+# are anecdotes: the tables and charts that follow use every rollout.
 
 # %% [markdown]
 # ## How long are the rollouts?
@@ -138,7 +140,11 @@ lines = [f"- `{m}`: {row.truncation_rate:.0%} of {row.n_rollouts} rollouts trunc
          f"{row.n_prompts_flagged} of {row.n_prompts} prompts flagged (> 5 %); "
          f"mean length {row.mean_length:.1f} tokens"
          for m, row in overall.iterrows()]
-display(Markdown("Measured here, over all tasks:\n\n" + "\n".join(lines)))
+display(Markdown(
+    "Measured here, over all tasks:\n\n" + "\n".join(lines) + "\n\n"
+    f"Across models and tasks the truncation rate ranges from "
+    f"{summary['truncation_rate'].min():.0%} to {summary['truncation_rate'].max():.0%} "
+    f"at T_max = {settings.max_new_tokens} tokens."))
 
 # %% [markdown]
 # How to read this. Where a model's truncation rate is high, its $CE^*$, $E[N]$ and
@@ -148,6 +154,11 @@ display(Markdown("Measured here, over all tasks:\n\n" + "\n".join(lines)))
 # model given raw text has no reason to emit its end-of-text token soon, so a high
 # truncation rate for it is expected; a larger `max_new_tokens` lowers truncation at the
 # price of sampling time. Which models are affected, and how much, is in the table above.
+# When nearly every rollout of every model is truncated — as with the `quick` profile's
+# 32-token limit, which exists to test the pipeline in minutes — lengths are all equal,
+# $E[N] = T_{\max}$, and the length–rate analyses of chapters 3–4 have almost nothing to
+# work with: many per-prompt correlations are then undefined (constant $N$), and the
+# chapters say so rather than report a number.
 
 # %% [markdown]
 # ## Rerun this chapter

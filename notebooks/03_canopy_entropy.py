@@ -43,6 +43,7 @@ from IPython.display import Markdown, display
 
 from canopy import charts, entropy
 from canopy.experiment import load_experiment
+from canopy.models import resolve_spec
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 rollouts = experiment.rollouts(progress=False)
@@ -79,11 +80,15 @@ scoped = check[check["task"] != "all"]
 display(Markdown(
     f"The pooled check passes in {int(scoped['estimators_agree'].sum())} of {len(scoped)} "
     f"(model, task) cells; per prompt it passes for {int(scoped['n_prompts_agree'].sum())} "
-    f"of {int(scoped['n_prompts'].sum())} prompts. With a 4-SE threshold a failure by "
-    "chance is very rare, so a failing cell would point to a problem in the recorded "
-    "quantities (not expected: the sampler's $h_t$ and $\\log q_t(y_t)$ come from the same "
-    "distribution). $\\widehat{CE}^*_S$ usually has the larger standard error, which is "
-    "why $\\widehat{CE}^*_H$ is the primary estimator."))
+    f"of {int(scoped['n_prompts'].sum())} prompts. For the pooled mean a failure of a "
+    "4-SE check by chance is very rare, so a failing cell would point to a problem in "
+    "the recorded quantities. Per prompt, the standard error rests on only "
+    f"M = {experiment.sampling.rollouts} rollouts ({experiment.sampling.rollouts - 1} "
+    "degrees of freedom), so with small M an occasional per-prompt failure is expected "
+    "by chance. The surprisal estimator's standard error is larger than the summed-"
+    f"entropy one in {int((scoped['canopy_entropy_surprisal_se'] > scoped['canopy_entropy_se']).sum())}"
+    f" of {len(scoped)} cells here; that lower variance is why $\\widehat{{CE}}^*_H$ is the "
+    "primary estimator."))
 
 # %% [markdown]
 # ## $CE^*$, GenPPL and branching factor per model and task
@@ -119,9 +124,11 @@ pooled[keys + ["canopy_entropy", "length_term", "cov_residual", "length_share",
 allrows = pooled[pooled["task"] == "all"].set_index("model")
 display(Markdown("Over all tasks, the covariance term's share of $CE^*$ is: " + "; ".join(
     f"`{m}` {row.cov_share:+.1%} ({row.cov_residual:+.3f} nats of {row.canopy_entropy:.2f})"
-    for m, row in allrows.iterrows()) + ". Across tasks the length term carries the bulk "
-    "of $CE^*$ whenever these shares are small; their sign and size per task are in the "
-    "table."))
+    for m, row in allrows.iterrows()) + ". Over all (model, task) cells the covariance "
+    f"share ranges from {pooled['cov_share'].min():+.1%} to {pooled['cov_share'].max():+.1%}. "
+    "A share near 0 can mean that $N$ and $r$ do not co-move, or that $N$ barely varies "
+    "(truncation at $T_{\\max}$ makes $\\operatorname{Cov}(N, r)$ exactly 0 for a prompt whose "
+    "rollouts are all truncated); compare with the truncation rates above."))
 
 # %% [markdown]
 # ## Within prompts or between prompts?
@@ -161,8 +168,9 @@ display(Markdown(
 # %% [markdown]
 # ## Base vs fine-tuned: the paired bootstrap
 #
-# Only families with both variants are compared (here the gemma-3-270m pair;
-# smollm2-135m-instruct has no base available offline). The same prompt indices are
+# Only families with both variants are compared (in the default experiment the
+# gemma-3-270m pair; smollm2-135m-instruct has no base available offline, so it appears
+# in the tables above but not here). The same prompt indices are
 # resampled for both variants, so the interval reflects how the *difference* varies
 # with the choice of prompts. `change` says whether the interval for the difference
 # lies above 0, below 0, or includes 0. Percent changes are given for positive
@@ -170,6 +178,14 @@ display(Markdown(
 
 # %%
 boot = entropy.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence)
+paired_models = set(boot["base_model"]) | set(boot["fine_tuned_model"])
+display(Markdown(
+    "Pairs compared: " + (", ".join(f"`{b}` → `{f}`" for b, f in
+                                    boot[["base_model", "fine_tuned_model"]].drop_duplicates()
+                                    .itertuples(index=False)) or "none")
+    + ". Not paired: " + (", ".join(f"`{m}`" for m in experiment.models
+                                    if resolve_spec(m).name not in paired_models) or "none")
+    + "."))
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",
          "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share"]
 table = entropy.bootstrap_table(boot, shown) if len(boot) else boot
@@ -182,12 +198,14 @@ if len(boot):
                "branching_factor"]))
     ce = table[(table["metric"] == "canopy_entropy")].set_index("task")
     display(Markdown(
-        f"{confidence:.0%} intervals from {n_boot} resamples of {int(ce['n_prompts'].max())} "
-        "paired prompts (all tasks) or fewer (one task). Fine-tuned minus base $CE^*$: "
-        + "; ".join(f"{t}: {row.pct_delta:+.0f} % [{row.pct_delta_lo:+.0f}, "
-                    f"{row.pct_delta_hi:+.0f}] ({row.change})" for t, row in ce.iterrows())
-        + ". With only a few prompts per task, intervals are wide and the bootstrap "
-        "distribution is coarse (it can take only a few distinct values)."))
+        f"{confidence:.0%} intervals from {n_boot} resamples of the paired prompts. "
+        "Fine-tuned vs base $CE^*$ (percent change): "
+        + "; ".join(f"{t} ({int(row.n_prompts)} prompts): "
+                    f"{entropy.format_interval(row.pct_delta, row.pct_delta_lo, row.pct_delta_hi, '+.0f', ' %')}"
+                    f" — {row.change}" for t, row in ce.iterrows())
+        + f". With fewer than {entropy.MIN_BOOTSTRAP_PROMPTS} prompts a bootstrap over "
+        "prompts takes only a handful of distinct values, so such rows are marked 'too few "
+        "prompts' whatever their interval says."))
 else:
     display(Markdown("No model family has both a base and a fine-tuned variant among the "
                      "models of this run, so there is nothing to pair."))

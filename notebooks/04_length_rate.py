@@ -63,7 +63,7 @@ display(Markdown(
 # %%
 rho = entropy.pooled_bootstrap(prompts, metrics=correlations, n_boot=n_boot, seed=seed,
                                confidence=confidence)
-rho["side"] = entropy.interval_side(rho["lo"], rho["hi"])
+rho["side"] = entropy.interval_side(rho["lo"], rho["hi"], rho["n_defined"])
 charts.interval_chart(rho, title=f"Pooled ρ(N, r) with {confidence:.0%} bootstrap intervals")
 
 # %%
@@ -72,10 +72,13 @@ rho.round(3)
 # %%
 pear = rho[(rho["metric"] == "length_rate_pearson") & (rho["task"] == "all")].set_index("model")
 display(Markdown("Pooled Pearson $\\rho(N, r)$ over all tasks: " + "; ".join(
-    f"`{m}` {row.estimate:+.2f} [{row.lo:+.2f}, {row.hi:+.2f}] ({row.side})"
-    for m, row in pear.iterrows()) + f". The bootstrap draws where the pooled value was "
-    "defined are counted in `n_valid`; an interval 'includes 0' means the sign is not "
-    "resolved with these prompts."))
+    f"`{m}` {entropy.format_interval(row.estimate, row.lo, row.hi)} ({row.n_defined} of "
+    f"{row.n_prompts} prompts with a defined correlation; {row.side})"
+    for m, row in pear.iterrows()) + ". 'includes 0' means the sign is not resolved with "
+    f"these prompts; 'too few prompts' that fewer than {entropy.MIN_BOOTSTRAP_PROMPTS} "
+    "prompts have a defined correlation (a prompt drops out when all its rollouts have "
+    "the same length, typically all truncated, or when M ≤ 3 for Pearson and Spearman), so "
+    "no interval is meaningful; 'undefined' that none has."))
 
 # %% [markdown]
 # ### Paired: does fine-tuning move $\rho(N, r)$?
@@ -94,8 +97,8 @@ if len(paired):
     p = paired[paired["metric"] == "length_rate_pearson"].set_index("task")
     display(Markdown(
         "Fine-tuned − base, pooled Pearson: " + "; ".join(
-            f"{t}: {row.delta:+.2f} [{row.delta_lo:+.2f}, {row.delta_hi:+.2f}] ({row.change})"
-            for t, row in p.iterrows())
+            f"{t}: {entropy.format_interval(row.delta, row.delta_lo, row.delta_hi)} "
+            f"({row.change})" for t, row in p.iterrows())
         + ". The paper's finding corresponds to a difference above 0; whether these small "
         "models reproduce it is read off the intervals, and an interval that includes 0 "
         "neither confirms nor contradicts it."))
