@@ -60,8 +60,8 @@ display(Markdown(
 # ## From text to vectors
 #
 # Each rollout's decoded text (stop token removed) is embedded with a sentence-embedding
-# model, by default **all-MiniLM-L6-v2**, a small general-purpose English model that maps a
-# text to a 384-dimensional vector, and the vector is scaled to unit length, $e_i$. Two
+# model, by default **all-MiniLM-L6-v2**, a small general-purpose English sentence model,
+# and the vector is scaled to unit length, $e_i$. Two
 # rollouts that say similar things get a cosine similarity $\langle e_i, e_j\rangle$ near
 # 1; unrelated texts get values near 0. Embeddings are cached under the project cache,
 # keyed by the model name and the texts, so a rerun does not embed again.

@@ -85,10 +85,12 @@ display(Markdown(
 #      \log p_\theta(y_t \mid y_{<t}) \quad\text{nats per response token};$$
 #
 #    the prompt and the chat markup are context, not targets.
-# 4. **LoRA.** The base weights stay frozen; every attention and MLP projection $W$ gets a
+# 4. **LoRA.** The base weights stay frozen; every attention and MLP projection $W$
+#    (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`) gets a
 #    trainable low-rank update, $W + \frac{\alpha}{r} B A$ with $A \in \mathbb R^{r\times k}$,
 #    $B \in \mathbb R^{d\times r}$ and $B = 0$ at the start (so training starts from the
-#    base model exactly). AdamW with a linear warm-up, then linear decay to zero.
+#    base model exactly). AdamW with a linear warm-up, then linear decay to zero, gradients
+#    clipped at norm 1.
 # 5. **A held-out report** compares base and fine-tuned model on the held-out prompts.
 #
 # The whole run is cached under a hash of the pool and the configuration: a rerun with the
@@ -174,15 +176,21 @@ display(charts.finetune_config_table(report))
 
 # %% [markdown]
 # ## What this fine-tune is, and is not
-#
-# - It is a **small distillation-style SFT**: a few hundred examples (a few dozen in the
-#   quick profile), one epoch, low-rank adapters, a teacher that is itself a 135-million-
-#   parameter model. It is enough to change the model's next-token distribution on held-out
-#   text, which is what the book's comparisons need: a base and a fine-tuned model that
-#   share everything except the fine-tune.
-# - It is **not** the instruction tuning behind released chat models (larger and more
-#   varied data, preference optimisation, many more steps). Effects of fine-tuning that the
-#   paper reports for such models need not appear, or appear as strongly, after this one.
-# - There is **one** such pair. Chapter 6's interaction regression therefore has one
-#   matched family, and what it finds about "fine-tuning" is a finding about this
-#   fine-tune of this model.
+
+# %%
+display(Markdown(
+    f"- It is a **small distillation-style SFT**: {report.get('n_train_examples')} examples, "
+    f"{config['epochs']} epoch(s), rank-{config['lora_r']} adapters, and a teacher "
+    f"(`{report.get('teacher')}`) that is itself a small model. "
+    + ("That is enough to lower the response loss on held-out text, which is what the book's "
+       "comparisons need: a base and a fine-tuned model that share everything except the "
+       "fine-tune." if drop > 0 else
+       "On the held-out check above it did not lower the response loss, so the 'fine-tuned' "
+       "model may differ little from its base; read the comparisons of the book with that "
+       "in mind.")
+    + "\n- It is **not** the instruction tuning behind released chat models (larger and more "
+    "varied data, preference optimisation, many more steps). Effects of fine-tuning that the "
+    "paper reports for such models need not appear, or appear as strongly, after this one.\n"
+    "- There is **one** such pair. Chapter 6's interaction regression therefore has one "
+    "matched family, and what it finds about \"fine-tuning\" is a finding about this "
+    "fine-tune of this model."))
