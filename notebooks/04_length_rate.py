@@ -102,6 +102,9 @@ if len(paired):
         + ". The paper's finding corresponds to a difference above 0; whether these small "
         "models reproduce it is read off the intervals, and an interval that includes 0 "
         "neither confirms nor contradicts it."))
+else:
+    display(Markdown("No model family has both a base and a fine-tuned variant among the "
+                     "models of this run, so there is no paired comparison."))
 
 # %% [markdown]
 # ## The rollouts behind the correlation
