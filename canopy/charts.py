@@ -726,8 +726,8 @@ def loss_curve_chart(data: pd.DataFrame, heldout: dict | None = None,
         layers.append(alt.Chart(rules).mark_rule(strokeDash=[6, 4]).encode(
             y="loss:Q",
             color=alt.Color("model:N", title="held-out response loss",
-                            scale=alt.Scale(range=[_VARIANT_COLORS["base"],
-                                                   _VARIANT_COLORS["fine-tuned"]])),
+                            scale=alt.Scale(domain=list(rules["model"]),
+                                            range=["#777777", _VARIANT_COLORS["fine-tuned"]])),
             tooltip=[alt.Tooltip("model:N"), alt.Tooltip("loss:Q", format=".4f")]))
     return alt.layer(*layers, title=title).properties(width=WIDTH, height=HEIGHT)
 

@@ -160,6 +160,12 @@ else:
                      "notes above): it needs at least one family with both variants."))
 
 # %%
+if matched:
+    display(charts.rate_diversity_chart(
+        panel[panel["family"].isin(matched)], color="variant",
+        title="Matched family: D against R̄ by variant (raw least-squares lines, no controls)"))
+
+# %%
 fits = {"main": main, "interaction": inter}
 coef = charts.coefficient_data(fits, terms=["mean_entropy_rate", "mean_entropy_rate:fine_tuned",
                                             "fine_tuned"])
