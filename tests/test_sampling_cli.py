@@ -121,7 +121,13 @@ def test_shipped_default_experiment_loads():
     exp = load_experiment(REPO_ROOT / "data" / "experiments" / "default.yaml")
     assert exp.sampling.rollouts >= 8 and exp.tasks
     quick = load_experiment(REPO_ROOT / "data" / "experiments" / "default.yaml", "quick")
-    assert (quick.sampling.rollouts, quick.sampling.max_new_tokens, quick.prompts_per_task) == (4, 32, 2)
+    assert quick.sampling.rollouts <= exp.sampling.rollouts
+    assert quick.sampling.max_new_tokens <= exp.sampling.max_new_tokens
+    assert quick.prompts_per_task < exp.prompts_per_task
+    assert "gemma-3-270m-sft-quick" in quick.models and "gemma-3-270m-sft" in exp.models
+    # The paper's decoding settings in both profiles.
+    for e in (exp, quick):
+        assert (e.sampling.temperature, e.sampling.top_k, e.sampling.top_p) == (1.0, 100, 1.0)
 
 
 def test_cli_models_lists_registry(capsys):
