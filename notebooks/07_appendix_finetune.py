@@ -77,7 +77,7 @@ display(Markdown(
 #    {response}<end_of_turn>
 #    ```
 #
-#    so that the fine-tuned model learns to answer in a model turn and to **stop** with
+#    so that the fine-tuned model is trained to answer in a model turn and to **stop** with
 #    `<end_of_turn>`, which becomes one of its stop tokens.
 # 3. **Loss on the response only.** With $\mathcal R$ the positions of the response tokens
 #    (its `<end_of_turn>` included) the loss of a batch is the mean cross-entropy
@@ -164,7 +164,14 @@ display(Markdown(
     + ("; so few that a difference of one prompt moves the share by "
        f"{1 / stop['n_prompts']:.0%}" if stop["n_prompts"] else "") + ")."
     + (" Neither model stopped within that budget, so the stop check says nothing either "
-       "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else "")))
+       "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else
+       " The fine-tuned model ended its turn more often, as the chat-format training intends."
+       if stop["fine_tuned"] > stop["base"] else
+       " The fine-tuned model did **not** end its turn more often than the base: this fine-tune "
+       "lowered the loss on the teacher's answers without making the model reliably stop "
+       "within the budget. Rollouts that hit the budget are truncated, and the Canopy Entropy "
+       "of a truncated process is only a lower bound (chapters 2–3 show the truncation rates)."
+       if stop["fine_tuned"] < stop["base"] else " Both stopped equally often.")))
 
 # %% [markdown]
 # ## Timings and the full configuration
