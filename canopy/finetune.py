@@ -56,7 +56,7 @@ GEMMA_CHAT_TEMPLATE = (
 END_OF_TURN = "<end_of_turn>"
 
 #: Bump when the training recipe changes in a way that changes the result.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class FinetuneConfig:
     ``name``: registry name of the result. ``n_train`` / ``n_heldout``: pool prompts used
     for training / held out for the report (the held-out ones are the last of the pool).
     ``teacher_*``: how the teacher's responses are sampled. ``max_seq_len``: tokens per
-    training example (longer ones are cut). ``epochs``, ``batch_size``, ``lr``,
+    training example (longer ones are dropped, never cut). ``epochs``, ``batch_size``, ``lr``,
     ``warmup_steps``: the optimiser schedule (linear warm-up, then linear decay to 0).
     ``lora_r``, ``lora_alpha``, ``lora_dropout``: the adapters. ``eval_max_new_tokens``:
     the budget for the stop-fraction check.
@@ -77,20 +77,20 @@ class FinetuneConfig:
     teacher: str = "smollm2-135m-instruct"
     pool: str = "data/finetune/pool.jsonl"
     n_train: int = 256
-    n_heldout: int = 32
+    n_heldout: int = 24
     teacher_max_new_tokens: int = 128
     teacher_temperature: float = 0.7
     teacher_top_k: int = 50
     teacher_top_p: float = 1.0
-    max_seq_len: int = 160
-    epochs: int = 1
+    max_seq_len: int = 256
+    epochs: int = 2
     batch_size: int = 8
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup_steps: int = 4
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    eval_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 192
     seed: int = 0
     save_every: int = 4
 
@@ -113,8 +113,8 @@ class FinetuneConfig:
 PROFILES = {
     "default": FinetuneConfig(),
     "quick": FinetuneConfig(name="gemma-3-270m-sft-quick", n_train=48, n_heldout=8,
-                            teacher_max_new_tokens=64, max_seq_len=112, batch_size=4,
-                            lr=1e-3, warmup_steps=2, eval_max_new_tokens=64),
+                            teacher_max_new_tokens=64, max_seq_len=160, batch_size=4,
+                            lr=1e-3, warmup_steps=2, eval_max_new_tokens=128),
 }
 
 
@@ -181,19 +181,26 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
     return pairs
 
 
-def encode_example(tokenizer, prompt: str, response: str, max_seq_len: int):
+def encode_example(tokenizer, prompt: str, response: str):
     """Token ids and labels of one chat example; labels are -100 outside the response.
 
-    Returns ``(input_ids, labels)``, lists of equal length ≤ ``max_seq_len``; the
-    response's labels include its ``<end_of_turn>``.
+    Returns ``(input_ids, labels)``, lists of equal length; the response's labels
+    include its ``<end_of_turn>``, so the model learns where to stop.
     """
     head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                          tokenize=False, add_generation_prompt=True)
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     body_ids = tokenizer(response + END_OF_TURN, add_special_tokens=False)["input_ids"]
-    ids = (head_ids + body_ids)[:max_seq_len]
-    labels = ([-100] * len(head_ids) + body_ids)[:max_seq_len]
-    return ids, labels
+    return head_ids + body_ids, [-100] * len(head_ids) + body_ids
+
+
+def encode_examples(tokenizer, pairs, max_seq_len: int):
+    """Encode (prompt, response) pairs; an example longer than ``max_seq_len`` tokens is
+    dropped rather than cut (a cut would remove its ``<end_of_turn>``). Returns the
+    examples and the number dropped."""
+    encoded = [encode_example(tokenizer, p, r) for p, r in pairs]
+    kept = [e for e in encoded if len(e[0]) <= max_seq_len]
+    return kept, len(encoded) - len(kept)
 
 
 def _batches(examples, batch_size: int, pad_id: int, rng: np.random.Generator):
@@ -385,8 +392,11 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     if eot is None or eot == tok.unk_token_id:
         raise ValueError(f"base model {config.base!r} has no {END_OF_TURN} token; "
                          "this recipe needs a Gemma tokenizer")
-    train_ex = [encode_example(tok, p, r, config.max_seq_len) for p, r in train]
-    held_ex = [encode_example(tok, p, r, config.max_seq_len) for p, r in heldout]
+    train_ex, train_dropped = encode_examples(tok, train, config.max_seq_len)
+    held_ex, held_dropped = encode_examples(tok, heldout, config.max_seq_len)
+    if not train_ex:
+        raise ValueError(f"every training example is longer than max_seq_len="
+                         f"{config.max_seq_len} tokens; raise it")
     pad_id = tok.pad_token_id or 0
 
     base_loss = _mean_response_loss(base.model, held_ex, pad_id)
@@ -417,6 +427,7 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
         "name": config.name, "base": config.base, "teacher": config.teacher, "hash": key,
         "config": asdict(config), "pool_sha256": pool_sha,
         "n_train_examples": len(train_ex), "n_heldout_examples": len(held_ex),
+        "n_dropped_too_long": {"train": train_dropped, "heldout": held_dropped},
         "n_train_prompts": len(train_prompts),
         "train_loss": losses,
         "heldout_response_loss": {"base": base_loss, "fine_tuned": tuned_loss},

@@ -105,3 +105,24 @@ def test_quick_finetune_end_to_end_and_the_result_samples_with_the_chat_template
     assert table["prompt_text"].iloc[0].endswith("<start_of_turn>model\n")
     # A rerun with the same configuration does nothing (returns at once).
     assert finetune("quick", progress=False) == path
+
+
+class _WordTokenizer:
+    """Stand-in tokenizer: one id per whitespace-separated word (id = word length)."""
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return f"<user> {messages[0]['content']} <model>"
+
+    def __call__(self, text, add_special_tokens):
+        return {"input_ids": [len(w) for w in text.replace("<end_of_turn>", " <end_of_turn>").split()]}
+
+
+def test_examples_mask_the_prompt_keep_the_end_marker_and_drop_long_ones():
+    from canopy.finetune import encode_examples
+
+    pairs = [("a bb", "ccc dddd"), ("a", " ".join(["w"] * 50))]
+    kept, dropped = encode_examples(_WordTokenizer(), pairs, max_seq_len=20)
+    assert dropped == 1 and len(kept) == 1
+    ids, labels = kept[0]
+    assert ids == [6, 1, 2, 7, 3, 4, 13]  # <user> a bb <model> ccc dddd <end_of_turn>
+    assert labels == [-100, -100, -100, -100, 3, 4, 13]
