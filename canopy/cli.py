@@ -87,6 +87,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                             chat_template=args.chat_template)
         if args.dtype:
             spec = dataclasses.replace(spec, dtype=args.dtype)
+        if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
+            spec = dataclasses.replace(spec, family=args.family)
         specs.append(spec)
     table = sample_to_store(specs, prompts, config, out, progress=True)
     info = table.attrs["canopy"]
@@ -146,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model dtype (default float32; bfloat16 is slightly inexact)")
     p.add_argument("--variant", choices=["base", "fine-tuned"],
                    help="variant of models given by path or id (default base)")
+    p.add_argument("--family",
+                   help="family of models given by path or id (default: the model's own "
+                        "name); give a base and a fine-tuned model the same family to "
+                        "compare them (e.g. in the paired bootstrap)")
     p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                    help="render prompts with the chat template (default: on for "
                         "fine-tuned, off for base; registered models keep theirs)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -152,6 +153,27 @@ def test_cli_sample_then_metrics(model_dir, tmp_path, capsys):
     assert "2 prompt shards reused" in capsys.readouterr().out
     assert main(["metrics", "--rollouts", str(out), "--out", str(tmp_path / "m"),
                  "--n-boot", "0"]) == 0
+
+
+def test_cli_family_pairs_a_base_and_a_fine_tuned_model(model_dir, tmp_path, capsys):
+    """Two models given by path, one per variant, in one family: the bootstrap pairs them."""
+    import shutil
+
+    prompts = write_lines(tmp_path / "demo.jsonl", [f'{{"id": "{i}", "prompt": "a b"}}'
+                                                    for i in range(4)])
+    tuned = tmp_path / "tuned"
+    shutil.copytree(model_dir, tuned)
+    out = tmp_path / "r"
+    common = ["--prompts", str(prompts), "--rollouts", "4", "--max-new-tokens", "5",
+              "--family", "tiny", "--out", str(out)]
+    assert main(["sample", "--models", str(model_dir), "--variant", "base", *common]) == 0
+    assert main(["sample", "--models", str(tuned), "--variant", "fine-tuned", *common]) == 0
+    table = load_rollouts(out)
+    assert set(table["family"]) == {"tiny"}
+    assert main(["metrics", "--rollouts", str(out), "--out", str(tmp_path / "m"),
+                 "--n-boot", "20"]) == 0
+    boot = pd.read_csv(tmp_path / "m" / "bootstrap.csv")
+    assert set(boot["family"]) == {"tiny"} and (boot["n_prompts"] == 4).all()
 
 
 @pytest.mark.parametrize("args, message", [
