@@ -177,7 +177,10 @@ if rho.notna().any():
     display(Markdown(
         "Pooled over all tasks (" + correlation + "): " + ", ".join(
             f"`{m}` {v:+.3f}" for m, v in rho.items() if pd.notna(v))
-        + ". These are within-prompt correlations from only "
+        + "".join(f"; `{m}` undefined" for m, v in rho.items() if pd.isna(v))
+        + ". (Undefined: no prompt has a defined correlation, typically because every "
+        "rollout ran to the token budget, so length does not vary; see `reason`.) "
+        "These are within-prompt correlations from only "
         f"{n_rollouts} rollouts per prompt: each prompt's correlation is very noisy, and the "
         "pooled value is a weighted average of such noisy values. Read the sign across tasks "
         "and models rather than any single number."))
