@@ -83,7 +83,7 @@ class FinetuneConfig:
     teacher_top_k: int = 50
     teacher_top_p: float = 1.0
     max_seq_len: int = 256
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 8
     lr: float = 1e-3
     warmup_steps: int = 4
