@@ -109,6 +109,26 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     finetune(config, force=args.force)
 
 
+def _parse_value(text: str):
+    """A ``-p`` value: YAML scalars and lists (``8``, ``0.5``, ``true``, ``[a, b]``)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _cmd_book(args: argparse.Namespace) -> None:
+    from canopy.book import build
+
+    params = {}
+    for pair in args.parameter or []:
+        name, value = pair
+        params[name] = _parse_value(value)
+    build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="canopy", description="Canopy Entropy of language-model generation trees.")
@@ -170,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
     p.set_defaults(handler=_cmd_finetune)
 
+    p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")
+    p.add_argument("--profile", default="default", choices=["default", "quick"],
+                   help="experiment profile the chapters use (default: default)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="override a chapter parameter (YAML value, e.g. -p n_boot 500 "
+                        "-p models '[gemma-3-270m, gemma-3-270m-sft]'); repeatable")
+    p.add_argument("--only", nargs="+", metavar="CHAPTER",
+                   help="execute only these chapters (e.g. 03 or 03_canopy_entropy)")
+    p.add_argument("--force", action="store_true", help="re-execute unchanged chapters too")
+    p.add_argument("--no-html", action="store_true", help="execute chapters, skip the HTML")
+    p.set_defaults(handler=_cmd_book)
+
     return parser
 
 
@@ -180,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
     except (ValueError, FileNotFoundError) as exc:
         parser.exit(2, f"canopy: error: {str(exc).splitlines()[0] if str(exc) else exc!r}\n")
+    except RuntimeError as exc:  # a failed chapter or book build: keep its details
+        parser.exit(1, f"canopy: error: {exc}\n")
     except KeyboardInterrupt:
         parser.exit(130, "canopy: interrupted; finished work is kept and a rerun resumes\n")
     return 0

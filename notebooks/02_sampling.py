@@ -37,6 +37,7 @@ import dataclasses
 import pandas as pd
 from IPython.display import Markdown, display
 
+from canopy.book import rerun_note
 from canopy import charts, entropy
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
@@ -167,14 +168,4 @@ display(Markdown(
 # are cached under `$CANOPY_CACHE`, so a rerun with the same settings reads them back).
 
 # %%
-used = {"profile": profile, "experiment_file": experiment_file, "models": models,
-        "example_task": example_task, "example_prompt": example_prompt,
-        "example_rollouts": example_rollouts, "max_chars": max_chars}
-display(Markdown("\n".join([
-    "Parameters: " + ", ".join(f"`{k} = {v!r}`" for k, v in used.items()),
-    "",
-    "```bash",
-    "jupytext --to ipynb -o 02_sampling.ipynb notebooks/02_sampling.py",
-    f"papermill 02_sampling.ipynb out.ipynb -p profile {profile}",
-    f"canopy sample --profile {profile}     # only the sampling",
-    "```"])))
+rerun_note("02_sampling", profile=profile, experiment_file=experiment_file, models=models, example_task=example_task, example_prompt=example_prompt, example_rollouts=example_rollouts, max_chars=max_chars)

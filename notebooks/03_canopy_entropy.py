@@ -41,6 +41,7 @@ confidence = 0.95          # level of the bootstrap percentile intervals
 import pandas as pd
 from IPython.display import Markdown, display
 
+from canopy.book import rerun_note
 from canopy import charts, entropy
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
@@ -235,12 +236,4 @@ else:
 # ## Rerun this chapter
 
 # %%
-used = {"profile": profile, "experiment_file": experiment_file, "models": models,
-        "n_boot": n_boot, "seed": seed, "confidence": confidence}
-display(Markdown("\n".join([
-    "Parameters: " + ", ".join(f"`{k} = {v!r}`" for k, v in used.items()),
-    "",
-    "```bash",
-    "jupytext --to ipynb -o 03_canopy_entropy.ipynb notebooks/03_canopy_entropy.py",
-    f"papermill 03_canopy_entropy.ipynb out.ipynb -p profile {profile} -p n_boot {n_boot}",
-    "```"])))
+rerun_note("03_canopy_entropy", profile=profile, experiment_file=experiment_file, models=models, n_boot=n_boot, seed=seed, confidence=confidence)

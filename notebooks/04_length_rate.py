@@ -37,6 +37,7 @@ min_active = 5             # hide positions with fewer active rollouts than this
 import pandas as pd
 from IPython.display import Markdown, display
 
+from canopy.book import rerun_note
 from canopy import charts, entropy
 from canopy.experiment import load_experiment
 
@@ -195,13 +196,4 @@ display(Markdown("Rollouts that emitted a stop token within $T_{\\max}$: " + "; 
 # ## Rerun this chapter
 
 # %%
-used = {"profile": profile, "experiment_file": experiment_file, "models": models,
-        "n_boot": n_boot, "seed": seed, "confidence": confidence,
-        "profile_task": profile_task, "min_active": min_active}
-display(Markdown("\n".join([
-    "Parameters: " + ", ".join(f"`{k} = {v!r}`" for k, v in used.items()),
-    "",
-    "```bash",
-    "jupytext --to ipynb -o 04_length_rate.ipynb notebooks/04_length_rate.py",
-    f"papermill 04_length_rate.ipynb out.ipynb -p profile {profile} -p n_boot {n_boot}",
-    "```"])))
+rerun_note("04_length_rate", profile=profile, experiment_file=experiment_file, models=models, n_boot=n_boot, seed=seed, confidence=confidence, profile_task=profile_task, min_active=min_active)

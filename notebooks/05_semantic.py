@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
+from canopy.book import rerun_note
 from canopy import charts, semantic
 from canopy.experiment import load_experiment
 from canopy.stats import build_panel
@@ -50,8 +51,7 @@ n_rollouts = int(experiment.sampling.rollouts)
 display(Markdown(
     f"**Parameters.** profile `{profile}`, experiment `{experiment.name}`, "
     f"embedding model `{embedding_model}`, similarity threshold {similarity_threshold}. "
-    f"Rerun: `jupytext --to ipynb notebooks/05_semantic.py -o c5.ipynb && papermill c5.ipynb "
-    f"c5_out.ipynb -p profile {profile}`.\n\n"
+    f"\n\n"
     f"**Data.** {rollouts['model'].nunique()} models ({', '.join(f'`{m}`' for m in experiment.models)}), "
     f"{rollouts['task'].nunique()} tasks, {rollouts.groupby('task')['prompt_id'].nunique().max()} "
     f"prompts per task, M = {n_rollouts} rollouts per prompt, at most "
@@ -258,3 +258,9 @@ display(charts.rate_diversity_chart(panel, color="model"))
 # - **Length confounds diversity.** Longer texts embed differently from short ones, and
 #   the models differ in how long they write. That is why the regressions in the next
 #   chapter control for mean length before asking what entropy rate adds.
+
+# %% [markdown]
+# ## Rerun this chapter
+
+# %%
+rerun_note("05_semantic", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, similarity_threshold=similarity_threshold, correlation=correlation, example_task=example_task)

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
+from canopy.book import rerun_note
 from canopy import charts, semantic, stats
 from canopy.experiment import load_experiment
 
@@ -52,8 +53,7 @@ embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
 panel = stats.build_panel(rollouts, embeddings)
 display(Markdown(
     f"**Parameters.** profile `{profile}`, experiment `{experiment.name}`, embedding model "
-    f"`{embedding_model}`, level {level}. Rerun: `jupytext --to ipynb notebooks/06_regressions.py "
-    f"-o c6.ipynb && papermill c6.ipynb c6_out.ipynb -p profile {profile}`."))
+    f"`{embedding_model}`, level {level}."))
 
 # %% [markdown]
 # ## The panel
@@ -351,3 +351,9 @@ display(Markdown("\n".join(lines) + "\n\n"
 #   not the point estimate.
 # - **The paper's "nearly triples"** comes from larger models and many more prompts; our
 #   numbers are context for it, neither a confirmation nor a contradiction.
+
+# %% [markdown]
+# ## Rerun this chapter
+
+# %%
+rerun_note("06_regressions", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, level=level, run_r=run_r, n_sim_seeds=n_sim_seeds, sim_scale_up=sim_scale_up, sim_first_seed=sim_first_seed)

@@ -32,6 +32,7 @@ smoothing_window = 5           # steps in the running mean of the training loss
 import pandas as pd
 from IPython.display import Markdown, display
 
+from canopy.book import rerun_note
 from canopy import charts
 from canopy.experiment import load_experiment
 from canopy.finetune import PROFILES, finetune, read_report
@@ -54,9 +55,7 @@ except FileNotFoundError:
     report = read_report(finetune_name)
 config = report["config"]
 display(Markdown(
-    f"**Parameters.** profile `{profile}`, fine-tune `{finetune_name}`. Rerun: `jupytext "
-    f"--to ipynb notebooks/07_appendix_finetune.py -o c7.ipynb && papermill c7.ipynb "
-    f"c7_out.ipynb -p profile {profile}`. The experiment's models: "
+    f"**Parameters.** profile `{profile}`, fine-tune `{finetune_name}`. The experiment's models: "
     + ", ".join(f"`{m}`" for m in experiment.models) + "."))
 
 # %% [markdown]
@@ -202,3 +201,9 @@ display(Markdown(
     "- There is **one** such pair. Chapter 6's interaction regression therefore has one "
     "matched family, and what it finds about \"fine-tuning\" is a finding about this "
     "fine-tune of this model."))
+
+# %% [markdown]
+# ## Rerun this chapter
+
+# %%
+rerun_note("07_appendix_finetune", profile=profile, experiment_file=experiment_file, models=models, finetune_name=finetune_name, smoothing_window=smoothing_window)

@@ -1,0 +1,289 @@
+"""Build the book: run the chapters with papermill, then Jupyter Book (1.x) on the result.
+
+``canopy book --profile quick|default`` (``make book`` builds ``default``):
+
+1. Each chapter ``notebooks/NN_name.py`` (jupytext percent format, with a cell tagged
+   ``parameters``) is converted to a notebook and executed with papermill, in order,
+   with the parameters ``profile`` plus any overrides (``-p name value``; only the
+   names a chapter declares are passed to it). The executed notebook goes to
+   ``_executed/NN_name.ipynb`` (git-ignored, inside the book root, where ``_toc.yml``
+   points). The parameter cells are tagged ``remove-cell`` so the page does not show
+   them; each chapter prints the values it used and the command to rerun it.
+2. A chapter is not re-executed when nothing it depends on changed: a stamp next to the
+   executed notebook hashes its source, its parameters, the package's source, the
+   experiment and prompt files and the published fine-tunes. Rollouts, embeddings and
+   fine-tunes are cached under ``$CANOPY_CACHE`` as well, so a rebuild after an edit
+   re-runs one chapter from cached data.
+3. The offline assets are written into ``book/_static`` (git-ignored): the Vega bundle
+   (:func:`canopy.charts.write_bundle`) and MathJax (from the PyPI package
+   ``django-static-mathjax``; only its standalone SVG build and the TeX extensions it
+   may load are copied). Nothing on the page comes from the network.
+4. ``jupyter-book build`` runs with execution off and warnings as errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from canopy import REPO_ROOT, cache_dir
+
+__all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter",
+           "prepare_static", "build_html", "build", "EXECUTED", "STATIC", "BUILD"]
+
+EXECUTED = REPO_ROOT / "_executed"
+STATIC = REPO_ROOT / "book" / "_static"
+BUILD = REPO_ROOT / "_build"
+PROFILES = ("default", "quick")
+
+
+def chapters() -> list[Path]:
+    """The chapter sources, in book order (``notebooks/NN_*.py``)."""
+    return sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def _read(path: Path):
+    import jupytext
+
+    return jupytext.read(path)
+
+
+def declared_parameters(notebook) -> list[str]:
+    """Names assigned in the cell tagged ``parameters`` (top-level ``name = …`` lines)."""
+    for cell in notebook.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]+)?=", cell.source, flags=re.M)
+    return []
+
+
+def _tree_digest(paths) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def chapter_stamp(source: Path, parameters: dict) -> str:
+    """sha256 of what a chapter's output depends on (see the module docstring)."""
+    finetunes = sorted((cache_dir() / "finetune").glob("*/canopy-finetune.json"))
+    inputs = {
+        "source": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "parameters": parameters,
+        "package": _tree_digest((REPO_ROOT / "canopy").glob("*.py")),
+        "data": _tree_digest([*(REPO_ROOT / "data" / "experiments").glob("*.yaml"),
+                              *(REPO_ROOT / "data" / "prompts").glob("*.jsonl")]),
+        "finetunes": {p.parent.name: p.read_text() for p in finetunes},
+        "cache": str(cache_dir()),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tag(cell, tag: str) -> None:
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if tag not in tags:
+        tags.append(tag)
+
+
+def execute_chapter(source: Path, parameters: dict, *, force: bool = False,
+                    out_dir: Path = EXECUTED) -> tuple[Path, float, bool]:
+    """Execute one chapter into ``out_dir``; returns (path, seconds, reused).
+
+    Only the parameters the chapter declares are passed. A failing chapter raises
+    ``RuntimeError`` naming it and the partly executed notebook it left (for reading);
+    the previous good output is kept.
+    """
+    import nbformat
+    import papermill
+
+    notebook = _read(source)
+    names = set(declared_parameters(notebook))
+    passed = {k: v for k, v in parameters.items() if k in names}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{source.stem}.ipynb"
+    stamp_path = out_dir / f"{source.stem}.stamp"
+    stamp = chapter_stamp(source, passed)
+    if not force and target.is_file() and stamp_path.is_file() \
+            and stamp_path.read_text() == stamp:
+        return target, 0.0, True
+    for cell in notebook.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            _tag(cell, "remove-cell")
+    work = out_dir / f".{source.stem}.input.ipynb"
+    partial = out_dir / f".{source.stem}.partial.ipynb"
+    nbformat.write(notebook, work)
+    started = time.perf_counter()
+    env = {"CANOPY_BOOK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        papermill.execute_notebook(str(work), str(partial), parameters=passed,
+                                   cwd=str(REPO_ROOT), kernel_name="python3",
+                                   progress_bar=False, log_output=False)
+    except Exception as exc:  # papermill raises PapermillExecutionError with the cell
+        first = str(exc).strip().splitlines()
+        raise RuntimeError(f"chapter {source.name} failed ({first[-1] if first else exc}); "
+                           f"see {partial}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    executed = nbformat.read(partial, as_version=4)
+    for cell in executed.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            _tag(cell, "remove-cell")
+    nbformat.write(executed, partial)
+    os.replace(partial, target)
+    stamp_path.write_text(stamp)
+    work.unlink(missing_ok=True)
+    return target, time.perf_counter() - started, False
+
+
+def _mathjax_root() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("mathjax")
+    root = Path(next(iter(spec.submodule_search_locations))) / "static" / "mathjax" / "es5" \
+        if spec and spec.submodule_search_locations else None
+    if root is None or not (root / "tex-svg.js").is_file():
+        raise FileNotFoundError("MathJax not found: install the book extra "
+                                "(pip install 'canopy[book]', which brings django-static-mathjax)")
+    return root
+
+
+def prepare_static(static: Path = STATIC) -> None:
+    """Write the offline assets into ``static``: the Vega bundle and MathJax."""
+    from canopy.charts import write_bundle
+
+    write_bundle(static)
+    source, target = _mathjax_root(), static / "mathjax"
+    if not (target / "tex-svg.js").is_file():
+        tmp = static / ".mathjax.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy2(source / "tex-svg.js", tmp / "tex-svg.js")
+        # Extensions that the TeX input may load on demand (autoload, e.g. \boldsymbol).
+        shutil.copytree(source / "input" / "tex" / "extensions",
+                        tmp / "input" / "tex" / "extensions")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+
+
+def build_html(*, quiet: bool = False) -> Path:
+    """Run ``jupyter-book build`` (execution off, warnings as errors) → ``_build/html``."""
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(REPO_ROOT),
+               "--warningiserror", "--keep-going"]
+    if not Path(command[0]).exists():
+        command[:1] = [sys.executable, "-m", "jupyter_book"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if result.returncode != 0:
+        log = (result.stdout + result.stderr).strip().splitlines()
+        problems = [line for line in log if "WARNING" in line or "ERROR" in line]
+        detail = "\n".join(problems[-20:] or log[-20:])
+        raise RuntimeError(f"jupyter-book build failed:\n{detail}")
+    if not quiet:
+        print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "built")
+    return BUILD / "html"
+
+
+def build(profile: str = "default", parameters: dict | None = None, *,
+          only: list[str] | None = None, force: bool = False, html: bool = True,
+          echo=print) -> Path | None:
+    """Execute the chapters (reusing unchanged ones), then build the HTML.
+
+    ``parameters`` override chapter parameters (each chapter receives the ones it
+    declares). ``only``: chapter stems or numbers to execute (others reuse their last
+    output, which must exist). Returns ``_build/html`` (or ``None`` without ``html``).
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown book profile {profile!r}; choose from {', '.join(PROFILES)}")
+    params = {"profile": profile, **(parameters or {})}
+    sources = chapters()
+    if not sources:
+        raise FileNotFoundError("no chapters in notebooks/ (expected notebooks/NN_*.py)")
+    started = time.perf_counter()
+    for source in sources:
+        selected = only is None or source.stem in only or source.stem[:2] in only
+        if not selected:
+            if not (EXECUTED / f"{source.stem}.ipynb").is_file():
+                raise FileNotFoundError(f"chapter {source.stem} has never been executed; "
+                                        "build it once without --only")
+            echo(f"  {source.stem:<28} skipped (--only)")
+            continue
+        _, seconds, reused = execute_chapter(source, params, force=force)
+        echo(f"  {source.stem:<28} {'unchanged, reused' if reused else f'executed in {seconds:.0f} s'}")
+    if not html:
+        return None
+    prepare_static()
+    path = build_html(quiet=True)
+    echo(f"canopy book: profile {profile}, {len(sources)} chapters, "
+         f"{time.perf_counter() - started:.0f} s -> {path / 'index.html'}")
+    return path
+
+
+def rerun_note(chapter: str, **parameters):
+    """Markdown (an IPython display object) with the parameter values a chapter ran with
+    and the two commands that rerun it: ``canopy book --only`` and jupytext + papermill.
+
+    ``chapter`` is the notebook stem, e.g. ``"03_canopy_entropy"``; ``parameters`` are
+    the values of its parameter cell.
+    """
+    import shlex
+
+    import yaml
+    from IPython.display import Markdown
+
+    def flow(value) -> str:
+        # A scalar dumps as "2000\n...\n": keep the part before the document end marker.
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).split("\n...")[0].strip()
+
+    profile = parameters.get("profile", "default")
+    others = {k: v for k, v in parameters.items() if k != "profile" and v is not None}
+    book = ["canopy", "book", "--profile", str(profile), "--only", chapter[:2]]
+    for name, value in others.items():
+        book += ["-p", name, flow(value)]
+    paper = (f"jupytext --to ipynb -o {chapter}.ipynb notebooks/{chapter}.py && "
+             f"papermill {chapter}.ipynb {chapter}.out.ipynb -y "
+             + shlex.quote(flow({k: v for k, v in parameters.items() if v is not None})))
+    lines = ["**Parameters used:** " + ", ".join(f"`{k} = {v!r}`" for k, v in parameters.items()),
+             "", "**Rerun** this chapter (from the repository root; results are cached):",
+             "", "```bash", shlex.join(book), paper, "```"]
+    return Markdown("\n".join(lines))
+
+
+# ------------------------------------------------------------ Sphinx extension
+
+
+def _theme_defaults(app, config) -> None:
+    # A first visit has no stored colour mode; without a default the theme logs an error.
+    config.html_context = {**(config.html_context or {}), "default_mode": "light"}
+
+
+def _drop_online_scripts(app, pagename, templatename, context, doctree) -> None:
+    """Remove the Thebe ("run code online") scripts: they name an unpkg.com URL and
+    would need a network; the book's code cells are static."""
+    def online(js) -> bool:
+        body = getattr(js, "attributes", {}).get("body", "") or ""
+        return "thebe" in str(js).lower() or "THEBE_JS_URL" in body
+
+    if "script_files" in context:
+        context["script_files"] = [js for js in context["script_files"] if not online(js)]
+
+
+def setup(app):
+    """Sphinx extension (``_config.yml``, ``sphinx.extra_extensions``): keep every page
+    offline and its console clean."""
+    app.connect("config-inited", _theme_defaults)
+    app.connect("html-page-context", _drop_online_scripts)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
