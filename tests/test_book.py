@@ -1,0 +1,169 @@
+"""The book: build pieces (unit) and the built quick book in headless Chromium (integration).
+
+The browser test builds the quick book (real models, cached under $CANOPY_CACHE) and
+opens every page from disk: no console errors, no request beyond local files, every
+chart drew, math rendered, and key numbers on the pages equal the stored results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from canopy import REPO_ROOT, book, charts
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-quic"]
+
+
+# ------------------------------------------------------------------------ unit
+
+
+def test_every_chapter_declares_its_parameters_and_the_toc_lists_it():
+    toc = (REPO_ROOT / "_toc.yml").read_text()
+    sources = book.chapters()
+    assert [s.stem[:2] for s in sources] == [f"{i:02d}" for i in range(1, len(sources) + 1)]
+    for source in sources:
+        names = book.declared_parameters(book._read(source))
+        assert names[0] == "profile", source.name
+        assert f"_executed/{source.stem}" in toc, source.name
+        assert f'rerun_note("{source.stem}"' in source.read_text(), source.name
+
+
+def test_stamp_changes_with_parameters_and_source(tmp_path):
+    source = tmp_path / "99_x.py"
+    source.write_text("# %% tags=[\"parameters\"]\nprofile = 'default'\n")
+    a = book.chapter_stamp(source, {"profile": "quick"})
+    assert a == book.chapter_stamp(source, {"profile": "quick"})
+    assert a != book.chapter_stamp(source, {"profile": "default"})
+    source.write_text(source.read_text() + "x = 1\n")
+    assert a != book.chapter_stamp(source, {"profile": "quick"})
+
+
+def test_declared_parameters_reads_the_tagged_cell():
+    import jupytext
+
+    nb = jupytext.reads('# %%\nimport os\n\n# %% tags=["parameters"]\nprofile = "x"  # c\n'
+                        'n_boot: int = 5\nmodels = None\n\n# %%\ny = 2\n', fmt="py:percent")
+    assert book.declared_parameters(nb) == ["profile", "n_boot", "models"]
+
+
+def test_rerun_note_gives_both_commands_with_the_values_used():
+    text = book.rerun_note("03_canopy_entropy", profile="quick", models=["a", "b"],
+                           n_boot=200, experiment_file=None).data
+    assert "canopy book --profile quick --only 03 -p models '[a, b]' -p n_boot 200" in text
+    assert "papermill 03_canopy_entropy.ipynb" in text and "n_boot: 200" in text
+    assert "`experiment_file = None`" in text
+
+
+def test_static_assets_are_local(tmp_path):
+    book.prepare_static(tmp_path)
+    bundle = (tmp_path / charts.BUNDLE_NAME).read_text()
+    assert "window.canopyVega" in bundle and "http" not in bundle[:400]
+    assert (tmp_path / "mathjax" / "tex-svg.js").stat().st_size > 1_000_000
+    html = charts.chart_html({"mark": "point"}, inline_bundle=False)
+    assert "canopyVega.embed" in html and "<script src=" not in html
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown book profile 'fast'"):
+        book.build("fast")
+
+
+# ------------------------------------------------------------------ browser
+
+
+def _require_chromium():
+    if CHROMIUM:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("Debian chromium is missing; .ci/run installs it")
+    pytest.skip("chromium is not installed (apt-get install chromium); the browser test "
+                "runs in CI")
+
+
+@pytest.fixture(scope="module")
+def built_book():
+    _require_chromium()
+    path = book.build("quick", echo=lambda *_: None)
+    return path
+
+
+def _pages(root: Path) -> list[Path]:
+    return [root / "index.html", *sorted((root / "_executed").glob("*.html")),
+            *sorted((root / "book").glob("*.html"))]
+
+
+@pytest.mark.integration
+def test_quick_book_pages_render_offline_in_chromium(built_book):
+    from playwright.sync_api import sync_playwright
+
+    pages = _pages(built_book)
+    assert len(pages) >= 1 + len(book.chapters())
+    report = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_FLAGS)
+        try:
+            for path in pages:
+                page = browser.new_page()
+                errors, remote = [], []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("request", lambda r: remote.append(r.url)
+                        if not r.url.startswith(("file:", "data:", "blob:", "about:")) else None)
+                page.goto(path.as_uri())
+                page.wait_for_load_state("load")
+                # Charts draw asynchronously; wait until every one holds an SVG or canvas.
+                page.wait_for_function(
+                    "Array.from(document.querySelectorAll('.canopy-chart'))"
+                    ".every(e => e.querySelector('svg, canvas'))", timeout=20_000)
+                drawn = page.evaluate(
+                    "Array.from(document.querySelectorAll('.canopy-chart'))"
+                    ".map(e => e.querySelectorAll('svg path, svg rect, svg text, canvas').length)")
+                has_math = page.evaluate("document.body.innerHTML.includes('\\\\(') || "
+                                         "document.querySelectorAll('.math').length > 0")
+                if has_math:
+                    page.wait_for_function("document.querySelectorAll('mjx-container').length > 0",
+                                           timeout=20_000)
+                report[path.name] = {"errors": errors, "remote": remote, "drawn": drawn}
+                page.close()
+        finally:
+            browser.close()
+    for name, r in report.items():
+        assert r["errors"] == [], (name, r["errors"])
+        assert r["remote"] == [], (name, r["remote"])
+        assert all(n > 0 for n in r["drawn"]), (name, r["drawn"])
+    # Every chapter except none has charts; the toy chapter has several.
+    for source in book.chapters():
+        assert report[f"{source.stem}.html"]["drawn"], f"{source.stem} shows no chart"
+
+
+@pytest.mark.integration
+def test_key_numbers_on_the_pages_equal_the_stored_results(built_book):
+    from canopy.entropy import pool, prompt_metrics
+    from canopy.experiment import load_experiment
+    from canopy.finetune import read_report
+    from canopy.toy import examples
+
+    executed = built_book / "_executed"
+    # Chapter 1: the exact CE* of the default toy, enumerated here independently.
+    exact = examples()["chatty"].enumerate().leaf_entropy
+    assert f"{exact:.12f}" in (executed / "01_canopy.html").read_text()
+    # Chapter 3: pooled CE* of every model over all tasks, from the stored rollouts.
+    rollouts = load_experiment(None, "quick").rollouts(progress=False)
+    pooled = pool(prompt_metrics(rollouts))
+    page = (executed / "03_canopy_entropy.html").read_text()
+    for _, row in pooled[pooled["task"] == "all"].iterrows():
+        assert f"{row['canopy_entropy']:.3f}" in page, row["model"]
+    # Appendix: the held-out response losses of the quick fine-tune's report.
+    report = read_report("gemma-3-270m-sft-quick")
+    page = (executed / "07_appendix_finetune.html").read_text()
+    for value in report["heldout_response_loss"].values():
+        assert f"{value:.3f}" in page
+    json.dumps(report)  # the report is plain JSON
