@@ -31,6 +31,7 @@ book-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_sampling.py
 
 clean-book:
 	rm -rf _build _executed
