@@ -9,6 +9,8 @@
    ``_executed/NN_name.ipynb`` (git-ignored, inside the book root, where ``_toc.yml``
    points). The parameter cells are tagged ``remove-cell`` so the page does not show
    them; each chapter prints the values it used and the command to rerun it.
+   Before the chapters run, the fine-tuned models the experiment names are made if
+   missing (``canopy finetune``; cached).
 2. A chapter is not re-executed when nothing it depends on changed: a stamp next to the
    executed notebook hashes its source, its parameters, the package's source, the
    experiment and prompt files and the published fine-tunes. Rollouts, embeddings and
@@ -36,7 +38,8 @@ from pathlib import Path
 from canopy import REPO_ROOT, cache_dir
 
 __all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter",
-           "prepare_static", "build_html", "build", "EXECUTED", "STATIC", "BUILD"]
+           "prepare_static", "build_html", "build", "ensure_finetunes", "rerun_note",
+           "EXECUTED", "STATIC", "BUILD"]
 
 EXECUTED = REPO_ROOT / "_executed"
 STATIC = REPO_ROOT / "book" / "_static"
@@ -197,6 +200,22 @@ def build_html(*, quiet: bool = False) -> Path:
     return BUILD / "html"
 
 
+def ensure_finetunes(profile: str, experiment_file=None, models=None, echo=print) -> None:
+    """Make (or find cached) every fine-tune the experiment's models need: a model named
+    after a :data:`canopy.finetune.PROFILES` entry is made by that recipe."""
+    from canopy.experiment import load_experiment
+    from canopy.finetune import PROFILES as RECIPES, finetune, published_dir
+
+    experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+    recipes = {recipe.name: recipe for recipe in RECIPES.values()}
+    for name in experiment.models:
+        if name in recipes:
+            fresh = not (published_dir(name) / "canopy-finetune.json").is_file()
+            if fresh:
+                echo(f"  making the fine-tuned model {name} (canopy finetune; cached)")
+            finetune(recipes[name], progress=fresh)
+
+
 def build(profile: str = "default", parameters: dict | None = None, *,
           only: list[str] | None = None, force: bool = False, html: bool = True,
           echo=print) -> Path | None:
@@ -213,6 +232,7 @@ def build(profile: str = "default", parameters: dict | None = None, *,
     if not sources:
         raise FileNotFoundError("no chapters in notebooks/ (expected notebooks/NN_*.py)")
     started = time.perf_counter()
+    ensure_finetunes(profile, params.get("experiment_file"), params.get("models"), echo=echo)
     for source in sources:
         selected = only is None or source.stem in only or source.stem[:2] in only
         if not selected:
