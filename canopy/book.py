@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -127,6 +128,9 @@ def execute_chapter(source: Path, parameters: dict, *, force: bool = False,
            "TOKENIZERS_PARALLELISM": "false"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # papermill logs a line for every parameter line with a comment it cannot parse; the
+    # values are still injected, so keep only its errors.
+    logging.getLogger("papermill").setLevel(logging.ERROR)
     try:
         papermill.execute_notebook(str(work), str(partial), parameters=passed,
                                    cwd=str(REPO_ROOT), kernel_name="python3",
