@@ -588,6 +588,22 @@ def _percentile(samples: np.ndarray, q: float) -> float:
     return float(np.percentile(finite, q)) if finite.size else np.nan
 
 
+def _bootstrap_settings(n_boot, confidence, metrics) -> tuple[list[str] | None, tuple[float, float]]:
+    """Check the bootstrap arguments; return the metric names (``None`` = all) and the
+    percentile tails of the ``confidence`` interval."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if metrics is not None:
+        metrics = list(metrics)
+        unknown = sorted(set(metrics) - set(_POOLED_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; choose from "
+                             f"{', '.join(_POOLED_METRICS)}")
+    return metrics, (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
+
+
 def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
                      confidence: float = 0.95, all_tasks: bool = True,
                      metrics: Iterable[str] | None = None, chunk: int = 250) -> pd.DataFrame:
@@ -603,15 +619,7 @@ def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
     prompt is skipped.
     """
     _check_prompt_table(prompts)
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if metrics is not None:
-        unknown = sorted(set(metrics) - set(_POOLED_METRICS))
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(_POOLED_METRICS)}")
-    tails = (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
+    metrics, tails = _bootstrap_settings(n_boot, confidence, metrics)
     rng = np.random.default_rng(seed)
     rows = []
     for family, fam in prompts.groupby("family", sort=True):
@@ -846,15 +854,8 @@ def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None
     without a base (e.g. ``smollm2-135m-instruct``).
     """
     _check_prompt_table(prompts)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    names = list(_POOLED_METRICS) if metrics is None else list(metrics)
-    unknown = sorted(set(names) - set(_POOLED_METRICS))
-    if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(_POOLED_METRICS)}")
-    tails = (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
+    metrics, tails = _bootstrap_settings(n_boot, confidence, metrics)
+    names = list(_POOLED_METRICS) if metrics is None else metrics
     rng = np.random.default_rng(seed)
     rows = []
     for keys, grp in _scopes(prompts, list(POOL_KEYS), all_tasks):
