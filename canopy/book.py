@@ -168,11 +168,20 @@ def _mathjax_root() -> Path:
     return root
 
 
+#: Page style added to the theme's: long lines of a chapter's code cells wrap instead of
+#: running past the page width.
+BOOK_CSS = """\
+div.cell_input pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
+
+
 def prepare_static(static: Path = STATIC) -> None:
-    """Write the offline assets into ``static``: the Vega bundle and MathJax."""
+    """Write the offline assets into ``static``: the Vega bundle, MathJax and the
+    book's small style sheet (``canopy.css``)."""
     from canopy.charts import write_bundle
 
     write_bundle(static)
+    (static / "canopy.css").write_text(BOOK_CSS)
     source, target = _mathjax_root(), static / "mathjax"
     if not (target / "tex-svg.js").is_file():
         tmp = static / ".mathjax.tmp"

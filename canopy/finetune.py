@@ -5,12 +5,14 @@ The recipe (distillation-style SFT):
 
 1. The teacher ``smollm2-135m-instruct`` answers the fine-tuning prompt pool
    (``data/finetune/pool.jsonl``) once, sampled with :mod:`canopy.sampling` through the
-   resumable rollout store; responses that hit ``max_new_tokens`` are dropped.
+   resumable rollout store. By default a response that hit ``teacher_max_new_tokens``
+   is dropped, so every training target ends where the teacher chose to stop.
 2. Each (prompt, response) pair is written in the Gemma chat format
    ``<bos><start_of_turn>user\\n{prompt}<end_of_turn>\\n<start_of_turn>model\\n{response}<end_of_turn>``;
    the loss covers the response and its ``<end_of_turn>`` only.
-3. LoRA adapters (``peft``) on every attention and MLP projection of ``gemma-3-270m``
-   are trained with AdamW; checkpoints make the run resumable.
+3. LoRA adapters (``peft``) on every attention and MLP projection of ``gemma-3-270m``,
+   plus the embedding row of ``<end_of_turn>`` (peft's trainable tokens), are trained
+   with AdamW; checkpoints make the run resumable.
 4. The adapter is saved with a tokenizer that carries the chat template and a generation
    config whose stop ids include ``<end_of_turn>``, then published under
    ``cache_dir()/finetune/<name>/`` where the model registry finds it.
@@ -41,7 +43,7 @@ import numpy as np
 from canopy import REPO_ROOT, cache_dir
 
 __all__ = ["FinetuneConfig", "PROFILES", "GEMMA_CHAT_TEMPLATE", "finetune", "published_dir",
-           "read_report"]
+           "read_report", "teacher_pairs"]
 
 #: Gemma's chat format, written for this project as a Jinja template: user and model
 #: turns, and the opening of the model turn as the generation prompt.
@@ -56,7 +58,7 @@ GEMMA_CHAT_TEMPLATE = (
 END_OF_TURN = "<end_of_turn>"
 
 #: Bump when the training recipe changes in a way that changes the result.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,14 @@ class FinetuneConfig:
     ``teacher_*``: how the teacher's responses are sampled. ``max_seq_len``: tokens per
     training example (longer ones are dropped, never cut). ``epochs``, ``batch_size``, ``lr``,
     ``warmup_steps``: the optimiser schedule (linear warm-up, then linear decay to 0).
-    ``lora_r``, ``lora_alpha``, ``lora_dropout``: the adapters. ``eval_max_new_tokens``:
-    the budget for the stop-fraction check.
+    ``lora_r``, ``lora_alpha``, ``lora_dropout``: the adapters. ``train_stop_embedding``:
+    also train the embedding row of ``<end_of_turn>`` (peft's trainable tokens; the base
+    model gives that token almost no probability, and LoRA on the projections alone barely
+    moves it). ``teacher_truncated``:
+    what happens to a teacher response that hit ``teacher_max_new_tokens``: ``"drop"`` it,
+    or ``"trim"`` it after its last complete sentence. ``eval_max_new_tokens``,
+    ``eval_top_k``, ``eval_rollouts``: the stop-fraction check (temperature 1.0, as in the
+    experiment), rollouts per held-out prompt.
     """
 
     name: str = "gemma-3-270m-sft"
@@ -90,16 +98,27 @@ class FinetuneConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
+    train_stop_embedding: bool = True
+    teacher_truncated: str = "drop"
     eval_max_new_tokens: int = 192
+    eval_top_k: int = 100
+    eval_rollouts: int = 2
     seed: int = 0
     save_every: int = 4
 
     def __post_init__(self) -> None:
         for key in ("n_train", "n_heldout", "teacher_max_new_tokens", "max_seq_len", "epochs",
-                    "batch_size", "lora_r", "eval_max_new_tokens", "save_every"):
+                    "batch_size", "lora_r", "eval_max_new_tokens", "eval_rollouts", "save_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"finetune setting {key} must be a positive integer, got {value!r}")
+        if self.teacher_truncated not in ("drop", "trim"):
+            raise ValueError(f"finetune setting teacher_truncated must be 'drop' or 'trim', "
+                             f"got {self.teacher_truncated!r}")
+        if isinstance(self.eval_top_k, bool) or not isinstance(self.eval_top_k, int) \
+                or self.eval_top_k < 0:
+            raise ValueError(f"finetune setting eval_top_k must be an integer >= 0, "
+                             f"got {self.eval_top_k!r}")
         if not self.lr > 0:
             raise ValueError(f"finetune setting lr must be > 0, got {self.lr!r}")
 
@@ -108,13 +127,16 @@ class FinetuneConfig:
         return path if path.is_absolute() else REPO_ROOT / path
 
 
-#: ``default``: the book's fine-tune (about 15 minutes on a 2-core CPU, teacher
-#: included). ``quick``: a small but real fine-tune for tests and classrooms (~2 min).
+#: ``default``: the book's fine-tune (within 15 minutes on a 2-core CPU, teacher
+#: included; the README has the measured time). ``quick``: a small but real fine-tune for
+#: tests and classrooms (about 3 minutes); its short teacher budget leaves few finished
+#: responses, so it trims the others instead of dropping them.
 PROFILES = {
     "default": FinetuneConfig(),
     "quick": FinetuneConfig(name="gemma-3-270m-sft-quick", n_train=48, n_heldout=8,
-                            teacher_max_new_tokens=64, max_seq_len=160, batch_size=4,
-                            lr=1e-3, warmup_steps=2, eval_max_new_tokens=128),
+                            teacher_max_new_tokens=64, teacher_truncated="trim",
+                            max_seq_len=160, batch_size=4, lr=1e-3, warmup_steps=2,
+                            eval_max_new_tokens=128),
 }
 
 
@@ -160,8 +182,8 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
     """One teacher response per prompt: (prompt text, response) pairs.
 
     Sampled once through the rollout store under ``out`` (cached, resumable). A response
-    that hit ``teacher_max_new_tokens`` is cut after its last complete sentence (dropped
-    if it has none), so every training target ends where a sentence ends.
+    that hit ``teacher_max_new_tokens`` is dropped, or with ``teacher_truncated="trim"``
+    cut after its last complete sentence (dropped if it has none).
     """
     from canopy.sampling import SamplingConfig
     from canopy.store import sample_to_store
@@ -171,10 +193,24 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
                               top_k=config.teacher_top_k, top_p=config.teacher_top_p,
                               seed=config.seed, batch_size=16)
     table = sample_to_store([config.teacher], prompts, sampling, out, progress=progress)
+    return teacher_pairs(table, prompts, config.teacher_truncated)
+
+
+def teacher_pairs(table, prompts, truncated: str = "drop"):
+    """(prompt text, response) training pairs from a teacher's rollout table (one rollout
+    per prompt; columns ``task``, ``prompt_id``, ``text``, ``truncated``), in prompt order.
+
+    ``truncated``: ``"drop"`` leaves out responses that hit the token budget; ``"trim"``
+    cuts them after their last complete sentence. Empty responses are left out.
+    """
+    if truncated not in ("drop", "trim"):
+        raise ValueError(f"truncated must be 'drop' or 'trim', got {truncated!r}")
     by_key = {(row.task, str(row.prompt_id)): row for row in table.itertuples()}
     pairs = []
     for p in prompts:
         row = by_key[(p.task, str(p.prompt_id))]
+        if row.truncated and truncated == "drop":
+            continue
         text = trim_to_sentence(row.text) if row.truncated else row.text.strip()
         if text:
             pairs.append((p.text, text))
@@ -265,8 +301,11 @@ def _lr_at(step: int, total: int, config: FinetuneConfig) -> float:
     return config.lr * max(0.0, (total - step) / max(1, total - config.warmup_steps))
 
 
-def _train(config: FinetuneConfig, base, examples, run_dir: Path, progress: bool):
-    """LoRA training with checkpoints in ``run_dir``; returns (peft model, losses)."""
+def _train(config: FinetuneConfig, base, examples, run_dir: Path, progress: bool,
+           stop_id: int):
+    """LoRA training with checkpoints in ``run_dir``; returns (peft model, losses).
+    ``stop_id``: the ``<end_of_turn>`` token, whose embedding row is trained too when
+    ``config.train_stop_embedding``."""
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, \
         set_peft_model_state_dict
@@ -276,7 +315,9 @@ def _train(config: FinetuneConfig, base, examples, run_dir: Path, progress: bool
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                      "gate_proj", "up_proj", "down_proj"])
+                                      "gate_proj", "up_proj", "down_proj"],
+                      trainable_token_indices=[stop_id] if config.train_stop_embedding
+                      else None)
     model = get_peft_model(base.model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
@@ -335,11 +376,14 @@ def _mean_response_loss(model, examples, pad_id: int) -> float:
     return total / max(count, 1)
 
 
-def _stop_fraction(loaded, prompts, max_new_tokens: int, seed: int) -> float:
+def _stop_fraction(loaded, prompts, config: FinetuneConfig) -> float:
+    """Fraction of rollouts on ``prompts`` that stop within ``eval_max_new_tokens``
+    (temperature 1.0, top-k ``eval_top_k``, ``eval_rollouts`` per prompt)."""
     from canopy.sampling import SamplingConfig, sample_prompts
 
     table = sample_prompts(loaded, prompts, SamplingConfig(
-        rollouts=1, max_new_tokens=max_new_tokens, seed=seed, batch_size=16))
+        rollouts=config.eval_rollouts, max_new_tokens=config.eval_max_new_tokens,
+        temperature=1.0, top_k=config.eval_top_k, seed=config.seed, batch_size=16))
     return float((~table["truncated"]).mean())
 
 
@@ -400,8 +444,8 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     pad_id = tok.pad_token_id or 0
 
     base_loss = _mean_response_loss(base.model, held_ex, pad_id)
-    base_stop = _stop_fraction(base, heldout_prompts, config.eval_max_new_tokens, config.seed)
-    model, losses = _train(config, base, train_ex, run_dir, progress)
+    base_stop = _stop_fraction(base, heldout_prompts, config)
+    model, losses = _train(config, base, train_ex, run_dir, progress, eot)
     t_train = time.perf_counter() - started - t_teacher
     tuned_loss = _mean_response_loss(model, held_ex, pad_id)
 
@@ -421,7 +465,7 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     spec = get_spec(config.name) if config.name in _registered() else None
     tuned = LoadedModel(model=merged.eval(), tokenizer=tok, spec=spec or _adhoc_spec(config),
                         stop_ids=stops, fingerprint="")
-    tuned_stop = _stop_fraction(tuned, heldout_prompts, config.eval_max_new_tokens, config.seed)
+    tuned_stop = _stop_fraction(tuned, heldout_prompts, config)
 
     report = {
         "name": config.name, "base": config.base, "teacher": config.teacher, "hash": key,
@@ -433,6 +477,8 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
         "heldout_response_loss": {"base": base_loss, "fine_tuned": tuned_loss},
         "stop_fraction": {"max_new_tokens": config.eval_max_new_tokens,
                           "n_prompts": len(heldout_prompts),
+                          "rollouts_per_prompt": config.eval_rollouts,
+                          "top_k": config.eval_top_k,
                           "base": base_stop, "fine_tuned": tuned_stop},
         "stop_ids": stops,
         "seconds": {"teacher": round(t_teacher, 1), "train": round(t_train, 1),

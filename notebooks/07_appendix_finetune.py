@@ -64,9 +64,10 @@ display(Markdown(
 # 1. **A teacher writes the targets.** The instruction-tuned `smollm2-135m-instruct` answers
 #    the prompts of the fine-tuning pool (`data/finetune/pool.jsonl`, separate from the
 #    experiment's prompts), once each, by sampling. A response that ran into the token
-#    budget is cut after its last complete sentence (and dropped if it has none), so every
-#    target ends where a sentence ends. The last prompts of the pool are held out for the
-#    report below and never trained on.
+#    budget has no natural end; the default recipe drops it, so every target ends where
+#    the teacher chose to stop (the `quick` recipe, whose teacher budget is short, cuts it
+#    after its last complete sentence instead). The last prompts of the pool are held out
+#    for the report below and never trained on.
 # 2. **The Gemma chat format.** Each (prompt, response) pair becomes one example
 #
 #    ```text
@@ -91,7 +92,14 @@ display(Markdown(
 #    $B \in \mathbb R^{d\times r}$ and $B = 0$ at the start (so training starts from the
 #    base model exactly). AdamW with a linear warm-up, then linear decay to zero, gradients
 #    clipped at norm 1.
-# 5. **A held-out report** compares base and fine-tuned model on the held-out prompts.
+# 5. **The stop token's embedding.** The pretrained base gives `<end_of_turn>` almost no
+#    probability anywhere: it ends documents with `<eos>`, not turns. One `<end_of_turn>`
+#    per example is a weak signal for low-rank updates of the projections alone (an
+#    earlier version of this recipe lowered the held-out loss yet stopped *less* often than
+#    the base). So the embedding row of `<end_of_turn>` is trained as well (peft's
+#    *trainable tokens*: one row of 640 numbers; the row is shared by the input embedding
+#    and the output layer, so it moves that token's logit directly).
+# 6. **A held-out report** compares base and fine-tuned model on the held-out prompts.
 #
 # The whole run is cached under a hash of the pool and the configuration: a rerun with the
 # same settings does nothing. The adapter derives from Gemma weights and is never
@@ -101,11 +109,13 @@ display(Markdown(
 lora = pd.DataFrame({
     "setting": ["LoRA rank r", "LoRA α", "scale α / r", "LoRA dropout", "learning rate",
                 "warm-up steps", "epochs", "batch size", "max tokens per example",
+                "teacher responses at the budget", "<end_of_turn> embedding trained",
                 "training prompts", "training examples (after dropping)", "held-out examples"],
     "value": [str(v) for v in (
         config["lora_r"], config["lora_alpha"], config["lora_alpha"] / config["lora_r"],
         config["lora_dropout"], config["lr"], config["warmup_steps"], config["epochs"],
-        config["batch_size"], config["max_seq_len"], report.get("n_train_prompts"),
+        config["batch_size"], config["max_seq_len"], config.get("teacher_truncated", "trim"),
+        config.get("train_stop_embedding", False), report.get("n_train_prompts"),
         report.get("n_train_examples"), report.get("n_heldout_examples"))],
 }).set_index("setting")
 display(lora)
@@ -135,8 +145,8 @@ display(Markdown(
 #   under the base and under the fine-tuned model (in the chat format, response tokens
 #   only). Lower means the fine-tuned model now puts more probability on answers of the
 #   teacher's kind.
-# - **Stop fraction**: the share of held-out prompts on which one sampled rollout ends
-#   with a stop token within the budget. The base model sees the raw prompt, the
+# - **Stop fraction**: the share of sampled rollouts on held-out prompts that end with a
+#   stop token within the budget (temperature 1, top-k as in the experiment). The base model sees the raw prompt, the
 #   fine-tuned model the chat prompt; learning to end a turn is one of the behaviours a
 #   fine-tune should add.
 
@@ -147,6 +157,7 @@ display(charts.heldout_loss_chart(report))
 
 # %%
 held, stop = report["heldout_response_loss"], report["stop_fraction"]
+rollouts = stop.get("rollouts_per_prompt", 1)
 drop = held["base"] - held["fine_tuned"]
 display(Markdown(
     f"On {report.get('n_heldout_examples')} held-out responses the loss "
@@ -158,10 +169,10 @@ display(Markdown(
        f"does not fall ({held['base']:.3f} → {held['fine_tuned']:.3f}): on this evidence the "
        "fine-tune did not generalise to held-out prompts.")
     + f" Within {stop['max_new_tokens']} tokens, {stop['base']:.0%} of the base model's and "
-    f"{stop['fine_tuned']:.0%} of the fine-tuned model's rollouts stopped (one rollout per "
-    f"held-out prompt, {stop['n_prompts']} prompts"
-    + ("; so few that a difference of one prompt moves the share by "
-       f"{1 / stop['n_prompts']:.0%}" if stop["n_prompts"] else "") + ")."
+    f"{stop['fine_tuned']:.0%} of the fine-tuned model's rollouts stopped "
+    f"({rollouts} rollout(s) on each of {stop['n_prompts']} held-out prompts"
+    + ("; so few that one rollout moves the share by "
+       f"{1 / (rollouts * stop['n_prompts']):.0%}" if stop["n_prompts"] else "") + ")."
     + (" Neither model stopped within that budget, so the stop check says nothing either "
        "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else
        " The fine-tuned model ended its turn more often, as the chat-format training intends."

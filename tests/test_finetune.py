@@ -63,6 +63,10 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_bad_settings_and_inputs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="n_train must be a positive integer"):
         FinetuneConfig(n_train=0)
+    with pytest.raises(ValueError, match="teacher_truncated must be 'drop' or 'trim'"):
+        FinetuneConfig(teacher_truncated="keep")
+    with pytest.raises(ValueError, match="eval_top_k must be an integer"):
+        FinetuneConfig(eval_top_k=-1)
     with pytest.raises(ValueError, match="unknown fine-tune profile 'fast'"):
         finetune("fast", progress=False)
     empty = tmp_path / "pool.jsonl"
@@ -73,6 +77,25 @@ def test_bad_settings_and_inputs_give_clear_errors(tmp_path):
         finetune(FinetuneConfig(pool=str(tmp_path / "missing.jsonl")), progress=False)
     with pytest.raises(ValueError, match="unknown model 'no-such-base'"):
         finetune(FinetuneConfig(base="no-such-base"), progress=False)
+
+
+def test_teacher_pairs_drop_or_trim_responses_that_hit_the_budget():
+    import pandas as pd
+
+    from canopy.finetune import teacher_pairs
+    from canopy.sampling import Prompt
+
+    prompts = [Prompt("chat", str(i), f"question {i}") for i in range(4)]
+    table = pd.DataFrame({  # deliberately not in prompt order
+        "task": ["chat"] * 4, "prompt_id": ["3", "1", "0", "2"],
+        "text": ["no sentence end at all", " Done. Then more", " Finished answer. ",
+                 "   "],
+        "truncated": [True, True, False, False]})
+    assert teacher_pairs(table, prompts, "drop") == [("question 0", "Finished answer.")]
+    assert teacher_pairs(table, prompts, "trim") == [("question 0", "Finished answer."),
+                                                     ("question 1", "Done.")]
+    with pytest.raises(ValueError, match="'drop' or 'trim'"):
+        teacher_pairs(table, prompts, "keep")
 
 
 def test_chat_template_renders_gemma_turns():
@@ -95,6 +118,10 @@ def test_quick_finetune_end_to_end_and_the_result_samples_with_the_chat_template
     assert loss["fine_tuned"] < loss["base"]
     assert len(report["train_loss"]) >= 1
     assert 106 in report["stop_ids"]  # <end_of_turn>
+    # The fine-tune must teach the model to end its turn: with the chat format it stops
+    # within the budget more often than the base does on raw prompts.
+    stop = report["stop_fraction"]
+    assert stop["fine_tuned"] > stop["base"], stop
 
     loaded = load_model(PROFILES["quick"].name, fingerprint=False)
     assert loaded.spec.variant == "fine-tuned" and loaded.spec.family == "gemma-3-270m"
