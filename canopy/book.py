@@ -134,7 +134,10 @@ def execute_chapter(source: Path, parameters: dict, *, force: bool = False,
     try:
         papermill.execute_notebook(str(work), str(partial), parameters=passed,
                                    cwd=str(REPO_ROOT), kernel_name="python3",
-                                   progress_bar=False, log_output=False)
+                                   progress_bar=False, log_output=False,
+                                   # the kernel's own start-up notices (e.g. about its
+                                   # local TCP transport) are noise here; errors still show
+                                   extra_arguments=["--log-level=ERROR"])
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell
         first = str(exc).strip().splitlines()
         raise RuntimeError(f"chapter {source.name} failed ({first[-1] if first else exc}); "

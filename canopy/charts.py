@@ -24,8 +24,9 @@ offers SVG/PNG export only: no links to online editors.
 Chart helpers
 -------------
 Small functions, one per figure type the chapters need; each takes plain DataFrames and
-returns an ``alt.Chart``. Data preparation a chart needs (``icicle_data``,
-``convergence_table``) is here too so that tests reach it.
+returns an ``alt.Chart``. Data preparation a chart needs (``icicle_data``) is here too so
+that tests reach it; the estimator study behind the convergence chart is
+:func:`canopy.toy.convergence_table`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import pandas as pd
 __all__ = [
     "BUNDLE_NAME", "bundle_source", "write_bundle", "chart_html", "renderer",
     "enable", "save_svg", "save_png", "spec_of",
-    "icicle_data", "canopy_chart", "length_distribution_chart", "convergence_table",
+    "icicle_data", "canopy_chart", "length_distribution_chart",
     "convergence_chart", "length_rate_chart", "decomposition_chart",
 ]
 
@@ -252,40 +253,12 @@ def length_distribution_chart(distribution: pd.Series, title: str = "Length dist
 # ------------------------------------------------------------ estimators
 
 
-def convergence_table(toy, sample_sizes: Sequence[int], seed: int = 0) -> pd.DataFrame:
-    """Both Monte-Carlo estimators of CE* of a toy model for growing sample sizes.
-
-    For each ``M`` in ``sample_sizes`` draws ``M`` fresh rollouts (seed ``seed + k`` for
-    the ``k``-th size) and computes, with :func:`canopy.entropy.tree_metrics`, the mean
-    summed entropy ``ĈE*_H`` and the mean surprisal ``ĈE*_S`` with their standard errors.
-    Returns one row per (M, estimator): ``n_rollouts``, ``estimator``
-    (``"summed_entropy"`` or ``"surprisal"``), ``estimate``, ``se``, ``lo``/``hi``
-    (estimate ∓ 2 se).
-    """
-    from canopy.entropy import tree_metrics
-
-    sizes = [int(m) for m in sample_sizes]
-    if not sizes or min(sizes) < 2:
-        raise ValueError("sample_sizes must be a non-empty list of integers ≥ 2 "
-                         "(a standard error needs two rollouts)")
-    rows = []
-    for k, m in enumerate(sizes):
-        r = toy.sample(m, seed=seed + k)
-        t = tree_metrics(r["length"], r["summed_entropy"], r["surprisal"], r["truncated"]).iloc[0]
-        for name, est, se in (("summed_entropy", t["canopy_entropy"], t["canopy_entropy_se"]),
-                              ("surprisal", t["canopy_entropy_surprisal"],
-                               t["canopy_entropy_surprisal_se"])):
-            rows.append({"n_rollouts": m, "estimator": name, "estimate": float(est),
-                         "se": float(se), "lo": float(est - 2 * se), "hi": float(est + 2 * se)})
-    return pd.DataFrame(rows)
-
-
 def convergence_chart(table: pd.DataFrame, exact: float,
                       title: str = "Monte-Carlo estimates of CE* converge to the exact value"
                       ) -> alt.LayerChart:
     """Estimate ± 2 SE against the number of rollouts M (log scale), exact value as a rule.
 
-    ``table`` is :func:`convergence_table`'s output.
+    ``table`` is :func:`canopy.toy.convergence_table`'s output.
     """
     labels = {"summed_entropy": "mean summed entropy (ĈE*_H)",
               "surprisal": "mean surprisal (ĈE*_S)"}

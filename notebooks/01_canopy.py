@@ -36,7 +36,7 @@ from IPython.display import Markdown, display
 from canopy import charts
 from canopy.book import rerun_note
 from canopy.entropy import prompt_metrics
-from canopy.toy import MarkovToy, entropy, examples
+from canopy.toy import MarkovToy, convergence_table, entropy, examples
 
 model = examples()[toy]
 tree = model.enumerate()
@@ -123,7 +123,7 @@ display(Markdown(
 # with fresh rollouts), with bars of ±2 standard errors, against the exact value.
 
 # %%
-study = charts.convergence_table(model, sample_sizes, seed=seed)
+study = convergence_table(model, sample_sizes, seed=seed)
 charts.convergence_chart(study, tree.canopy_entropy)
 
 # %%

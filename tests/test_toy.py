@@ -83,3 +83,26 @@ def test_too_large_tree_is_refused():
     toy = MarkovToy(list("abcdefghij") + ["<stop>"], np.zeros(11), np.zeros((10, 11)), max_length=7)
     with pytest.raises(ValueError, match="more than"):
         toy.enumerate()
+
+
+def test_convergence_table_estimates_agree_with_exact_enumeration():
+    from canopy.toy import convergence_table
+
+    toy = examples()["truncating"]
+    exact = toy.enumerate().canopy_entropy
+    table = convergence_table(toy, [50, 200, 3200], seed=3)
+    assert set(table["estimator"]) == {"summed_entropy", "surprisal"}
+    assert (table.groupby("estimator").size() == 3).all()
+    for row in table.itertuples():
+        assert abs(row.estimate - exact) <= 4 * row.se, row
+        assert row.lo == pytest.approx(row.estimate - 2 * row.se)
+    # With many rollouts the standard error matches its exact value sd/sqrt(M), the sd
+    # computed over the enumerated leaves.
+    leaves = toy.enumerate().leaves
+    for estimator in ("summed_entropy", "surprisal"):
+        mean = np.dot(leaves["probability"], leaves[estimator])
+        sd = np.sqrt(np.dot(leaves["probability"], (leaves[estimator] - mean) ** 2))
+        se = table.query("n_rollouts == 3200 and estimator == @estimator")["se"].item()
+        assert se == pytest.approx(sd / np.sqrt(3200), rel=0.1)
+    with pytest.raises(ValueError, match="sample_sizes"):
+        convergence_table(toy, [1, 10])
