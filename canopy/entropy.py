@@ -78,6 +78,14 @@ _R_ZERO = "canopy entropy is 0: decomposition shares undefined"
 # --------------------------------------------------------------------------- checks
 
 
+def reason_column(rules, n_rows: int) -> list[str]:
+    """Per-row explanation of NaN results: the texts of the ``(mask, text)`` rules whose
+    boolean mask (length ``n_rows``) is true in that row, joined by ``"; "`` in rule
+    order ('' where none applies)."""
+    masks = [(np.asarray(mask, dtype=bool), text) for mask, text in rules]
+    return ["; ".join(text for mask, text in masks if mask[k]) for k in range(n_rows)]
+
+
 def _as_1d(name: str, values) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
@@ -358,21 +366,11 @@ def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> p
         agree = np.abs(mean_gap) <= 4.0 * se_gap
 
     trunc_rate = mean(trunc.astype(np.float64))
-    reasons = []
-    for k in range(n_groups):
-        why = []
-        if counts[k] < 2:
-            why.append(_R_SE)
-        if counts[k] < 3:
-            why.append(_R_FEW)
-        else:
-            if n_const[k]:
-                why.append(_R_CONST_N)
-            if r_const[k]:
-                why.append(_R_CONST_R)
-        if zero[k]:
-            why.append(_R_ZERO)
-        reasons.append("; ".join(why))
+    few = counts < 3
+    reasons = reason_column([(counts < 2, _R_SE), (few, _R_FEW),
+                             (~few & np.asarray(n_const, bool), _R_CONST_N),
+                             (~few & np.asarray(r_const, bool), _R_CONST_R),
+                             (zero, _R_ZERO)], n_groups)
 
     out = pd.DataFrame({
         "n_rollouts": counts,

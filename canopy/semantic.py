@@ -30,6 +30,8 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from canopy.entropy import reason_column
+
 from . import cache_dir
 from .entropy import PROMPT_KEYS, comovement, pool_comovement
 
@@ -425,21 +427,10 @@ def semantic_metrics(rollouts: pd.DataFrame, embeddings: np.ndarray, judge: Judg
     with np.errstate(invalid="ignore", divide="ignore"):
         se_norm = np.where(counts > 1, se / np.log(np.maximum(counts, 2)), np.nan)
 
-    reasons = []
-    for g in range(n_groups):
-        why = []
-        if counts[g] < 2:
-            why.append(_R_FEW)
-        elif counts[g] < 6:
-            why.append(_R_BUCKET)
-        if counts[g] < 3:
-            why.append(_R_FEW3)
-        else:
-            if const_n[g]:
-                why.append(_R_CONST_N)
-            if const_d[g]:
-                why.append(_R_CONST_D)
-        reasons.append("; ".join(why))
+    few3 = counts < 3
+    reasons = reason_column([(counts < 2, _R_FEW), ((counts >= 2) & (counts < 6), _R_BUCKET),
+                             (few3, _R_FEW3), (~few3 & np.asarray(const_n, bool), _R_CONST_N),
+                             (~few3 & np.asarray(const_d, bool), _R_CONST_D)], n_groups)
     table = pd.DataFrame({
         "n_rollouts": counts,
         "diversity": big_d,

@@ -353,3 +353,11 @@ def test_large_prompts_use_the_log_linear_kendall_and_agree_with_scipy():
         assert pm["length_rate_kendall"].iloc[k] == pytest.approx(
             stats.kendalltau(x, y)[0], abs=1e-12)
         assert pm["length_rate_spearman"].iloc[k] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+
+
+def test_reason_column_joins_the_rules_that_apply_in_order():
+    from canopy.entropy import reason_column
+
+    rules = [(np.array([True, False, True]), "a"), ([False, False, True], "b")]
+    assert reason_column(rules, 3) == ["a", "", "a; b"]
+    assert reason_column([], 2) == ["", ""]
