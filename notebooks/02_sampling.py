@@ -155,8 +155,8 @@ display(Markdown(
 # model given raw text has no reason to emit its end-of-text token soon, so a high
 # truncation rate for it is expected; a larger `max_new_tokens` lowers truncation at the
 # price of sampling time. Which models are affected, and how much, is in the table above.
-# When nearly every rollout of every model is truncated — as with the `quick` profile's
-# 32-token limit, which exists to test the pipeline in minutes — lengths are all equal,
+# When nearly every rollout of every model is truncated — as can happen with the `quick`
+# profile's 64-token limit, which exists to test the pipeline in minutes — lengths are all equal,
 # $E[N] = T_{\max}$, and the length–rate analyses of chapters 3–4 have almost nothing to
 # work with: many per-prompt correlations are then undefined (constant $N$), and the
 # chapters say so rather than report a number.
