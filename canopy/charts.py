@@ -708,7 +708,7 @@ def loss_curve_chart(data: pd.DataFrame, heldout: dict | None = None,
 def finetune_summary(report: dict) -> pd.DataFrame:
     """Held-out comparison of base and fine-tuned model from a fine-tune report: rows
     ``held-out response loss (nats/token)``, ``held-out response perplexity`` (exp of
-    the loss), ``stops within <k> tokens`` (fraction of held-out prompts); columns
+    the loss), ``stops within <k> tokens`` (fraction of rollouts on the held-out prompts); columns
     ``base``, ``fine_tuned``, ``change`` (fine-tuned − base)."""
     rep = _report(report)
     loss = rep["heldout_response_loss"]
@@ -717,7 +717,8 @@ def finetune_summary(report: dict) -> pd.DataFrame:
     rows = [("held-out response loss (nats/token)", float(loss["base"]), float(loss["fine_tuned"])),
             ("held-out response perplexity", float(np.exp(loss["base"])),
              float(np.exp(loss["fine_tuned"]))),
-            (f"stops within {k} tokens (share of {stop.get('n_prompts', '?')} held-out prompts)",
+            (f"stops within {k} tokens (share of rollouts, {stop.get('n_prompts', '?')} "
+             "held-out prompts)",
              float(stop["base"]), float(stop["fine_tuned"]))]
     out = pd.DataFrame(rows, columns=["quantity", "base", "fine_tuned"]).set_index("quantity")
     out["change"] = out["fine_tuned"] - out["base"]

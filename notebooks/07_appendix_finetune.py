@@ -171,7 +171,7 @@ display(Markdown(
     + f" Within {stop['max_new_tokens']} tokens, {stop['base']:.0%} of the base model's and "
     f"{stop['fine_tuned']:.0%} of the fine-tuned model's rollouts stopped "
     f"({rollouts} rollout(s) on each of {stop['n_prompts']} held-out prompts"
-    + ("; so few that one rollout moves the share by "
+    + ("; one rollout moves the share by "
        f"{1 / (rollouts * stop['n_prompts']):.0%}" if stop["n_prompts"] else "") + ")."
     + (" Neither model stopped within that budget, so the stop check says nothing either "
        "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else
