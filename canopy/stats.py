@@ -445,6 +445,31 @@ def _warning_notes(caught, notes: list[str]) -> bool:
     return failed
 
 
+def _fit_mixedlm(model, reml: bool, caught: list, notes: list[str]):
+    """``model.fit`` with statsmodels' gradient optimisers; if they fail, once more with
+    Powell's derivative-free method, kept when it converges at least as high a
+    likelihood. The gradient methods fail typically when the prompt variance sits at its
+    boundary 0, where the likelihood's gradient is not zero; Powell handles that case.
+    The failed attempt's warnings (recorded in ``caught``) are then dropped, with a note.
+    """
+    start = len(caught)
+    res = model.fit(reml=reml)
+    if res.converged:
+        return res
+    end = len(caught)
+    try:
+        retry = model.fit(reml=reml, method=["powell"])
+    except (np.linalg.LinAlgError, ValueError):
+        return res
+    if retry.converged and retry.llf >= res.llf - 1e-8 * max(1.0, abs(res.llf)):
+        del caught[start:end]
+        notes.append("the gradient optimisers did not converge; Powell's derivative-free "
+                     "method did (log-likelihood "
+                     f"{retry.llf:.4f} vs {res.llf:.4f}), and its fit is used")
+        return retry
+    return res
+
+
 def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: list[str],
                level: float = 0.95, result_cls=RegressionResult, **extra) -> RegressionResult:
     """MixedLM with a random prompt intercept; aliased columns dropped with a note; OLS
@@ -484,7 +509,8 @@ def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: l
                 params, bse = res.params, res.bse
                 converged, pvar, rvar, llf = True, np.nan, float(res.scale), float(res.llf)
             else:
-                res = sm.MixedLM(y, x, groups=data["prompt_uid"].to_numpy()).fit(reml=reml)
+                res = _fit_mixedlm(sm.MixedLM(y, x, groups=data["prompt_uid"].to_numpy()),
+                                   reml, caught, notes)
                 k_fe = res.k_fe
                 params, bse = res.fe_params, res.bse_fe
                 converged = bool(res.converged)
