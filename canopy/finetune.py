@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -318,7 +319,10 @@ def _train(config: FinetuneConfig, base, examples, run_dir: Path, progress: bool
                                       "gate_proj", "up_proj", "down_proj"],
                       trainable_token_indices=[stop_id] if config.train_stop_embedding
                       else None)
-    model = get_peft_model(base.model, lora)
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        model = get_peft_model(base.model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
