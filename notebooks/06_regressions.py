@@ -95,7 +95,10 @@ display(charts.rate_diversity_chart(panel, color="model",
 # The prompt intercept $u$ absorbs everything a prompt does to all models alike (an
 # open-ended story prompt invites more diverse answers than a sum), so $\beta_R$ is
 # estimated from differences *within* prompts and across prompts net of that shared part.
-# Every family enters, also one with a single variant.
+# Every family enters, also one with a single variant. The fits use statsmodels'
+# `MixedLM`. When the prompt variance's best value is its boundary, $\sigma_u^2 = 0$,
+# statsmodels' gradient optimisers can stop without converging; the fit is then repeated
+# with Powell's derivative-free method, and the notes say so.
 
 # %%
 main = stats.main_regression(panel, level=level)
