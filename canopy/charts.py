@@ -41,6 +41,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from canopy.entropy import require_columns
+
 __all__ = [
     "BUNDLE_NAME", "bundle_source", "write_bundle", "chart_html", "renderer",
     "enable", "save_svg", "save_png", "spec_of",
@@ -346,14 +348,6 @@ _BUCKET_LABELS = {"diversity_short": "short", "diversity_medium": "medium",
 _VARIANT_COLORS = {"base": "#1b6ca8", "fine-tuned": "#d9822b"}
 
 
-def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{what} is missing column(s): {', '.join(missing)}")
-
-
 def _model_scale(frame: pd.DataFrame):
     """A colour scale over every model of ``frame`` (sorted), so that a model keeps its
     colour when some of its values are NaN and left out of the drawing."""
@@ -367,7 +361,7 @@ def semantic_bar_chart(pooled: pd.DataFrame, metric: str = "diversity",
     ``pooled`` is :func:`canopy.semantic.pool_semantic`'s output (or any table with
     ``model``, ``task`` and ``metric``). NaN values are left out (no bar).
     """
-    _require(pooled, ["model", "task", metric], "pooled table")
+    require_columns(pooled, ["model", "task", metric], "pooled table")
     data = pooled[["model", "task", metric]].copy()
     data = data[np.isfinite(data[metric].to_numpy(dtype=np.float64))]
     extra = [c for c in ("variant", "n_prompts", "n_rollouts") if c in pooled.columns]
@@ -389,7 +383,7 @@ def bucket_diversity_data(pooled: pd.DataFrame, task: str = "all") -> pd.DataFra
     """Long table of the length-bucketed diversity of one ``task`` (``"all"``: pooled
     over tasks): one row per (model, bucket) with ``bucket`` (short, medium, long),
     ``bucket_order`` (0, 1, 2) and ``diversity`` (NaN kept: a bucket of < 2 rollouts)."""
-    _require(pooled, ["model", "task", *_BUCKET_LABELS], "pooled table")
+    require_columns(pooled, ["model", "task", *_BUCKET_LABELS], "pooled table")
     rows = pooled[pooled["task"] == task]
     if rows.empty:
         raise ValueError(f"no rows for task {task!r}; tasks: {sorted(pooled['task'].unique())}")
@@ -428,7 +422,7 @@ def length_diversity_chart(pooled: pd.DataFrame, measure: str = "pearson",
     if measure not in ("pearson", "spearman", "kendall"):
         raise ValueError(f"measure must be 'pearson', 'spearman' or 'kendall', got {measure!r}")
     col = f"length_diversity_{measure}"
-    _require(pooled, ["model", "task", col], "pooled table")
+    require_columns(pooled, ["model", "task", col], "pooled table")
     data = pooled[["model", "task", col]].rename(columns={col: "value"})
     scale = _model_scale(data)
     data = data[np.isfinite(data["value"].to_numpy(dtype=np.float64))]
@@ -451,7 +445,7 @@ def prompt_strip_chart(table: pd.DataFrame, metric: str = "diversity",
     """One point per prompt: ``metric`` against model, faceted by nothing, coloured by
     task — shows the spread behind the pooled means. ``table``: per-prompt rows
     (:func:`canopy.semantic.semantic_metrics` or the panel)."""
-    _require(table, ["model", "task", "prompt_id", metric], "per-prompt table")
+    require_columns(table, ["model", "task", "prompt_id", metric], "per-prompt table")
     data = table[["model", "task", "prompt_id", metric]].copy()
     data["prompt_id"] = data["prompt_id"].astype(str)
     data = data[np.isfinite(data[metric].to_numpy(dtype=np.float64))]
@@ -472,8 +466,8 @@ def rate_diversity_chart(panel: pd.DataFrame, color: str = "model", fit_lines: b
     ``color`` (``model`` or ``variant``); with ``fit_lines`` a least-squares line per
     colour group (a raw line: no length, task or prompt adjustment — the regressions of
     chapter 6 make those)."""
-    _require(panel, ["model", "variant", "task", "prompt_id", "diversity",
-                     "mean_entropy_rate", "mean_length", color], "panel")
+    require_columns(panel, ["model", "variant", "task", "prompt_id", "diversity",
+                            "mean_entropy_rate", "mean_length", color], "panel")
     data = panel[list(dict.fromkeys(["model", "variant", "task", "prompt_id", "diversity",
                                      "mean_entropy_rate", "mean_length", color]))].copy()
     data["prompt_id"] = data["prompt_id"].astype(str)
@@ -550,7 +544,8 @@ def coefficient_chart(data: pd.DataFrame, title: str = "Estimates with 95 % conf
     ``data`` is :func:`coefficient_data`'s output. Terms on very different scales share
     one axis; pass ``terms`` to :func:`coefficient_data` to keep comparable ones.
     """
-    _require(data, ["fit", "term", "symbol", "estimate", "ci_low", "ci_high"], "coefficient data")
+    require_columns(data, ["fit", "term", "symbol", "estimate", "ci_low", "ci_high"],
+                    "coefficient data")
     d = data.copy()
     d["label"] = d["term"]  # symbols differ between fits (main vs interaction): label by term
     d = d[np.isfinite(d["estimate"].to_numpy(dtype=np.float64))]
@@ -586,8 +581,9 @@ def simulation_intervals(study: pd.DataFrame, truth: dict | None = None,
     bad = [p for p in parameters if p not in symbols]
     if bad:
         raise ValueError(f"unknown parameter(s) {bad}; choose from {list(symbols)}")
-    _require(study, ["seed", *[c for p in parameters for c in
-                               (p, f"{p}_low", f"{p}_high", f"covers_{p}")]], "simulation study")
+    require_columns(study, ["seed", *[c for p in parameters
+                                      for c in (p, f"{p}_low", f"{p}_high", f"covers_{p}")]],
+                    "simulation study")
     truth = study.attrs.get("truth") if truth is None else truth
     if not truth or any(p not in truth for p in parameters):
         raise ValueError("truth must give every parameter (simulation_study stores it in "
@@ -659,7 +655,7 @@ def finetune_loss_data(report: dict, window: int = 5) -> pd.DataFrame:
     data = pd.DataFrame(rep["train_loss"])
     if data.empty:
         raise ValueError("the report has no training steps")
-    _require(data, ["step", "loss"], "report['train_loss']")
+    require_columns(data, ["step", "loss"], "report['train_loss']")
     if "tokens" not in data.columns:
         data["tokens"] = 1
     for c in ("epoch", "lr"):
@@ -681,7 +677,7 @@ def loss_curve_chart(data: pd.DataFrame, heldout: dict | None = None,
     """Loss per step (points), its token-weighted running mean (line), and optionally the
     held-out response loss of base and fine-tuned model as dashed rules (``heldout``:
     ``report["heldout_response_loss"]``). ``data``: :func:`finetune_loss_data`."""
-    _require(data, ["step", "loss", "smoothed", "tokens", "lr"], "loss data")
+    require_columns(data, ["step", "loss", "smoothed", "tokens", "lr"], "loss data")
     tooltip = [alt.Tooltip("step:Q"), alt.Tooltip("loss:Q", format=".4f"),
                alt.Tooltip("smoothed:Q", title="running mean", format=".4f"),
                alt.Tooltip("tokens:Q", title="response tokens"),
@@ -774,16 +770,6 @@ __all__ += [
 _SHARE_COLORS = [COLORS["length_term"], COLORS["cov_term"]]
 
 
-def _need(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"{what}: expected a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}")
-    if frame.empty:
-        raise ValueError(f"{what}: the table is empty")
-
-
 def rollout_length_chart(rollouts: pd.DataFrame, title: str = "Rollout lengths by model"
                          ) -> alt.FacetChart:
     """Histogram of rollout lengths N, one panel per model, bars stacked by task.
@@ -792,7 +778,8 @@ def rollout_length_chart(rollouts: pd.DataFrame, title: str = "Rollout lengths b
     are used; counts are aggregated here so the spec stays small). Truncated rollouts
     sit at ``N = max_new_tokens``; the tooltip says how many of a bar are truncated.
     """
-    _need(rollouts, ["model", "task", "length", "truncated"], "rollout_length_chart")
+    require_columns(rollouts, ["model", "task", "length", "truncated"],
+                    "rollout_length_chart", allow_empty=False)
     data = (rollouts.assign(truncated=rollouts["truncated"].astype(bool))
             .groupby(["model", "task", "length"], sort=True)
             .agg(rollouts=("truncated", "size"), truncated=("truncated", "sum"))
@@ -819,8 +806,8 @@ def truncation_chart(summary: pd.DataFrame, title: str = "Truncation rate (no st
 
     ``summary`` is :func:`canopy.entropy.length_summary`'s output.
     """
-    _need(summary, ["model", "task", "truncation_rate", "n_rollouts", "mean_length"],
-          "truncation_chart")
+    require_columns(summary, ["model", "task", "truncation_rate", "n_rollouts", "mean_length"],
+                    "truncation_chart", allow_empty=False)
     data = summary.assign(label=(100 * summary["truncation_rate"]).round(0).astype(int)
                           .astype(str) + " %")
     tasks = [t for t in dict.fromkeys(data["task"]) if t != "all"]
@@ -851,8 +838,9 @@ def decomposition_share_chart(pooled: pd.DataFrame,
     share is drawn left of zero (the length share then exceeds 100 %). Tooltips give the
     terms in nats and CE*.
     """
-    _need(pooled, ["model", "task", "canopy_entropy", "length_term", "cov_residual",
-                   "length_share", "cov_share"], "decomposition_share_chart")
+    require_columns(pooled, ["model", "task", "canopy_entropy", "length_term", "cov_residual",
+                             "length_share", "cov_share"],
+                    "decomposition_share_chart", allow_empty=False)
     labels = {"length_share": "length term E[N]·E[r]", "cov_share": "covariance term C"}
     nats = {"length_share": "length_term", "cov_share": "cov_residual"}
     long = pooled.melt(id_vars=["model", "task", "canopy_entropy"],
@@ -884,8 +872,8 @@ def covariance_split_chart(pooled: pd.DataFrame,
     """Grouped bars: the pooled residual ``C`` split into the mean within-prompt
     covariance of N and r and the covariance across prompts of the prompt means (nats),
     one panel per task. ``pooled`` is :func:`canopy.entropy.pool`'s output."""
-    _need(pooled, ["model", "task", "within_prompt_cov", "between_prompt_cov", "cov_residual"],
-          "covariance_split_chart")
+    require_columns(pooled, ["model", "task", "within_prompt_cov", "between_prompt_cov",
+                             "cov_residual"], "covariance_split_chart", allow_empty=False)
     labels = {"within_prompt_cov": "within prompts", "between_prompt_cov": "between prompts"}
     long = pooled.melt(id_vars=["model", "task", "cov_residual"], value_vars=list(labels),
                        var_name="part", value_name="nats")
@@ -918,8 +906,9 @@ def bootstrap_delta_chart(boot: pd.DataFrame, metrics: Sequence[str] | None = No
     ``pct_delta`` (positive quantities only; others are dropped) instead of ``delta``.
     One row per (metric, task); a rule marks zero change.
     """
-    _need(boot, ["family", "task", "metric", "delta", "delta_lo", "delta_hi", "pct_delta",
-                 "pct_delta_lo", "pct_delta_hi", "base", "fine_tuned"], "bootstrap_delta_chart")
+    require_columns(boot, ["family", "task", "metric", "delta", "delta_lo", "delta_hi",
+                           "pct_delta", "pct_delta_lo", "pct_delta_hi", "base", "fine_tuned"],
+                    "bootstrap_delta_chart", allow_empty=False)
     data = boot if metrics is None else boot[boot["metric"].isin(list(metrics))]
     col = "pct_delta" if percent else "delta"
     data = data[np.isfinite(data[col].to_numpy(dtype=np.float64))].copy()
@@ -955,8 +944,8 @@ def interval_chart(table: pd.DataFrame, title: str = "Pooled estimates with boot
     ``task``, ``metric``, ``estimate``, ``lo``, ``hi``, ``n_prompts``). With ``zero`` a
     dashed rule marks 0 (for correlations).
     """
-    _need(table, ["model", "task", "metric", "estimate", "lo", "hi", "n_prompts"],
-          "interval_chart")
+    require_columns(table, ["model", "task", "metric", "estimate", "lo", "hi", "n_prompts"],
+                    "interval_chart", allow_empty=False)
     data = table.copy()
     tasks = [t for t in dict.fromkeys(data["task"]) if t != "all"]
     tasks += ["all"] if "all" in set(data["task"]) else []
@@ -992,8 +981,9 @@ def rate_length_data(rollouts: pd.DataFrame, prompt_text=None, centre: bool = Fa
     become deviations from the prompt's E[N] and E[r]): the within-prompt co-movement
     that the pooled correlations measure.
     """
-    _need(rollouts, ["model", "task", "prompt_id", "rollout_id", "length", "summed_entropy",
-                     "truncated"], "rate_length_data")
+    require_columns(rollouts, ["model", "task", "prompt_id", "rollout_id", "length",
+                               "summed_entropy", "truncated"],
+                    "rate_length_data", allow_empty=False)
     if snippet < 1:
         raise ValueError("snippet must be ≥ 1 character")
     data = rollouts[["model", "task", "prompt_id", "rollout_id", "length", "truncated"]].copy()
@@ -1022,8 +1012,8 @@ def rate_length_scatter(data: pd.DataFrame, centred: bool = False,
     """Scatter of ``entropy_rate`` against ``length`` per model (one panel each), coloured
     by task, truncated rollouts as open circles. ``data`` is :func:`rate_length_data`'s
     output; ``centred`` only changes the axis titles (pass the same as ``centre``)."""
-    _need(data, ["model", "task", "prompt_id", "rollout_id", "length", "entropy_rate",
-                 "truncated", "prompt"], "rate_length_scatter")
+    require_columns(data, ["model", "task", "prompt_id", "rollout_id", "length", "entropy_rate",
+                           "truncated", "prompt"], "rate_length_scatter", allow_empty=False)
     x_title = "N − prompt mean of N" if centred else "length N (tokens)"
     y_title = "r − prompt mean of r" if centred else "entropy rate r = H/N (nats/token)"
     return alt.Chart(data).mark_point(opacity=0.7, size=30).encode(
@@ -1061,7 +1051,8 @@ def position_chart(profile: pd.DataFrame, value: str = "running_entropy_rate",
     columns; positions with fewer than ``min_active`` active rollouts are left out (a
     mean over very few rollouts is noise).
     """
-    _need(profile, ["model", "task", "position", "n_active", value], "position_chart")
+    require_columns(profile, ["model", "task", "position", "n_active", value],
+                    "position_chart", allow_empty=False)
     data = profile[(profile["task"] == task) & (profile["n_active"] >= min_active)]
     if data.empty:
         raise ValueError(f"position_chart: no positions for task {task!r} with at least "
@@ -1091,8 +1082,9 @@ def stop_probability_chart(profile: pd.DataFrame, task: str = "all", min_active:
     ``profile`` is :func:`canopy.entropy.position_profile`'s output. ``log_scale``: a
     log y axis (stop probabilities span orders of magnitude).
     """
-    _need(profile, ["model", "task", "position", "n_active", "n_stopped", "mean_stop_prob",
-                    "stop_fraction"], "stop_probability_chart")
+    require_columns(profile, ["model", "task", "position", "n_active", "n_stopped",
+                              "mean_stop_prob", "stop_fraction"],
+                    "stop_probability_chart", allow_empty=False)
     data = profile[(profile["task"] == task) & (profile["n_active"] >= min_active)]
     if data.empty:
         raise ValueError(f"stop_probability_chart: no positions for task {task!r} with at "

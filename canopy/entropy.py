@@ -78,6 +78,22 @@ _R_ZERO = "canopy entropy is 0: decomposition shares undefined"
 # --------------------------------------------------------------------------- checks
 
 
+def require_columns(frame, columns, what: str, *, hint: str = "",
+                    allow_empty: bool = True) -> None:
+    """Raise a one-line ``ValueError`` unless ``frame`` is a DataFrame holding every name
+    in ``columns`` (and, with ``allow_empty=False``, at least one row). ``what`` names the
+    table in the message; ``hint`` (in parentheses) says where a right one comes from."""
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}"
+                         + (f" ({hint})" if hint else ""))
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} is missing column(s): {', '.join(missing)}"
+                         + (f" ({hint})" if hint else ""))
+    if not allow_empty and frame.empty:
+        raise ValueError(f"{what} is empty")
+
+
 def reason_column(rules, n_rows: int) -> list[str]:
     """Per-row explanation of NaN results: the texts of the ``(mask, text)`` rules whose
     boolean mask (length ``n_rows``) is true in that row, joined by ``"; "`` in rule
@@ -147,13 +163,7 @@ def _check_arrays(length, summed_entropy, surprisal, truncated, prompt):
 
 def validate_rollouts(rollouts: pd.DataFrame) -> None:
     """Raise a one-line ``ValueError`` if ``rollouts`` is not a legal rollout table."""
-    if not isinstance(rollouts, pd.DataFrame):
-        raise ValueError(f"rollouts must be a pandas DataFrame, got {type(rollouts).__name__}")
-    missing = [c for c in ROLLOUT_COLUMNS if c not in rollouts.columns]
-    if missing:
-        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)}")
-    if rollouts.empty:
-        raise ValueError("rollout table is empty")
+    require_columns(rollouts, ROLLOUT_COLUMNS, "rollout table", allow_empty=False)
     for key in PROMPT_KEYS:
         if rollouts[key].isna().any():
             raise ValueError(f"column {key} has missing values")
@@ -525,17 +535,10 @@ def _pool_reason(pooled: dict[str, np.ndarray]) -> str:
 
 
 def _check_prompt_table(prompts: pd.DataFrame) -> None:
-    if not isinstance(prompts, pd.DataFrame):
-        raise ValueError(f"expected the per-prompt DataFrame of prompt_metrics, got "
-                         f"{type(prompts).__name__}")
     needed = [*PROMPT_KEYS, "n_rollouts", *_MEAN_COLUMNS, "length_rate_pearson",
               "length_rate_spearman", "length_rate_kendall", "length_rate_cov"]
-    missing = [c for c in needed if c not in prompts.columns]
-    if missing:
-        raise ValueError(f"per-prompt table is missing column(s): {', '.join(missing)} "
-                         "(build it with canopy.entropy.prompt_metrics)")
-    if prompts.empty:
-        raise ValueError("per-prompt table is empty")
+    require_columns(prompts, needed, "per-prompt table", allow_empty=False,
+                    hint="build it with canopy.entropy.prompt_metrics")
 
 
 def pool(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
@@ -731,11 +734,8 @@ def example_rollouts(rollouts: pd.DataFrame, task: str, prompt_id=None, rollout_
     ``⏎``, cut at ``max_chars`` characters (``…``), followed by ``[N tokens, r = …]`` and
     ``truncated`` when no stop token came. ``df.attrs['prompt_id']`` holds the prompt.
     """
-    need = {"text", "task", "prompt_id", "rollout_id", "model", "length", "summed_entropy",
-            "truncated"}
-    missing = sorted(need - set(rollouts.columns))
-    if missing:
-        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)}")
+    require_columns(rollouts, ["model", "task", "prompt_id", "rollout_id", "text", "length",
+                               "summed_entropy", "truncated"], "rollout table")
     names = list(models) if models is not None else list(dict.fromkeys(rollouts["model"]))
     sub = rollouts[(rollouts["task"] == task) & rollouts["model"].isin(names)]
     if sub.empty:
@@ -785,11 +785,9 @@ def estimator_check(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFra
     how much CE* would move with other prompts.
     """
     _check_prompt_table(prompts)
-    need = ["canopy_entropy_se", "canopy_entropy_surprisal_se", "estimator_gap",
-            "estimator_gap_se", "estimators_agree"]
-    missing = [c for c in need if c not in prompts.columns]
-    if missing:
-        raise ValueError(f"per-prompt table is missing column(s): {', '.join(missing)}")
+    require_columns(prompts, ["canopy_entropy_se", "canopy_entropy_surprisal_se",
+                              "estimator_gap", "estimator_gap_se", "estimators_agree"],
+                    "per-prompt table")
     rows = []
     for keys, grp in _scopes(prompts, list(POOL_KEYS), all_tasks):
         p = len(grp)
@@ -819,10 +817,7 @@ def decomposition_identities(pooled: pd.DataFrame) -> pd.DataFrame:
     """
     need = ["canopy_entropy", "length_term", "within_prompt_cov", "between_prompt_cov",
             "cov_residual", "mean_length", "gen_ppl", "branching_factor"]
-    missing = [c for c in need if c not in pooled.columns]
-    if missing:
-        raise ValueError(f"pooled table is missing column(s): {', '.join(missing)} "
-                         "(build it with canopy.entropy.pool)")
+    require_columns(pooled, need, "pooled table", hint="build it with canopy.entropy.pool")
     keys = [c for c in POOL_KEYS if c in pooled.columns]
     out = pooled[keys + need[:5]].copy()
     out["split_error"] = (pooled["canopy_entropy"] - pooled["length_term"]
@@ -918,14 +913,8 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
     """
     need = ["model", "family", "variant", "task", "length", "truncated", "step_entropy",
             "step_entropy_raw", "step_stop_logprob"]
-    if not isinstance(rollouts, pd.DataFrame):
-        raise ValueError(f"rollouts must be a pandas DataFrame, got {type(rollouts).__name__}")
-    missing = [c for c in need if c not in rollouts.columns]
-    if missing:
-        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)} "
-                         "(per-step lists come from canopy.sampling)")
-    if rollouts.empty:
-        raise ValueError("rollout table is empty")
+    require_columns(rollouts, need, "rollout table", allow_empty=False,
+                    hint="per-step lists come from canopy.sampling")
     if not by_task and not all_tasks:
         raise ValueError("by_task and all_tasks cannot both be False: nothing to group by")
     if max_position is not None and (isinstance(max_position, bool) or max_position < 1):
@@ -1020,10 +1009,8 @@ def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None,
     """
     cols = ["family", "task", "metric", "n_prompts", "base", "fine_tuned", "delta",
             "delta_lo", "delta_hi", "pct_delta", "pct_delta_lo", "pct_delta_hi"]
-    missing = [c for c in cols if c not in boot.columns]
-    if missing:
-        raise ValueError(f"bootstrap table is missing column(s): {', '.join(missing)} "
-                         "(build it with canopy.entropy.paired_bootstrap)")
+    require_columns(boot, cols, "bootstrap table",
+                    hint="build it with canopy.entropy.paired_bootstrap")
     out = boot[cols].copy()
     if metrics is not None:
         order = {m: i for i, m in enumerate(metrics)}

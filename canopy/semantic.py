@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from canopy.entropy import reason_column
+from canopy.entropy import reason_column, require_columns
 
 from . import cache_dir
 from .entropy import PROMPT_KEYS, comovement, pool_comovement
@@ -178,13 +178,8 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
     the cache never serves stale vectors and does not depend on the rollout store layout.
     A callable ``model`` is never cached (it has no stable name).
     """
-    if not isinstance(rollouts, pd.DataFrame):
-        raise ValueError(f"rollouts must be a pandas DataFrame, got {type(rollouts).__name__}")
-    missing = [c for c in (*PROMPT_KEYS, "rollout_id", text_column) if c not in rollouts.columns]
-    if missing:
-        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)}")
-    if rollouts.empty:
-        raise ValueError("rollout table is empty")
+    require_columns(rollouts, (*PROMPT_KEYS, "rollout_id", text_column), "rollout table",
+                    allow_empty=False)
     texts = rollouts[text_column]
     if texts.isna().any() or not all(isinstance(t, str) for t in texts):
         raise ValueError(f"column {text_column!r} must hold strings (no missing values)")
@@ -352,13 +347,8 @@ def semantic_entropy(embeddings: np.ndarray, judge: Judge | None = None,
 
 
 def _check_embeddings(rollouts: pd.DataFrame, embeddings) -> np.ndarray:
-    if not isinstance(rollouts, pd.DataFrame):
-        raise ValueError(f"rollouts must be a pandas DataFrame, got {type(rollouts).__name__}")
-    missing = [c for c in (*PROMPT_KEYS, "rollout_id", "length") if c not in rollouts.columns]
-    if missing:
-        raise ValueError(f"rollout table is missing column(s): {', '.join(missing)}")
-    if rollouts.empty:
-        raise ValueError("rollout table is empty")
+    require_columns(rollouts, (*PROMPT_KEYS, "rollout_id", "length"), "rollout table",
+                    allow_empty=False)
     e = np.asarray(embeddings)
     if e.ndim != 2 or e.shape[0] != len(rollouts):
         raise ValueError(f"embeddings must have shape ({len(rollouts)}, dim) to match the "
@@ -464,10 +454,8 @@ def pool_semantic(table: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
     """
     needed = [*PROMPT_KEYS, "n_rollouts", *_SEM_MEAN, "length_diversity_pearson",
               "length_diversity_spearman", "length_diversity_kendall"]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise ValueError(f"semantic table is missing column(s): {', '.join(missing)} "
-                         "(build it with canopy.semantic.semantic_metrics)")
+    require_columns(table, needed, "semantic table",
+                    hint="build it with canopy.semantic.semantic_metrics")
     scopes = [(k, g) for k, g in table.groupby(["model", "family", "variant", "task"], sort=True)]
     if all_tasks:
         scopes += [((*k, "all"), g) for k, g in table.groupby(["model", "family", "variant"],

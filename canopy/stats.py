@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .entropy import PROMPT_KEYS, prompt_metrics
+from .entropy import PROMPT_KEYS, prompt_metrics, require_columns
 
 __all__ = [
     "PANEL_COLUMNS",
@@ -308,14 +308,8 @@ class BetaResult:
 
 def check_panel(panel: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
     """Raise a one-line ``ValueError`` unless ``panel`` has the columns of METHOD §6."""
-    if not isinstance(panel, pd.DataFrame):
-        raise ValueError(f"panel must be a pandas DataFrame, got {type(panel).__name__}")
-    missing = [c for c in (*PANEL_COLUMNS, *extra) if c not in panel.columns]
-    if missing:
-        raise ValueError(f"panel is missing column(s): {', '.join(missing)} "
-                         "(build it with canopy.stats.build_panel or simulate_panel)")
-    if panel.empty:
-        raise ValueError("panel is empty")
+    require_columns(panel, (*PANEL_COLUMNS, *extra), "panel", allow_empty=False,
+                    hint="build it with canopy.stats.build_panel or simulate_panel")
     bad = sorted(set(pd.unique(panel["fine_tuned"].astype(object))) - {0, 1, True, False},
                  key=repr)
     if bad:
@@ -1139,13 +1133,9 @@ def simulation_summary(study: pd.DataFrame, truth: dict | None = None,
     (the ratio has no finite moments then); read its median and median absolute error.
     NaN where no seed gave an estimate.
     """
-    if not isinstance(study, pd.DataFrame):
-        raise ValueError(f"study must be the DataFrame of simulation_study, got {type(study).__name__}")
     needed = [c for key, _ in _SIM_PARAMETERS for c in (key, f"covers_{key}")]
-    missing = [c for c in (*needed, "converged", "ratio_kind") if c not in study.columns]
-    if missing:
-        raise ValueError(f"study is missing column(s): {', '.join(missing)} "
-                         "(make it with canopy.stats.simulation_study)")
+    require_columns(study, (*needed, "converged", "ratio_kind"), "study",
+                    hint="make it with canopy.stats.simulation_study")
     _check_level(level)
     truth = study.attrs.get("truth") if truth is None else truth
     if not truth or any(key not in truth for key, _ in _SIM_PARAMETERS):
