@@ -38,7 +38,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
-from canopy import charts, entropy
+from canopy import charts, pooling, report
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
 
@@ -95,7 +95,7 @@ pd.Series(measured, name="value").to_frame()
 # token included) and entropy rate $r = H/N$; `⏎` marks a newline.
 
 # %%
-examples = entropy.example_rollouts(rollouts, example_task, example_prompt,
+examples = report.example_rollouts(rollouts, example_task, example_prompt,
                                     rollout_ids=range(example_rollouts),
                                     max_chars=max_chars)
 prompt_text = {(p.task, p.prompt_id): p.text for p in prompt_list}
@@ -120,7 +120,7 @@ examples
 charts.rollout_length_chart(rollouts)
 
 # %%
-summary = entropy.length_summary(rollouts)
+summary = pooling.length_summary(rollouts)
 summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_length",
          "min_length", "max_length", "truncation_rate", "n_prompts_flagged"]].round(3)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from canopy import REPO_ROOT, book, charts
+from canopy import REPO_ROOT, book, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROME_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -64,10 +64,10 @@ def test_rerun_note_gives_both_commands_with_the_values_used():
 
 def test_static_assets_are_local(tmp_path):
     book.prepare_static(tmp_path)
-    bundle = (tmp_path / charts.BUNDLE_NAME).read_text()
+    bundle = (tmp_path / render.BUNDLE_NAME).read_text()
     assert "window.canopyVega" in bundle and "http" not in bundle[:400]
     assert (tmp_path / "mathjax" / "tex-svg.js").stat().st_size > 1_000_000
-    html = charts.chart_html({"mark": "point"}, inline_bundle=False)
+    html = render.chart_html({"mark": "point"}, inline_bundle=False)
     assert "canopyVega.embed" in html and "<script src=" not in html
 
 
