@@ -74,7 +74,7 @@ def format_interval(estimate, lo, hi, fmt: str = "+.2f", unit: str = "") -> str:
 
 def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None,
                     min_prompts: int = MIN_BOOTSTRAP_PROMPTS) -> pd.DataFrame:
-    """A readable view of :func:`paired_bootstrap`'s output (chapters 3–4).
+    """A readable view of :func:`canopy.pooling.paired_bootstrap`'s output (chapters 3–4).
 
     Keeps ``family, task, metric, n_prompts, base, fine_tuned, delta, delta_lo,
     delta_hi, pct_delta, pct_delta_lo, pct_delta_hi`` (rows of ``metrics`` only, in

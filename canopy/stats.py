@@ -1,4 +1,4 @@
-"""The panel and the confound-controlled regressions (§6 of the book's Method page), with statsmodels.
+"""The panel and the confound-controlled regressions (Method §6), with statsmodels.
 
 The panel has one row per (task, prompt, family, variant). Required columns (names in
 words; tables label them with the Method page's symbols):
@@ -255,7 +255,8 @@ class CurvatureResult:
 def check_panel(panel: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
     """Raise a one-line ``ValueError`` unless ``panel`` has the columns of Method §6."""
     require_columns(panel, (*PANEL_COLUMNS, *extra), "panel", allow_empty=False,
-                    hint="build it with canopy.stats.build_panel or canopy.simulation.simulate_panel")
+                    hint="build it with canopy.stats.build_panel or "
+                    "canopy.simulation.simulate_panel")
     bad = sorted(set(pd.unique(panel["fine_tuned"].astype(object))) - {0, 1, True, False},
                  key=repr)
     if bad:

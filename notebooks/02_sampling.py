@@ -17,7 +17,7 @@
 # **Question.** What did the models actually generate? Before any entropy is computed,
 # this chapter looks at the raw material: for every prompt of the experiment, $M$
 # rollouts per model, sampled token by token with the exact step entropies recorded
-# (METHOD §1–2). We look at example rollouts side by side, at how long rollouts are, and
+# ({ref}`Method §1–2 <method-s1>`). We look at example rollouts side by side, at how long rollouts are, and
 # at how often a rollout hits the token limit $T_{\max}$ without stopping — the
 # *truncation* that turns every later estimate into an estimate of the truncated
 # process.
@@ -130,7 +130,7 @@ summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_leng
 # A rollout is truncated when no stop token comes within $T_{\max}$ tokens. Then $N$ and
 # $H = \sum_t h_t$ are cut short, and $\widehat{CE}^*$ estimates the entropy of the
 # *truncated* process — a lower bound of the untruncated $CE^*$. Prompts whose truncation
-# rate exceeds 5 % are flagged (METHOD §3).
+# rate exceeds 5 % are flagged ({ref}`Method §3 <method-s3>`).
 
 # %%
 charts.truncation_chart(summary)

@@ -20,13 +20,13 @@
 # And does fine-tuning change it, beyond what the choice of prompts could explain?
 #
 # For one prompt, with $M$ rollouts, rollout $i$ of length $N_i$ and summed step entropy
-# $H_i = \sum_{t \le N_i} h_t$ (METHOD §2–3):
+# $H_i = \sum_{t \le N_i} h_t$ ({ref}`Method §2–3 <method-s2>`):
 #
 # $$\widehat{CE}^* = \frac1M \sum_i H_i, \qquad r_i = H_i / N_i, \qquad
 #   \widehat{CE}^* = E[N]\,E[r] + \operatorname{Cov}(N, r)$$
 #
 # with the population covariance (÷ $M$), an exact identity of the sample. Over prompts
-# (the Method page, §4), linear quantities are unweighted means and the pooled residual
+# ({ref}`Method §4 <method-s4>`), linear quantities are unweighted means and the pooled residual
 # $C = CE^* - E[N]E[r]$ splits into a within-prompt and a between-prompt part.
 
 # %% tags=["parameters"]
@@ -114,7 +114,7 @@ display(Markdown(report.cov_share_text(pooled)))
 # %% [markdown]
 # ## Within prompts or between prompts?
 #
-# The pooled residual mixes two things (law of total covariance, METHOD §4):
+# The pooled residual mixes two things (law of total covariance, {ref}`Method §4 <method-s4>`):
 #
 # $$C = \underbrace{\operatorname{mean}_p \operatorname{Cov}_p(N, r)}_{\text{within prompts}}
 #   + \underbrace{\operatorname{Cov}_{\text{prompts}}(E_p[N], E_p[r])}_{\text{between prompts}}$$

@@ -55,7 +55,7 @@ display(Markdown(
 # ## $\rho(N, r)$ by model and task
 #
 # Correlations are computed *within* each prompt, then pooled over prompts with prompt
-# effects removed (METHOD §4): Pearson and Spearman through Fisher's $z$ with weights
+# effects removed ({ref}`Method §4 <method-s4>`): Pearson and Spearman through Fisher's $z$ with weights
 # $M_p - 3$, Kendall's $\tau_b$ with weights $M_p(M_p-1)/2$. A prompt whose lengths are
 # all equal (for instance, every rollout truncated at $T_{\max}$) has no defined
 # correlation and drops out. Intervals: percentile bootstrap over prompts, one model at a

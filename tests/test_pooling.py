@@ -198,7 +198,7 @@ def test_pooled_bootstrap_matches_resampling_pool(rollouts):
     got = pooled_bootstrap(prompts, metrics=metrics, n_boot=n_boot, seed=3,
                              all_tasks=False, chunk=n_boot)
     # direct: the same generator, one draw of indices per (model, task) in sorted order,
-    # then canopy.entropy.pool on the resampled prompt rows
+    # then canopy.pooling.pool on the resampled prompt rows
     rng = np.random.default_rng(3)
     for (model, family, variant, task), grp in prompts.groupby(list(POOL_KEYS), sort=True):
         n = len(grp)

@@ -1,4 +1,4 @@
-"""Tests of canopy.semantic (METHOD §5)."""
+"""Tests of canopy.semantic (Method §5)."""
 
 from __future__ import annotations
 

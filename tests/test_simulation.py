@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis_data import TRUTH
 from analysis_data import study_table as _study
 from canopy.simulation import (coverage_verdict, run_scenarios, scenarios, simulate_panel,
                                simulation_study, simulation_summary)

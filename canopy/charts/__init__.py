@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from canopy import render as _render  # noqa: F401  (enables the ``canopy`` renderer)
 from canopy.charts.style import COLORS, HEIGHT, WIDTH
-from canopy.charts.ch1_canopy import (icicle_data, canopy_chart, length_distribution_chart, convergence_chart, length_rate_chart, decomposition_chart)
+from canopy.charts.ch1_canopy import (icicle_data, canopy_chart, length_distribution_chart,
+                                      convergence_chart, length_rate_chart, decomposition_chart)
 from canopy.charts.ch2_sampling import (rollout_length_chart, truncation_chart)
-from canopy.charts.ch3_decomposition import (decomposition_share_chart, covariance_split_chart, bootstrap_delta_chart)
-from canopy.charts.ch4_length_rate import (interval_chart, rate_length_data, rate_length_scatter, position_chart, stop_probability_chart)
-from canopy.charts.ch5_semantic import (semantic_bar_chart, bucket_diversity_data, bucket_diversity_chart, length_diversity_chart, prompt_strip_chart, rate_diversity_chart)
-from canopy.charts.ch6_regressions import (coefficient_data, coefficient_chart, simulation_intervals, simulation_chart)
+from canopy.charts.ch3_decomposition import (decomposition_share_chart, covariance_split_chart,
+                                             bootstrap_delta_chart)
+from canopy.charts.ch4_length_rate import (interval_chart, rate_length_data, rate_length_scatter,
+                                           position_chart, stop_probability_chart)
+from canopy.charts.ch5_semantic import (semantic_bar_chart, bucket_diversity_data,
+                                        bucket_diversity_chart, length_diversity_chart,
+                                        prompt_strip_chart, rate_diversity_chart)
+from canopy.charts.ch6_regressions import (coefficient_data, coefficient_chart,
+                                           simulation_intervals, simulation_chart)
 from canopy.charts.ch7_finetune import (finetune_loss_data, loss_curve_chart, heldout_loss_chart)
 
 __all__ = [

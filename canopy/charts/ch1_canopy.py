@@ -9,10 +9,10 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from canopy.tables import require_columns
 from canopy.charts.style import COLORS, HEIGHT, WIDTH
 
-__all__ = ["icicle_data", "canopy_chart", "length_distribution_chart", "convergence_chart", "length_rate_chart", "decomposition_chart"]
+__all__ = ["icicle_data", "canopy_chart", "length_distribution_chart", "convergence_chart",
+           "length_rate_chart", "decomposition_chart"]
 
 
 def icicle_data(leaves: pd.DataFrame, max_depth: int | None = None) -> pd.DataFrame:

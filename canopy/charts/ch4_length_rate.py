@@ -12,7 +12,8 @@ from canopy.tables import require_columns
 from canopy.entropy import entropy_rate
 from canopy.charts.style import COLORS, HEIGHT, WIDTH, task_order
 
-__all__ = ["interval_chart", "rate_length_data", "rate_length_scatter", "position_chart", "stop_probability_chart"]
+__all__ = ["interval_chart", "rate_length_data", "rate_length_scatter", "position_chart",
+           "stop_probability_chart"]
 
 
 def interval_chart(table: pd.DataFrame, title: str = "Pooled estimates with bootstrap CIs",

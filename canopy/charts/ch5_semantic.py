@@ -11,7 +11,8 @@ import pandas as pd
 from canopy.tables import require_columns
 from canopy.charts.style import HEIGHT, VARIANT_COLORS, WIDTH, model_scale, task_order
 
-__all__ = ["semantic_bar_chart", "bucket_diversity_data", "bucket_diversity_chart", "length_diversity_chart", "prompt_strip_chart", "rate_diversity_chart"]
+__all__ = ["semantic_bar_chart", "bucket_diversity_data", "bucket_diversity_chart",
+           "length_diversity_chart", "prompt_strip_chart", "rate_diversity_chart"]
 
 
 _BUCKET_LABELS = {"diversity_short": "short", "diversity_medium": "medium",
