@@ -12,7 +12,7 @@ Near-duplicate detection: two prompts are near-duplicates when, after normalisin
 The thresholds leave a margin above the committed data (measured with these
 definitions, 100 prompts per task): the highest word-set Jaccard is 0.53 between
 two evaluation prompts and 0.67 between an evaluation and a pool prompt; the
-highest trigram Jaccard 0.50 and 0.60; the highest difflib ratio 0.73 and 0.80.
+highest trigram Jaccard 0.50 and 0.60; the highest difflib ratio 0.71 and 0.80.
 
 ``test_detector_catches_real_near_duplicates`` shows that these thresholds flag a
 one-word edit (substitution, insertion, deletion, swap) of every evaluation prompt,
