@@ -110,7 +110,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
     from canopy import cache_dir
     from canopy.models import load_model, resolve_spec
     from canopy.sampling import Runtime, SamplingConfig
-    from canopy.score import read_rollouts_file, score_to_store
+    from canopy.score import check_rows, read_rollouts_file, score_to_store
 
     if len(args.models) != 1:
         raise ValueError("canopy score takes one model (--models NAME); score another model "
@@ -125,6 +125,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
                                             "threads": args.threads}.items() if v is not None})
     runtime.resolved()  # an unavailable device fails before anything is loaded
     table = read_rollouts_file(args.rollouts)
+    check_rows(table)  # before the model is loaded
     spec = resolve_spec(args.models[0], variant=args.variant or "base",
                         chat_template=args.chat_template)
     if args.family and spec.kind in ("gguf", "dir", "hub"):

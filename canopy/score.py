@@ -40,7 +40,8 @@ from canopy.sampling import (
     ROLLOUT_SCHEMA_COLUMNS, SamplingConfig, entropy, model_forward, process_logits,
 )
 
-__all__ = ["score_rollouts", "read_rollouts_file", "prepare_rollouts", "score_to_store"]
+__all__ = ["score_rollouts", "read_rollouts_file", "check_rows", "prepare_rollouts",
+           "score_to_store"]
 
 #: floats of kept logits per forward pass (512 MB in float32)
 _LOGIT_BUDGET = 2 ** 27
@@ -76,6 +77,20 @@ def read_rollouts_file(path) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"{path}: no rollouts in the file")
     return pd.DataFrame(rows)
+
+
+def check_rows(table: pd.DataFrame) -> None:
+    """Cheap checks of input rows before a model is loaded: each row has a prompt
+    (``prompt_token_ids`` or ``prompt``) and a completion (``token_ids`` or
+    ``completion``). One-line ``ValueError`` naming the first bad row."""
+    if table.empty:
+        raise ValueError("no rollouts to score")
+    for n, row in enumerate(table.to_dict("records")):
+        if not (_present(row, "prompt_token_ids") or _present(row, "prompt")):
+            raise ValueError(f"rollout row {n}: give prompt_token_ids (the rendered prompt) "
+                             "or prompt (raw text)")
+        if not (_present(row, "token_ids") or _present(row, "completion")):
+            raise ValueError(f"rollout row {n}: give token_ids or completion (text)")
 
 
 def _ids(value, where: str, name: str) -> list[int]:
