@@ -165,7 +165,7 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     config = with_overrides(PROFILES["quick" if args.quick else "default"],
                             n_train=args.n_train, epochs=args.epochs, lr=args.lr,
                             seed=args.seed)
-    finetune(config, force=args.force)
+    finetune(config, force=args.force, device=args.device or "auto", threads=args.threads)
 
 
 def _parse_value(text: str):
@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed of the teacher sampling and the training")
     p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
+    p.add_argument("--device", help="auto (default: CUDA when available, else CPU), cpu, "
+                                    "cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="CPU threads (default: as canopy sample)")
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")
