@@ -9,14 +9,18 @@ Read top to bottom:
    position ids), repeats each prompt's KV cache for its rollouts, then decodes one token
    per step for all live rows, recording per step ``h_t = H(q_t)`` (whole support),
    ``log q_t(y_t)``, the raw entropy (temperature 1, no truncation) and the raw
-   log-probability of stopping (log-sum-exp over the stop ids). Rows that stop are
-   dropped from the batch (and its cache) at once.
+   log-probability of stopping (log-sum-exp over the stop ids). Per-step work stays on
+   the model's device; stops are checked by the host every step on CPU and every 8
+   steps elsewhere, and finished rows are then dropped from the batch (and its cache).
 3. :func:`sample_prompts` packs (prompt, rollout) rows into batches of ``batch_size``
    rows, so several prompts share a batch when M is small, and returns the rollout
    DataFrame (format: :mod:`canopy.entropy`).
 
-All quantities are in nats; statistics are computed in float32 from float32 logits
-(``bfloat16`` models give bfloat16 logits, cast to float32: slightly inexact).
+All quantities are in nats; statistics are computed in float32 from the model's logits
+(``bfloat16``/``float16`` models give lower-precision logits, cast to float32: the
+recorded entropy is exact for the distribution those logits define). Where and how the
+model runs (engine, device, dtype, CPU threads) is a :class:`Runtime`; it is part of the
+store's configuration hash (:mod:`canopy.store`).
 
 Determinism. Each rollout draws its own uniforms ``u_1..u_T`` from a generator seeded
 by ``(seed, task, prompt_id, rollout_id)`` and samples ``y_t`` by inverting the CDF of

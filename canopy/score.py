@@ -125,6 +125,8 @@ def prepare_rollouts(loaded, table: pd.DataFrame) -> pd.DataFrame:
     from canopy.models import render_prompt
 
     tok, spec = loaded.tokenizer, loaded.spec
+    head = loaded.model.get_output_embeddings() if hasattr(loaded.model, "get_output_embeddings") else None
+    vocab = head.weight.shape[0] if head is not None else None
     out, rendered_cache, prompt_ids = [], {}, {}
     for n, row in enumerate(table.to_dict("records")):
         where = f"rollout row {n}"
@@ -154,8 +156,6 @@ def prepare_rollouts(loaded, table: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"{where}: give token_ids or completion (text)")
         if not completion:
             raise ValueError(f"{where}: the completion has no tokens")
-        vocab = loaded.model.get_output_embeddings().weight.shape[0] if hasattr(
-            loaded.model, "get_output_embeddings") else None
         if vocab is not None and max(ids + completion) >= vocab:
             raise ValueError(f"{where}: token id {max(ids + completion)} is outside the "
                              f"model's vocabulary ({vocab} ids); wrong tokenizer?")

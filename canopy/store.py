@@ -339,6 +339,7 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     for model in models:
         loaded = _as_loaded(model, runtime)
         used = _runtime_of(loaded, runtime if getattr(loaded, "runtime", None) is None else None)
+        used.apply()  # the recorded thread count is the one used
         if out is None:
             table = _sampler(used)(loaded, prompts, config, progress=progress)
             n_reused = 0

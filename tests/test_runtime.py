@@ -149,9 +149,15 @@ def test_one_and_two_thread_runs_never_share_shards(tmp_path):
         dirs.append({p.parent.name for p in (tmp_path / "tiny").glob("*/manifest.json")})
     torch.set_num_threads(1)
     assert len(dirs[0]) == 1 and len(dirs[1]) == 2  # the 2-thread run made its own directory
-    # with an explicit runtime, its thread count is applied and recorded
+    # back on one thread the 1-thread shards are reused
     table = sample_to_store(loaded_tiny(), PROMPTS, cfg, tmp_path, progress=False)
     assert table.attrs["canopy"]["reused_prompts"] == 2
+    # an explicit runtime's thread count is applied and recorded
+    sample_to_store(loaded_tiny(), PROMPTS, cfg, tmp_path, progress=False,
+                    runtime=Runtime(device="cpu", threads=2))
+    assert torch.get_num_threads() == 2
+    assert len(list((tmp_path / "tiny").glob("*/manifest.json"))) == 2
+    torch.set_num_threads(1)
 
 
 def test_runtime_validation_and_resolution():
