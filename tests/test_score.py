@@ -172,6 +172,15 @@ def test_score_command_end_to_end(tmp_path, capsys):
     assert "canopy score: 2 rollouts" in capsys.readouterr().out
     table = load_rollouts(out)
     assert list(table["length"]) == [2, 2] and list(table["truncated"]) == [True, False]
+    # Parquet input (here: the store's own table) scores the same
+    parquet = tmp_path / "r.parquet"
+    table[["task", "prompt_id", "rollout_id", "prompt_token_ids", "token_ids"]].to_parquet(parquet)
+    assert main(["score", "--models", str(path), "--rollouts", str(parquet), "--top-k", "5",
+                 "--max-new-tokens", "8", "--out", str(tmp_path / "store2"), "--device", "cpu",
+                 "--threads", "1"]) == 0
+    again = load_rollouts(tmp_path / "store2")
+    for a, b in zip(table["step_entropy"], again["step_entropy"]):
+        assert np.allclose(a, b, atol=1e-6)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n')
     with pytest.raises(SystemExit) as info:
