@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"canopy: error: {str(exc).splitlines()[0] if str(exc) else exc!r}\n")
+        # (the repr applies to the whole conditional inside an f-string: keep it apart)
+        line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        parser.exit(2, f"canopy: error: {line}\n")
     except RuntimeError as exc:  # a failed chapter or book build: keep its details
         parser.exit(1, f"canopy: error: {exc}\n")
     except KeyboardInterrupt:
