@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from canopy.entropy import paired_bootstrap, pool, prompt_metrics
+    from canopy.entropy import prompt_metrics
+    from canopy.pooling import paired_bootstrap, pool
     from canopy.store import load_rollouts
 
     rollouts = load_rollouts(args.rollouts)
