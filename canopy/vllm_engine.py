@@ -31,7 +31,8 @@ guard is needed and the records are read directly; the V1 model runner is used
 ``VLLM_CACHE_ROOT`` defaults to ``$CANOPY_CACHE/vllm``; on CPU, ``VLLM_CPU_KVCACHE_SPACE``
 defaults to 1 (GiB) and torch's thread count is set to the runtime's ``threads`` before the
 engine starts (vLLM's CPU worker then disables ``torch.set_num_threads`` for the process;
-it is restored afterwards). ``config.batch_size`` is the number of rollouts submitted to
+it is restored afterwards, and so is ``LD_PRELOAD``, which vLLM extends for worker
+processes that in-process mode does not start). ``config.batch_size`` is the number of rollouts submitted to
 vLLM at once (it batches them continuously).
 
 Models: registry names, ``.gguf`` files (converted once to safetensors by
@@ -278,22 +279,31 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
     import torch
     from vllm import LLM
 
+    from canopy.vllm_capture import TOKEN_KEY, ExactCapture
+
     token = uuid.uuid4().hex
     kwargs: dict[str, Any] = dict(
         model=str(path), tokenizer=str(path), dtype=runtime.dtype, seed=0,
         generation_config="vllm", logprobs_mode="processed_logprobs",
-        additional_config={"canopy_token": token}, enforce_eager=(device == "cpu"))
+        additional_config={TOKEN_KEY: token}, enforce_eager=(device == "cpu"))
     if capture:
-        from canopy.vllm_capture import ExactCapture
         kwargs["logits_processors"] = [ExactCapture]
     set_threads = torch.set_num_threads
+    preload = os.environ.get("LD_PRELOAD")
     threads = getattr(runtime, "threads", None)
     if device == "cpu" and threads:
         torch.set_num_threads(int(threads))
     try:
         llm = LLM(**kwargs)
     finally:
-        torch.set_num_threads = set_threads  # vLLM's CPU worker replaces it with a no-op
+        # vLLM's CPU platform replaces torch.set_num_threads with a no-op and adds its
+        # allocator and OpenMP to LD_PRELOAD for worker processes; in-process there are
+        # none, and later subprocesses of this process should not inherit them.
+        torch.set_num_threads = set_threads
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
     if runtime.device == "auto" and dataclasses.is_dataclass(runtime):
         runtime = dataclasses.replace(runtime, device=device)
     return VllmModel(spec=spec, tokenizer=tokenizer, stop_ids=stop_ids,
@@ -313,7 +323,9 @@ def _sampling_params(config: SamplingConfig, seed: int, slot: int | None, stop_i
                      logprobs: bool = True):
     from vllm import SamplingParams
 
-    extra = None if slot is None else {"canopy_slot": slot}
+    from canopy.vllm_capture import KEY
+
+    extra = None if slot is None else {KEY: slot}
     return SamplingParams(
         n=1, temperature=float(config.temperature), top_k=int(config.top_k),
         top_p=float(config.top_p), max_tokens=int(config.max_new_tokens), seed=int(seed),

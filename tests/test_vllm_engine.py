@@ -27,6 +27,7 @@ PROMPTS = [Prompt("demo", "0", "Name a colour and say why you like it."),
 #: name -> (temperature, top_k, top_p)
 SETTINGS = {"top_k": (0.7, 20, 1.0), "top_p": (1.0, 0, 0.95), "untruncated": (1.0, 0, 1.0)}
 TOL = 1e-4  # nats
+_BEFORE: dict = {}  # process state before the engine started
 
 
 def _missing(why: str):
@@ -54,6 +55,7 @@ def engine():
     if not ok:
         _missing(f"{MODEL} not available: {needs}")
     threads = torch.get_num_threads()
+    _BEFORE["LD_PRELOAD"] = os.environ.get("LD_PRELOAD")
     loaded = vllm_engine.load(MODEL, _runtime())
     yield loaded
     loaded.close()
@@ -236,3 +238,16 @@ def test_refuses_what_it_cannot_record_exactly(engine):
     ExactCapture.validate_params(SamplingParams(repetition_penalty=1.2))  # not captured: fine
     with pytest.raises(ValueError, match="duplicate prompt id"):
         sample_prompts(engine, [PROMPTS[0], PROMPTS[0]], SamplingConfig(rollouts=1))
+
+
+def test_threads_follow_the_runtime_and_stay_settable(engine, samples):
+    """The engine ran with the runtime's one thread; vLLM's CPU worker disables
+    torch.set_num_threads for the process and extends LD_PRELOAD, and the engine gives
+    both back."""
+    assert os.environ.get("LD_PRELOAD") == _BEFORE["LD_PRELOAD"]
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    try:
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
