@@ -25,7 +25,6 @@ import dataclasses
 import os
 import statistics
 import time
-from types import SimpleNamespace
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -51,18 +50,17 @@ def main() -> None:
     from canopy.models import load_model, render_prompt
     from canopy.sampling import SamplingConfig, rollout_uniforms, sample_batch
 
-    try:
-        from canopy.sampling import Runtime
-        runtime = Runtime(engine="vllm", device="cpu", dtype="float32", threads=args.threads)
-    except ImportError:
-        runtime = SimpleNamespace(engine="vllm", device="cpu", dtype="float32",
-                                  threads=args.threads)
+    from canopy.sampling import Runtime
+
+    runtime = Runtime(engine="vllm", device="cpu", dtype="float32", threads=args.threads)
     exact = ve.load(args.model, runtime)
     plain = ve.load(args.model, runtime, capture=False)
     _, ids = render_prompt(exact.tokenizer, PROMPT, exact.spec.chat_template)
     cfg = SamplingConfig(rollouts=args.rollouts, max_new_tokens=args.tokens,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    hf = None if args.skip_hf else load_model(args.model, fingerprint=False)
+    hf = None if args.skip_hf else load_model(
+        args.model, fingerprint=False,
+        runtime=Runtime(engine="hf", device="cpu", dtype="float32", threads=args.threads))
     seeds = list(range(args.rollouts))
 
     warm = dataclasses.replace(cfg, max_new_tokens=8)

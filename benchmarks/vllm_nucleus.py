@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from types import SimpleNamespace
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -42,7 +41,9 @@ def main() -> None:
     from canopy.sampling import Prompt, SamplingConfig, entropy, process_logits
 
     torch.set_num_threads(1)
-    runtime = SimpleNamespace(engine="vllm", device="cpu", dtype="float32", threads=1)
+    from canopy.sampling import Runtime
+
+    runtime = Runtime(engine="vllm", device="cpu", dtype="float32", threads=1)
     loaded = ve.load(args.model, runtime)
     cfg = SamplingConfig(rollouts=args.rollouts, max_new_tokens=args.tokens,
                          top_p=args.top_p, seed=args.seed)

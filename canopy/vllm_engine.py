@@ -108,24 +108,13 @@ class VllmModel:
 # ------------------------------------------------------------------------- the runtime
 
 
-@dataclass(frozen=True)
-class _Runtime:
-    """Stand-in used when :class:`canopy.sampling.Runtime` is not available."""
-
-    engine: str = "vllm"
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int | None = None
-
-
 def _resolve_runtime(runtime, spec: ModelSpec):
-    """The runtime to use (duck-typed: ``engine``, ``device``, ``dtype``, ``threads``)."""
+    """The resolved runtime to use: ``runtime`` (duck-typed: ``engine``, ``device``,
+    ``dtype``, ``threads``, optionally ``resolved()``), default
+    ``Runtime(engine="vllm", dtype=spec.dtype)``."""
     if runtime is None:
-        try:
-            from canopy.sampling import Runtime
-            runtime = Runtime(engine="vllm", dtype=spec.dtype)
-        except ImportError:
-            runtime = _Runtime(dtype=spec.dtype)
+        from canopy.sampling import Runtime
+        runtime = Runtime(engine="vllm", dtype=spec.dtype)
     if getattr(runtime, "engine", "vllm") != "vllm":
         raise ValueError(f"canopy.vllm_engine needs a runtime with engine='vllm', got "
                          f"{runtime.engine!r}")

@@ -8,7 +8,6 @@ instead under ``CI=true``. One engine for the module; short rollouts.
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -36,12 +35,9 @@ def _missing(why: str):
     pytest.skip(why)
 
 
-def _runtime():
-    try:
-        from canopy.sampling import Runtime
-    except ImportError:  # before canopy.sampling.Runtime exists: the duck-typed fields
-        return SimpleNamespace(engine="vllm", device="cpu", dtype="float32", threads=1)
-    return Runtime(engine="vllm", device="cpu", dtype="float32", threads=1)
+def _runtime(engine: str = "vllm"):
+    from canopy.sampling import Runtime
+    return Runtime(engine=engine, device="cpu", dtype="float32", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +247,41 @@ def test_threads_follow_the_runtime_and_stay_settable(engine, samples):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", ["top_k", "untruncated"])
+def test_canopy_score_reproduces_the_records(engine, samples, name):
+    """`canopy score` (teacher-forced, transformers) on vLLM's tokens gives back every
+    recorded statistic, length and truncation flag within 1e-4 nats."""
+    from canopy.models import load_model
+    from canopy.score import score_rollouts
+
+    t, k, p = SETTINGS[name]
+    hf = load_model(MODEL, runtime=_runtime("hf"))
+    cfg = SamplingConfig(rollouts=3, max_new_tokens=24, temperature=t, top_k=k, top_p=p)
+    ours = samples[name]
+    scored = score_rollouts(hf, ours, cfg).set_index(["prompt_id", "rollout_id"])
+    assert (scored["outside_support"] == 0).all()
+    for row in ours.itertuples():
+        other = scored.loc[(row.prompt_id, row.rollout_id)]
+        assert int(other["length"]) == row.length and bool(other["truncated"]) == row.truncated
+        for col in ("step_entropy", "step_logprob", "step_entropy_raw", "step_stop_logprob"):
+            diff = np.abs(np.asarray(getattr(row, col), dtype=np.float64)
+                          - np.asarray(other[col], dtype=np.float64))
+            assert diff.max() <= TOL, (col, diff.max())
+
+
+def test_store_dispatches_to_the_engine_and_resumes(engine, tmp_path):
+    """sample_to_store with a vLLM model: shards written under an engine-'vllm'
+    configuration, and a rerun reuses them all."""
+    import json
+
+    from canopy.store import sample_to_store
+    cfg = SamplingConfig(rollouts=2, max_new_tokens=6, top_k=10, seed=3, batch_size=4)
+    first = sample_to_store([engine], PROMPTS[:2], cfg, out=tmp_path, progress=False)
+    assert first.attrs["canopy"]["sampled_prompts"] == 2 and len(first) == 4
+    again = sample_to_store([engine], PROMPTS[:2], cfg, out=tmp_path, progress=False)
+    assert again.attrs["canopy"]["reused_prompts"] == 2
+    assert [list(x) for x in again["token_ids"]] == [list(x) for x in first["token_ids"]]
+    (manifest,) = tmp_path.rglob("manifest.json")
+    assert json.loads(manifest.read_text())["config"]["runtime"]["engine"] == "vllm"
