@@ -258,6 +258,7 @@ def test_canopy_score_reproduces_the_records(engine, samples, name):
 
     t, k, p = SETTINGS[name]
     hf = load_model(MODEL, runtime=_runtime("hf"))
+    assert hf.fingerprint == engine.fingerprint  # the same weights, named the same way
     cfg = SamplingConfig(rollouts=3, max_new_tokens=24, temperature=t, top_k=k, top_p=p)
     ours = samples[name]
     scored = score_rollouts(hf, ours, cfg).set_index(["prompt_id", "rollout_id"])
