@@ -146,12 +146,14 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
         meta = json.loads((arrow.schema.metadata or {})[_META_KEY])
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a mapping")
+        intact = meta.get("content_sha256") in (None, content_sha256(arrow))
+        names = arrow.column_names
     except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
         first = (str(exc).splitlines() or [""])[0][:80]
         raise ShardError(f"unreadable ({type(exc).__name__}: {first})") from None
-    if "content_sha256" in meta and meta["content_sha256"] != content_sha256(arrow):
+    if not intact:
         raise ShardError("damaged: its content differs from the sha256 written with it")
-    missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in arrow.column_names]
+    missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in names]
     if missing:
         raise ShardError(f"missing columns {missing}")
     if arrow.num_rows != meta.get("rollouts"):
@@ -162,9 +164,10 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
             raise ShardError(f"stale: {key} differs")
     try:
         table = arrow.to_pandas()
+        ids = sorted(table["rollout_id"].tolist())
     except Exception as exc:  # noqa: BLE001 - e.g. damaged pandas metadata of an old shard
         raise ShardError(f"unreadable ({type(exc).__name__})") from None
-    if sorted(table["rollout_id"].tolist()) != list(range(arrow.num_rows)):
+    if ids != list(range(arrow.num_rows)):
         raise ShardError("rollout ids are not 0..M-1")
     return table
 

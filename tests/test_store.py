@@ -177,7 +177,7 @@ def test_bad_arguments(model_dir, tmp_path):
         sample_to_store(spec(model_dir), PROMPTS, {"rollouts": 2}, tmp_path)
     with pytest.raises(ValueError, match="no prompts"):
         sample_to_store(spec(model_dir), [], CFG, tmp_path)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="model no-such-model is not registered"):
         sample_to_store("no-such-model", PROMPTS, CFG, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
