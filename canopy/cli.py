@@ -1,7 +1,7 @@
 """The ``canopy`` command.
 
-Subcommands: ``metrics`` (tree metrics from stored rollouts), and — as they are built —
-``models``, ``sample``, ``finetune``, ``book``. Parsers are cheap; each handler imports
+Subcommands: ``metrics`` (tree metrics from stored rollouts), ``models``, ``sample``,
+``score`` (exact statistics of generations made elsewhere), ``finetune``, ``book``. Parsers are cheap; each handler imports
 what it needs so that ``canopy --help`` stays fast. Errors a user can cause are checked
 first, before torch is imported or a model loaded (:mod:`canopy.preflight`), and print one
 line (``canopy: error: …``, no traceback) with exit status 2.
@@ -54,8 +54,8 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 def _preflight_sample(args: argparse.Namespace):
     """Everything ``canopy sample`` can check before torch is imported (see
-    :mod:`canopy.preflight`): returns (model specs, sampling settings, a function
-    giving the prompts, output directory)."""
+    :mod:`canopy.preflight`): returns (model specs, sampling settings, runtime settings,
+    a function giving the prompts, output directory)."""
     import dataclasses
     import os
 
@@ -66,15 +66,19 @@ def _preflight_sample(args: argparse.Namespace):
     flags = {"rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
              "seed": args.seed, "batch_size": args.batch_size}
+    runtime_flags = {"engine": args.engine, "device": args.device, "dtype": args.dtype,
+                     "threads": args.threads}
     preflight.check_sampling(flags)
     preflight.check_prompts_per_task(args.prompts_per_task)
+    preflight.check_threads(args.threads)
     if args.experiment or args.profile:
         exp = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
                                  args.profile or "default",
-                                 {**flags, "prompts_per_task": args.prompts_per_task,
+                                 {**flags, **runtime_flags,
+                                  "prompts_per_task": args.prompts_per_task,
                                   "models": args.models, "out": args.out})
         models, sampling, out = exp["models"], exp["sampling"], exp["out"]
-        per_task = exp["prompts_per_task"]
+        runtime, per_task = exp["runtime"], exp["prompts_per_task"]
         files = [(exp["prompts_dir"] / f"{task}.jsonl", task) for task in exp["tasks"]]
     else:
         if not args.models:
@@ -85,6 +89,7 @@ def _preflight_sample(args: argparse.Namespace):
         sampling = {k: v for k, v in flags.items() if v is not None}
         sampling.setdefault("top_k", DEFAULT_TOP_K)
         out = args.out or cache_dir() / "rollouts" / "cli"
+        runtime = {k: v for k, v in runtime_flags.items() if v is not None}
         per_task, files = args.prompts_per_task, []
     if args.prompts:
         files = [(path, None) for path in args.prompts]
@@ -97,8 +102,6 @@ def _preflight_sample(args: argparse.Namespace):
     for spec in preflight.check_models(models, variant=args.variant or "base",
                                        chat_template=args.chat_template,
                                        max_new_tokens=sampling.get("max_new_tokens", 128)):
-        if args.dtype:
-            spec = dataclasses.replace(spec, dtype=args.dtype)
         if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
             spec = dataclasses.replace(spec, family=args.family)
         specs.append(spec)
@@ -116,17 +119,18 @@ def _preflight_sample(args: argparse.Namespace):
             found.extend(these[:per_task] if per_task else these)
         return found
 
-    return specs, sampling, prompts, out
+    return specs, sampling, runtime, prompts, out
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    specs, sampling, read, out = _preflight_sample(args)
-    from canopy.sampling import SamplingConfig
+    specs, sampling, runtime, read, out = _preflight_sample(args)
+    from canopy.sampling import Runtime, SamplingConfig
     from canopy.store import sample_to_store
 
     config = SamplingConfig(**sampling)
+    runtime = Runtime(**runtime)
     prompts = read()
-    table = sample_to_store(specs, prompts, config, out, progress=True)
+    table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True)
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -136,13 +140,70 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
 
 
+def _cmd_score(args: argparse.Namespace) -> None:
+    import dataclasses
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy import cache_dir
+    from canopy.models import load_model, resolve_spec
+    from canopy.sampling import Runtime, SamplingConfig
+    from canopy.score import check_rows, read_rollouts_file, score_to_store
+
+    if len(args.models) != 1:
+        raise ValueError("canopy score takes one model (--models NAME); score another model "
+                         "in another run")
+    config = SamplingConfig(**{k: v for k, v in {
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "top_k": args.top_k, "top_p": args.top_p}.items() if v is not None})
+    batch_size = 16 if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {batch_size}")
+    runtime = Runtime(**{k: v for k, v in {"device": args.device, "dtype": args.dtype,
+                                            "threads": args.threads}.items() if v is not None})
+    runtime.resolved()  # an unavailable device fails before anything is loaded
+    table = read_rollouts_file(args.rollouts)
+    check_rows(table)  # before the model is loaded
+    spec = resolve_spec(args.models[0], variant=args.variant or "base",
+                        chat_template=args.chat_template)
+    if args.family and spec.kind in ("gguf", "dir", "hub"):
+        spec = dataclasses.replace(spec, family=args.family)
+    out = args.out or cache_dir() / "rollouts" / "scored"
+    loaded = load_model(spec, runtime=runtime)
+    scored = score_to_store(loaded, table, config, out, batch_size=batch_size, progress=True)
+    info = scored.attrs["canopy"]
+    outside = int(scored["outside_support"].sum())
+    print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
+          f"({info['reused_prompts']} prompt shards reused, {info['scored_prompts']} scored), "
+          f"{outside} token(s) outside the support -> {out}")
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
+    if engine:
+        p.add_argument("--engine", choices=["hf", "vllm"],
+                       help="decode loop: hf (built in, default) or vllm (optional extra, "
+                            "install with `make env-vllm`)")
+    p.add_argument("--device",
+                   help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:N "
+                        "or mps")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default float32; statistics are always float32 from "
+                        "the model's logits, but bfloat16/float16 logits are slightly "
+                        "inexact)")
+    p.add_argument("--threads", type=_int,
+                   help="CPU threads (default: torch's own count, capped by the usable "
+                        "CPUs, with OpenMP's passive wait policy; on a machine whose cores "
+                        "are busy with other work --threads 1 can be faster). Part of the "
+                        "configuration: another count writes other shards")
+
+
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from canopy.finetune import PROFILES, finetune, with_overrides
 
     config = with_overrides(PROFILES["quick" if args.quick else "default"],
                             n_train=args.n_train, epochs=args.epochs, lr=args.lr,
                             seed=args.seed)
-    finetune(config, force=args.force)
+    finetune(config, force=args.force, device=args.device or "auto", threads=args.threads)
 
 
 def _parse_value(text: str):
@@ -239,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
     p.add_argument("--seed", type=_int, help="seed (default 0)")
     p.add_argument("--batch-size", type=_int, help="rows per forward pass (default 16)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"],
-                   help="model dtype (default float32; bfloat16 is slightly inexact)")
+    _add_runtime_flags(p, engine=True)
     p.add_argument("--variant", choices=["base", "fine-tuned"],
                    help="variant of models given by path or id (default base)")
     p.add_argument("--family",
@@ -254,6 +314,42 @@ def build_parser() -> argparse.ArgumentParser:
                                  "$CANOPY_CACHE/rollouts/cli)")
     p.set_defaults(handler=_cmd_sample)
 
+    p = sub.add_parser(
+        "score", help="exact per-step statistics of generations made by any engine "
+                      "(teacher forcing) into the same resumable store",
+        description="Score existing rollouts: one teacher-forced pass per packed batch "
+                    "computes what `canopy sample` records, under the stated decoding "
+                    "settings. FILE: JSONL (one rollout per line) or Parquet with "
+                    "prompt_token_ids or prompt (raw text, rendered as canopy sample "
+                    "would), token_ids or completion (text), optional task (default "
+                    "'default'), prompt_id (default: order of the distinct prompts), "
+                    "rollout_id (default: order of the prompt's rows). A completion ends "
+                    "at its first stop token (tokens after it are an error); without one "
+                    "it is cut at --max-new-tokens and counted truncated. Tokens outside "
+                    "the support of q_t get step_logprob NaN and are counted in "
+                    "outside_support.")
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="the model that made (or is to score) the rollouts: a registry "
+                        "name, local directory, .gguf file or Hugging Face id")
+    p.add_argument("--rollouts", required=True, metavar="FILE",
+                   help="rollouts to score (.jsonl or .parquet)")
+    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=_int,
+                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
+                        "the paper's setting)")
+    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--batch-size", type=_int, help="rollouts per forward pass (default 16)")
+    _add_runtime_flags(p, engine=False)
+    p.add_argument("--variant", choices=["base", "fine-tuned"],
+                   help="variant of a model given by path or id (default base)")
+    p.add_argument("--family", help="family of a model given by path or id")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="render raw `prompt` fields with the chat template (default: as "
+                        "canopy sample)")
+    p.add_argument("--out", help="rollout directory (default $CANOPY_CACHE/rollouts/scored)")
+    p.set_defaults(handler=_cmd_score)
+
     p = sub.add_parser("finetune", help="make gemma-3-270m-sft by LoRA fine-tuning (cached)")
     p.add_argument("--quick", action="store_true",
                    help="the small configuration for tests and classrooms (~2 min); "
@@ -263,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_float, help="peak learning rate")
     p.add_argument("--seed", type=_int, help="seed of the teacher sampling and the training")
     p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
+    p.add_argument("--device", help="auto (default: CUDA when available, else CPU), cpu, "
+                                    "cuda, cuda:N or mps")
+    p.add_argument("--threads", type=_int, help="CPU threads (default: as canopy sample)")
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")

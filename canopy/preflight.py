@@ -32,7 +32,7 @@ import shutil
 import struct
 from pathlib import Path
 
-__all__ = ["SAMPLING_KEYS", "MAX_NEW_TOKENS", "MAX_ROLLOUTS", "check_sampling",
+__all__ = ["SAMPLING_KEYS", "RUNTIME_KEYS", "MAX_NEW_TOKENS", "MAX_ROLLOUTS", "check_sampling",
            "check_prompts_per_task", "prompt_records", "check_prompt_files", "check_models",
            "check_gguf", "context_length", "check_out_dir", "chapter_parameters",
            "check_book", "check_metrics"]
@@ -40,6 +40,8 @@ __all__ = ["SAMPLING_KEYS", "MAX_NEW_TOKENS", "MAX_ROLLOUTS", "check_sampling",
 #: The fields of :class:`canopy.sampling.SamplingConfig` (a test keeps them equal).
 SAMPLING_KEYS = ("rollouts", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
                  "batch_size")
+#: The fields of :class:`canopy.sampling.Runtime` (a test keeps them equal).
+RUNTIME_KEYS = ("engine", "device", "dtype", "threads")
 #: Upper bounds: beyond them a run cannot finish (memory, time) on any machine here.
 MAX_NEW_TOKENS = 1 << 20
 MAX_ROLLOUTS = 1 << 20
@@ -57,6 +59,11 @@ def _integer(name: str, value, low: int, high: int | None = None) -> None:
         raise ValueError(f"{name} must be ≥ {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be ≤ {high}, got {value}")
+
+
+def check_threads(value) -> None:
+    """``--threads``: ``None`` (the default) or an integer ≥ 1."""
+    _integer("threads", value, 1)
 
 
 def check_prompts_per_task(value) -> None:

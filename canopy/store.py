@@ -7,8 +7,10 @@ Layout under an output directory ``out``::
     out/<model>/<hash12>/<task>/<prompt_id>.parquet
 
 ``hash12`` is the first 12 hex digits of the configuration hash: sampling settings
-(``batch_size`` excluded), model name/family/variant/dtype/chat template, the weights'
-fingerprint, the stop ids and the algorithm version. A changed configuration therefore
+(``batch_size`` excluded), the runtime (engine — ``hf``, ``vllm``, or ``score`` for
+rollouts scored by :mod:`canopy.score` —, device type, dtype, CPU thread count on CPU),
+model name/family/variant/chat template, the weights' fingerprint, the stop ids and the
+algorithm version. A changed configuration therefore
 writes a new directory and never mixes with old shards. Shards are written atomically
 (temporary file + ``os.replace``) as soon as a prompt's rollouts are complete; the
 Parquet metadata of each shard repeats the configuration hash and the prompt text's
@@ -43,7 +45,7 @@ import pandas as pd
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
 from canopy.sampling import (
-    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, SamplingConfig, as_prompts,
+    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, Runtime, SamplingConfig, as_prompts,
     sample_prompts,
 )
 
@@ -60,14 +62,37 @@ class ShardError(Exception):
 # ------------------------------------------------------------------------ configuration
 
 
-def config_record(loaded, config: SamplingConfig) -> dict:
-    """The dict whose hash names a configuration directory (see the module docstring)."""
+def _runtime_of(loaded, runtime: Runtime | None = None) -> Runtime:
+    """The runtime a loaded model runs under: ``runtime`` if given, else the one it was
+    loaded for, else (a model built by hand) CPU, the spec's dtype and torch's current
+    thread count."""
+    found = runtime or getattr(loaded, "runtime", None)
+    if found is None:
+        import torch
+        found = Runtime(device="cpu", dtype=getattr(loaded.spec, "dtype", "float32"),
+                        threads=torch.get_num_threads())
+    return found.resolved()
+
+
+def config_record(loaded, config: SamplingConfig, runtime: Runtime | None = None, *,
+                  engine: str | None = None) -> dict:
+    """The dict whose hash names a configuration directory (see the module docstring).
+
+    ``runtime`` (default: the one the model was loaded for) adds ``{"engine",
+    "device_type", "dtype", "threads"}`` (threads on CPU only), so runs on another
+    engine, device type, dtype or CPU thread count never share shards. ``engine``
+    overrides the recorded engine (``"score"`` for :mod:`canopy.score`).
+    """
     spec, tok = loaded.spec, loaded.tokenizer
+    record_runtime = _runtime_of(loaded, runtime).record()
+    if engine is not None:
+        record_runtime["engine"] = engine
     template = getattr(tok, "chat_template", None) if spec.chat_template else None
     return {
         "algorithm_version": ALGORITHM_VERSION,
+        "runtime": record_runtime,
         "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
-                  "dtype": spec.dtype, "chat_template": spec.chat_template},
+                  "dtype": record_runtime["dtype"], "chat_template": spec.chat_template},
         "fingerprint": loaded.fingerprint,
         "tokenizer": {"vocab": len(tok), "chat_template_sha256": hashlib.sha256(
             (template or "").encode()).hexdigest()},
@@ -199,13 +224,15 @@ def content_sha256(arrow) -> str:
 # ---------------------------------------------------------------------------- sampling
 
 
-def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) -> pd.DataFrame | None:
+def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
+                    runtime: Runtime | None = None) -> pd.DataFrame | None:
     """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
     or ``None`` unless every shard is there and valid.
 
     Trusts the latest configuration directory of the model (``current.json``) when its
     manifest has the same spec, sampling settings and :func:`~canopy.models.source_signature`
-    (the weights' files unchanged) — a cheap check in place of the weights fingerprint.
+    (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
+    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
     """
     model_dir = Path(out) / _safe(spec.name)
     try:
@@ -218,6 +245,12 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) ->
             or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
             or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
         return None
+    try:
+        wanted = (runtime or Runtime(dtype=spec.dtype)).record()
+    except ValueError:  # e.g. a device that is not here
+        return None
+    if manifest.get("config", {}).get("runtime") != wanted:
+        return None
     tables = []
     for p in prompts:
         try:
@@ -229,20 +262,42 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) ->
     return pd.concat(tables, ignore_index=True)
 
 
-def _as_loaded(model):
-    from canopy.models import LoadedModel, ModelSpec, load_model
+def _vllm_engine():
+    try:
+        import canopy.vllm_engine as engine
+    except ImportError as exc:
+        raise ValueError(f"engine 'vllm' is not available ({exc}); install it with "
+                         "`make env-vllm`, or use --engine hf") from None
+    return engine
 
-    if isinstance(model, LoadedModel):
+
+def _as_loaded(model, runtime: Runtime | None = None):
+    """A loaded model for ``runtime`` (``None``: the default runtime for its spec)."""
+    from canopy.models import LoadedModel, ModelSpec, load_model, resolve_spec
+
+    if isinstance(model, LoadedModel) or (not isinstance(model, (ModelSpec, str))
+                                          and hasattr(model, "stop_ids")):
         return model
-    if isinstance(model, (ModelSpec, str)):
-        return load_model(model)
-    raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
-                     f"{type(model).__name__}")
+    if not isinstance(model, (ModelSpec, str)):
+        raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
+                         f"{type(model).__name__}")
+    spec = resolve_spec(model) if isinstance(model, str) else model
+    runtime = runtime or Runtime(dtype=spec.dtype)
+    if runtime.engine == "vllm":
+        return _vllm_engine().load(spec, runtime.resolved())
+    return load_model(spec, runtime=runtime)
+
+
+def _sampler(runtime: Runtime):
+    """The ``sample_prompts`` function of the runtime's engine."""
+    if runtime.engine == "vllm":
+        return _vllm_engine().sample_prompts
+    return sample_prompts
 
 
 def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
-                  progress) -> tuple[pd.DataFrame, int]:
-    record = config_record(loaded, config)
+                  progress, runtime: Runtime) -> tuple[pd.DataFrame, int]:
+    record = config_record(loaded, config, runtime)
     digest = config_hash(record)
     model_dir = out / _safe(loaded.spec.name)
     config_dir = model_dir / digest[:12]
@@ -270,8 +325,8 @@ def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Pa
     def expect(p: Prompt) -> dict:
         return {"config_hash": digest, "prompt_sha256": p.sha256(), "rollouts": config.rollouts}
 
-    done, sampled = _fill_shards(loaded, prompts, config, config_dir, expect, sample_prompts,
-                                 progress)
+    done, sampled = _fill_shards(loaded, prompts, config, config_dir, expect,
+                                 _sampler(runtime), progress)
     table = pd.concat([done[i] for i in range(len(prompts))], ignore_index=True)
     return table, len(prompts) - sampled
 
@@ -367,7 +422,7 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
 
 
 def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
-                    progress: bool = True) -> pd.DataFrame:
+                    runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """Sample ``config.rollouts`` rollouts of every prompt with every model.
 
     ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
@@ -375,25 +430,37 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     path, :class:`~canopy.sampling.Prompt` objects or strings. ``out``: the store
     directory; finished shards there are reused and new ones written as prompts
     complete, so an interrupted call resumes. ``out=None`` samples in memory only.
+    ``runtime``: :class:`~canopy.sampling.Runtime` (engine, device, dtype, threads);
+    ``None`` = the default (``hf``, CUDA if available else CPU, the spec's dtype). Each
+    model is loaded for it and sampled by its engine: ``hf`` →
+    :func:`canopy.sampling.sample_prompts`, ``vllm`` → :mod:`canopy.vllm_engine`
+    (imported only then). An already loaded model keeps the runtime it was loaded for.
     Returns the rollout DataFrame (all models, prompts in the given order);
     ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``.
     """
     if not isinstance(config, SamplingConfig):
         raise ValueError("config must be a canopy.sampling.SamplingConfig")
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ValueError("runtime must be a canopy.sampling.Runtime")
     prompts = as_prompts(prompts)
     if isinstance(models, (str, Path)) or not isinstance(models, Sequence):
         models = [models]
     if not models:
         raise ValueError("no models given")
     models = [str(m) if isinstance(m, Path) else m for m in models]
+    if runtime is not None:
+        runtime.resolved()  # an unavailable device fails before any model is loaded
     started = time.perf_counter()
     tables, reused, sampled = [], 0, 0
     for model in models:
-        loaded = _as_loaded(model)
+        loaded = _as_loaded(model, runtime)
+        used = _runtime_of(loaded, runtime if getattr(loaded, "runtime", None) is None else None)
+        used.apply()  # the recorded thread count is the one used
         if out is None:
-            table, n_reused = sample_prompts(loaded, prompts, config, progress=progress), 0
+            table = _sampler(used)(loaded, prompts, config, progress=progress)
+            n_reused = 0
         else:
-            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress)
+            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress, used)
         reused += n_reused
         sampled += len(prompts) - n_reused
         tables.append(table)

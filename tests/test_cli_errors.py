@@ -308,6 +308,10 @@ def test_sampling_keys_match_the_config():
     from canopy.sampling import SamplingConfig
 
     assert set(SAMPLING_KEYS) == {f.name for f in fields(SamplingConfig)}
+    from canopy.preflight import RUNTIME_KEYS
+    from canopy.sampling import Runtime
+
+    assert set(RUNTIME_KEYS) == {f.name for f in fields(Runtime)}
 
 
 def test_check_gguf_accepts_valid_files(world):
