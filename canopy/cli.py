@@ -71,7 +71,7 @@ def _preflight_sample(args: argparse.Namespace):
                      "threads": args.threads}
     preflight.check_sampling(flags)
     preflight.check_prompts_per_task(args.prompts_per_task)
-    preflight.check_threads(args.threads)
+    preflight.check_runtime(runtime_flags)
     if args.experiment or args.profile:
         exp = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
                                  args.profile or "default",

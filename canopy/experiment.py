@@ -32,7 +32,8 @@ from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
 from canopy.preflight import (
-    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_sampling, prompt_records,
+    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
+    prompt_records,
 )
 
 __all__ = ["read_prompts", "Experiment", "load_experiment", "resolve_experiment",
@@ -186,6 +187,10 @@ def resolve_experiment(path=None, profile: str = "default",
         check_sampling(sampling)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    try:
+        check_runtime(runtime)
+    except ValueError as exc:
+        raise ValueError(f"{path}: runtime: {exc}") from None
     models, tasks = config.get("models"), config.get("tasks")
     for key, value in (("models", models), ("tasks", tasks)):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):

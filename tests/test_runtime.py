@@ -202,7 +202,12 @@ def test_vllm_engine_missing_is_one_line_error(monkeypatch, tmp_path):
 def test_cli_runtime_errors(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a b"}\n')
-    base = ["sample", "--models", str(tmp_path), "--prompts", str(prompts)]
+    model = tmp_path / "tiny"
+    tiny_model("llama", scale=8.0, eos=[1, 15]).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    base = ["sample", "--models", str(model), "--prompts", str(prompts),
+            "--out", str(tmp_path / "out")]
+    capsys.readouterr()  # the model's save progress bar
     for extra, message in [(["--threads", "0"], "threads must be"),
                            (["--device", "tpu"], "device must be auto")]:
         with pytest.raises(SystemExit) as info:
