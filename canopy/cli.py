@@ -62,8 +62,10 @@ def _cmd_sample(args: argparse.Namespace) -> None:
              "prompts_per_task": args.prompts_per_task}
     if args.experiment or args.profile:
         exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
-                              {**flags, "models": args.models, "out": args.out})
+                              {**flags, "models": args.models, "out": args.out,
+                               "ray": args.ray, "workers": args.workers})
         models, config, out = exp.models, exp.sampling, exp.out
+        ray, workers = exp.ray, exp.workers
         prompts = exp.prompts() if not args.prompts else None
         per_task = exp.prompts_per_task
     else:
@@ -76,6 +78,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                                    if v is not None and k != "prompts_per_task"})
         out = args.out or cache_dir() / "rollouts" / "cli"
         prompts, per_task = None, args.prompts_per_task
+        ray, workers = args.ray, args.workers
     if args.prompts:
         prompts = []
         for path in args.prompts:
@@ -90,7 +93,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
             spec = dataclasses.replace(spec, family=args.family)
         specs.append(spec)
-    table = sample_to_store(specs, prompts, config, out, progress=True)
+    table = sample_to_store(specs, prompts, config, out, progress=True, ray=ray,
+                            workers=workers)
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -177,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tuned, off for base; registered models keep theirs)")
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
+    p.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                   help="spread the shards over Ray workers (pip install canopy[ray]): "
+                        "without ADDRESS on a local Ray instance, with HOST:PORT, "
+                        "ray://HOST:PORT or auto on that cluster (the store must be a "
+                        "directory every node shares)")
+    p.add_argument("--workers", type=int,
+                   help="Ray workers, each loading the model once (default: one per GPU, "
+                        "else the CPUs // 4); needs --ray")
     p.set_defaults(handler=_cmd_sample)
 
     p = sub.add_parser("finetune", help="make gemma-3-270m-sft by LoRA fine-tuning (cached)")

@@ -7,6 +7,8 @@ An experiment file::
     prompts_dir: ../prompts      # optional; relative to this file; default <repo>/data/prompts
     out: null                    # optional rollout directory; default
                                  #   cache_dir()/rollouts/<file stem>-<profile>
+    ray: null                    # optional: true (a local Ray instance) or a cluster
+    workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
     sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
                seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
     profiles:
@@ -34,7 +36,8 @@ from canopy.sampling import Prompt, SamplingConfig
 __all__ = ["read_prompts", "Experiment", "load_experiment", "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
-_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "profiles"}
+_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "profiles",
+             "ray", "workers"}
 _SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)} | {"prompts_per_task"}
 
 
@@ -86,6 +89,8 @@ class Experiment:
     name: str = "experiment"
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
+    ray: bool | str | None = None
+    workers: int | None = None
 
     def prompts(self) -> list[Prompt]:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
@@ -109,7 +114,8 @@ class Experiment:
             table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out)
             if table is None:
                 table = sample_to_store([name], prompts, self.sampling, self.out,
-                                        progress=progress)
+                                        progress=progress, ray=self.ray,
+                                        workers=self.workers)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
 
@@ -119,7 +125,8 @@ class Experiment:
         from canopy.store import sample_to_store
 
         return sample_to_store(models or self.models, self.prompts(), self.sampling,
-                               self.out, progress=progress)
+                               self.out, progress=progress, ray=self.ray,
+                               workers=self.workers)
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -190,4 +197,4 @@ def load_experiment(path=None, profile: str = "default",
     return Experiment(models=list(models), tasks=list(tasks),
                       sampling=SamplingConfig(**sampling), prompts_per_task=per_task,
                       prompts_dir=prompts_dir, out=out, name=path.stem, profile=profile,
-                      raw=raw)
+                      raw=raw, ray=config.get("ray"), workers=config.get("workers"))

@@ -195,11 +195,19 @@ def _as_loaded(model):
                      f"{type(model).__name__}")
 
 
-def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
-                  progress) -> tuple[pd.DataFrame, int]:
-    record = config_record(loaded, config)
+# The three steps of sampling one model into the store, shared by the local path
+# (:func:`_sample_model`) and the Ray workers (:mod:`canopy.cluster`): open the
+# configuration directory, find the shards still to do, sample prompts and write their
+# shards.
+
+
+def open_config(out: Path, spec, record: dict, prompts: list[Prompt],
+                config: SamplingConfig) -> tuple[Path, str]:
+    """Create (or update) the configuration directory of ``record`` under ``out``: its
+    ``manifest.json`` and the model's ``current.json``. Returns ``(config_dir, digest)``
+    (``digest``: the full configuration hash)."""
     digest = config_hash(record)
-    model_dir = out / _safe(loaded.spec.name)
+    model_dir = Path(out) / _safe(spec.name)
     config_dir = model_dir / digest[:12]
     config_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = config_dir / "manifest.json"
@@ -210,48 +218,77 @@ def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Pa
         except ValueError:
             warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
     manifest.update({"config_hash": digest, "config": record,
-                     "spec": loaded.spec.describe(), "batch_size": config.batch_size,
-                     "source_signature": source_signature(loaded.spec),
+                     "spec": spec.describe(), "batch_size": config.batch_size,
+                     "source_signature": source_signature(spec),
                      "package_versions": _versions(), "updated": _now()})
     manifest.setdefault("created", manifest["updated"])
     manifest.setdefault("prompts", {})
     manifest["prompts"].update({f"{p.task}/{p.prompt_id}": p.sha256() for p in prompts})
     _write_json(manifest_path, manifest)
     _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
+    return config_dir, digest
 
-    def expect(p: Prompt) -> dict:
-        return {"config_hash": digest, "prompt_sha256": p.sha256(), "rollouts": config.rollouts}
 
+def _expect(digest: str, p: Prompt, config: SamplingConfig) -> dict:
+    return {"config_hash": digest, "prompt_sha256": p.sha256(), "rollouts": config.rollouts}
+
+
+def finished_shards(config_dir: Path, digest: str, prompts: list[Prompt],
+                    config: SamplingConfig) -> dict[int, pd.DataFrame]:
+    """The valid shards already in ``config_dir``: ``{prompt index: rollout table}``.
+    A corrupt, partial or stale shard is reported with a warning and deleted (so it is
+    sampled again); prompts missing from the result are the ones still to do."""
     done: dict[int, pd.DataFrame] = {}
     for i, p in enumerate(prompts):
         path = shard_path(config_dir, p.task, p.prompt_id)
         if not path.exists():
             continue
         try:
-            done[i] = read_shard(path, expect(p))
+            done[i] = read_shard(path, _expect(digest, p, config))
         except ShardError as exc:
             warnings.warn(f"resampling shard {path}: {exc}", stacklevel=3)
-            path.unlink()
+            path.unlink(missing_ok=True)
+    return done
+
+
+def sample_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_dir: Path,
+                  digest: str, *, skip=None, progress=False) -> pd.DataFrame:
+    """Sample ``prompts`` with ``loaded`` (prompts where ``skip(i)`` are done) and write
+    each prompt's shard into ``config_dir`` as soon as its rollouts are complete (atomic
+    rename, metadata from :func:`_expect`). Returns the fresh rollout table. The batch
+    plan is that of ``prompts`` as given (see :func:`canopy.sampling.plan_batches`)."""
 
     def write(i: int, table: pd.DataFrame) -> None:
         p = prompts[i]
         write_shard(shard_path(config_dir, p.task, p.prompt_id), table,
-                    {**expect(p), "task": p.task, "prompt_id": p.prompt_id,
+                    {**_expect(digest, p, config), "task": p.task, "prompt_id": p.prompt_id,
                      "written": _now()})
 
-    fresh = sample_prompts(loaded, prompts, config, skip=lambda i: i in done,
-                           on_prompt=write, progress=progress)
-    reused = len(done)
-    tables = [done[i] for i in sorted(done)] + ([fresh] if len(fresh) else [])
-    table = pd.concat(tables, ignore_index=True)
+    return sample_prompts(loaded, prompts, config, skip=skip, on_prompt=write,
+                          progress=progress)
+
+
+def gather(prompts: list[Prompt], tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate rollout tables into the given prompt order (rollouts in order)."""
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True)
     order = {(p.task, p.prompt_id): i for i, p in enumerate(prompts)}
     table["_order"] = [order[(t, str(q))] for t, q in zip(table["task"], table["prompt_id"])]
     table = table.sort_values(["_order", "rollout_id"], kind="stable").drop(columns="_order")
-    return table.reset_index(drop=True), reused
+    return table.reset_index(drop=True)
+
+
+def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
+                  progress) -> tuple[pd.DataFrame, int]:
+    record = config_record(loaded, config)
+    config_dir, digest = open_config(out, loaded.spec, record, prompts, config)
+    done = finished_shards(config_dir, digest, prompts, config)
+    fresh = sample_shards(loaded, prompts, config, config_dir, digest,
+                          skip=lambda i: i in done, progress=progress)
+    return gather(prompts, [done[i] for i in sorted(done)] + [fresh]), len(done)
 
 
 def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, ray=None, workers: int | None = None) -> pd.DataFrame:
     """Sample ``config.rollouts`` rollouts of every prompt with every model.
 
     ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
@@ -259,8 +296,13 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     path, :class:`~canopy.sampling.Prompt` objects or strings. ``out``: the store
     directory; finished shards there are reused and new ones written as prompts
     complete, so an interrupted call resumes. ``out=None`` samples in memory only.
+    ``ray``: ``True`` (a local Ray instance) or a cluster ADDRESS spreads the shards
+    still to do over ``workers`` Ray workers (:mod:`canopy.cluster`, imported only then);
+    the store is the same, and so are the rollouts on the same device type, thread count
+    and batch plan. ``None`` (default): this process only.
     Returns the rollout DataFrame (all models, prompts in the given order);
-    ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``.
+    ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``
+    (and ``"workers"``, one summary line per Ray worker, with ``ray``).
     """
     if not isinstance(config, SamplingConfig):
         raise ValueError("config must be a canopy.sampling.SamplingConfig")
@@ -271,6 +313,19 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
         raise ValueError("no models given")
     models = [str(m) if isinstance(m, Path) else m for m in models]
     started = time.perf_counter()
+    # ---- Ray (canopy.cluster): the same steps, on workers
+    if ray not in (None, False) or workers is not None:
+        specs = _ray_arguments(models, out, ray, workers)
+        from canopy.cluster import sample_on_ray
+
+        tables, reused, sampled, lines = sample_on_ray(
+            specs, prompts, config, Path(out), address=ray, workers=workers,
+            progress=progress)
+        result = pd.concat(tables, ignore_index=True)
+        result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
+                                  "seconds": time.perf_counter() - started, "workers": lines}
+        return result
+    # ---- this process
     tables, reused, sampled = [], 0, 0
     for model in models:
         loaded = _as_loaded(model)
@@ -286,6 +341,31 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
                               "seconds": time.perf_counter() - started}
     return result
+
+
+def _ray_arguments(models, out, ray, workers) -> list:
+    """Check the Ray arguments of :func:`sample_to_store` (one-line errors, before Ray is
+    imported or a model loaded); returns the models as specs."""
+    from canopy.models import LoadedModel, ModelSpec, resolve_spec
+
+    if ray in (None, False):
+        raise ValueError("workers=N needs ray (--ray [ADDRESS]): workers are Ray workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"workers must be an integer ≥ 1 (Ray workers), got {workers!r}")
+    if ray is not True and not (isinstance(ray, str) and ray):
+        raise ValueError(f"ray must be True (a local instance) or an address HOST:PORT, got "
+                         f"{ray!r}")
+    if out is None:
+        raise ValueError("sampling on Ray needs a store directory (out / --out) that every "
+                         "worker can write")
+    specs = []
+    for m in models:
+        if isinstance(m, LoadedModel) or not isinstance(m, (str, ModelSpec)):
+            raise ValueError("with ray, give models as names, paths or ModelSpec (each "
+                             "worker loads its own copy), not loaded models")
+        specs.append(resolve_spec(m) if isinstance(m, str) else m)
+    return specs
 
 
 # ----------------------------------------------------------------------------- reading
