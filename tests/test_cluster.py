@@ -105,6 +105,34 @@ def test_units_replay_the_single_process_batches(n, m, b):
         assert max(len(u) for u in units) == max(1, b // m)
 
 
+class _FakeRay:
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+class _Runtime:  # the fields of canopy.sampling.Runtime that placement reads
+    def __init__(self, device="auto", threads=None):
+        self.device, self.threads = device, threads
+
+
+def test_worker_placement_fits_the_cluster():
+    plan = cluster._plan_workers
+    assert plan(_FakeRay(CPU=8.0, GPU=2.0), None, None) == (2, {"CPU": 1, "GPU": 1}, None)
+    assert plan(_FakeRay(CPU=8.0, GPU=2.0), _Runtime("cpu"), None) == (2, {"CPU": 4}, 4)
+    assert plan(_FakeRay(CPU=8.0), None, 2) == (2, {"CPU": 4}, 4)  # cores // workers
+    assert plan(_FakeRay(CPU=8.0), _Runtime(threads=1), None) == (8, {"CPU": 1}, 1)
+    assert plan(_FakeRay(CPU=2.0), None, None) == (1, {"CPU": 2}, 2)
+    with pytest.raises(ValueError, match="3 GPU worker.* has 2 GPU"):
+        plan(_FakeRay(CPU=8.0, GPU=2.0), _Runtime("cuda"), 3)
+    with pytest.raises(ValueError, match="has 0 GPU"):
+        plan(_FakeRay(CPU=8.0), _Runtime("cuda:1"), None)
+    with pytest.raises(ValueError, match="3 CPU worker.*need 6 CPUs.* has 4"):
+        plan(_FakeRay(CPU=4.0), _Runtime(threads=2), 3)
+
+
 def test_workers_and_ray_arguments_are_one_line_errors(model_dir, tmp_path):
     for kwargs, message in [(dict(ray=True, workers=0), "workers must be an integer ≥ 1"),
                             (dict(ray=True, workers=1.5), "workers must be an integer"),
