@@ -123,7 +123,11 @@ def connect(address=True) -> bool:
         ray.init(address="local", include_dashboard=False,
                  object_store_memory=256 * 2 ** 20, **options)
     else:
-        ray.init(address=str(address), **options)
+        try:
+            ray.init(address=str(address), **options)
+        except (ConnectionError, RuntimeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(f"cannot connect to the Ray cluster at {address}: {first}") from None
     return True
 
 

@@ -38,7 +38,8 @@ from canopy.sampling import (
 )
 
 __all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "config_record", "config_hash", "shard_path",
-           "read_shard", "write_shard", "ShardError"]
+           "read_shard", "write_shard", "ShardError",
+           "open_config", "finished_shards", "sample_shards", "gather"]
 
 _META_KEY = b"canopy"
 
