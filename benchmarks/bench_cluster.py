@@ -75,12 +75,14 @@ def main() -> None:
     same = (single["token_ids"].map(list).tolist() == on_ray["token_ids"].map(list).tolist())
     print(f"{args.model}: {shards} shards x {args.rollouts} rollouts, up to "
           f"{args.max_new_tokens} tokens, batch {args.batch_size}; {args.cpus} CPUs")
-    print(f"one process ({args.cpus} threads)          : {single_s:7.1f} s  "
-          f"({tokens / single_s:.0f} tok/s incl. loading)")
-    print(f"Ray, {args.workers} workers x {max(1, args.cpus // args.workers)} thread(s)"
-          f"        : {ray_s:7.1f} s  (+ {init_s:.1f} s to start the local instance)")
-    print(f"ratio one process / Ray                  : {single_s / ray_s:7.2f}  (> 1: Ray faster)")
-    print(f"overhead per shard (Ray - one) / shards  : {(ray_s - single_s) / shards:+7.2f} s")
+    rows = [(f"one process, {args.cpus} thread(s)", f"{single_s:7.1f} s  "
+             f"({tokens / single_s:.0f} tok/s incl. loading)"),
+            (f"Ray, {args.workers} workers x {max(1, args.cpus // args.workers)} thread(s)",
+             f"{ray_s:7.1f} s  (+ {init_s:.1f} s to start the local instance)"),
+            ("ratio one process / Ray", f"{single_s / ray_s:7.2f}  (> 1: Ray faster)"),
+            ("overhead per shard (Ray - one) / shards", f"{(ray_s - single_s) / shards:+7.2f} s")]
+    for label, value in rows:
+        print(f"{label:<40}: {value}")
     print("worker summaries:")
     for line in on_ray.attrs["canopy"]["workers"]:
         print(line)
