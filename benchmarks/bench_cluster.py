@@ -44,7 +44,7 @@ def main() -> None:
 
     from canopy import REPO_ROOT
     from canopy.experiment import read_prompts
-    from canopy.sampling import SamplingConfig
+    from canopy.sampling import Runtime, SamplingConfig
     from canopy.store import sample_to_store
 
     prompts = read_prompts(REPO_ROOT / "data" / "prompts" / "stories.jsonl")[: args.prompts]
@@ -57,7 +57,8 @@ def main() -> None:
     del load_model(args.model, fingerprint=False).model  # untimed: converts a GGUF once
     torch.set_num_threads(args.cpus)
     started = time.perf_counter()
-    single = sample_to_store(args.model, prompts, config, work / "single", progress=False)
+    single = sample_to_store(args.model, prompts, config, work / "single", progress=False,
+                             runtime=Runtime(device="cpu", threads=args.cpus))
     single_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -67,7 +68,9 @@ def main() -> None:
     init_s = time.perf_counter() - started
     started = time.perf_counter()
     on_ray = sample_to_store(args.model, prompts, config, work / "ray", ray=True,
-                             workers=args.workers, progress=False)
+                             workers=args.workers, progress=False,
+                             runtime=Runtime(device="cpu",
+                                             threads=max(1, args.cpus // args.workers)))
     ray_s = time.perf_counter() - started
     ray.shutdown()
 

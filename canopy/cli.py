@@ -1,7 +1,7 @@
 """The ``canopy`` command.
 
-Subcommands: ``metrics`` (tree metrics from stored rollouts), and — as they are built —
-``models``, ``sample``, ``finetune``, ``book``. Parsers are cheap; each handler imports
+Subcommands: ``metrics`` (tree metrics from stored rollouts), ``models``, ``sample``,
+``score`` (exact statistics of generations made elsewhere), ``finetune``, ``book``. Parsers are cheap; each handler imports
 what it needs so that ``canopy --help`` stays fast. Errors a user can cause print one
 line (``canopy: error: …``) and exit with status 2.
 """
@@ -53,18 +53,20 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from canopy import cache_dir
     from canopy.experiment import DEFAULT_EXPERIMENT, load_experiment, read_prompts
     from canopy.models import resolve_spec
-    from canopy.sampling import SamplingConfig
+    from canopy.sampling import Runtime, SamplingConfig
     from canopy.store import sample_to_store
 
     flags = {"rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
              "seed": args.seed, "batch_size": args.batch_size,
              "prompts_per_task": args.prompts_per_task}
+    runtime_flags = {"engine": args.engine, "device": args.device, "dtype": args.dtype,
+                     "threads": args.threads}
     if args.experiment or args.profile:
         exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
-                              {**flags, "models": args.models, "out": args.out,
-                               "ray": args.ray, "workers": args.workers})
-        models, config, out = exp.models, exp.sampling, exp.out
+                              {**flags, **runtime_flags, "models": args.models,
+                               "out": args.out, "ray": args.ray, "workers": args.workers})
+        models, config, out, runtime = exp.models, exp.sampling, exp.out, exp.runtime
         ray, workers = exp.ray, exp.workers
         prompts = exp.prompts() if not args.prompts else None
         per_task = exp.prompts_per_task
@@ -78,6 +80,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
                                    if v is not None and k != "prompts_per_task"})
         out = args.out or cache_dir() / "rollouts" / "cli"
         prompts, per_task = None, args.prompts_per_task
+        runtime = Runtime(**{k: v for k, v in runtime_flags.items() if v is not None})
         ray, workers = args.ray, args.workers
     if args.prompts:
         prompts = []
@@ -88,13 +91,11 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     for name in models:
         spec = resolve_spec(name, variant=args.variant or "base",
                             chat_template=args.chat_template)
-        if args.dtype:
-            spec = dataclasses.replace(spec, dtype=args.dtype)
         if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
             spec = dataclasses.replace(spec, family=args.family)
         specs.append(spec)
-    table = sample_to_store(specs, prompts, config, out, progress=True, ray=ray,
-                            workers=workers)
+    table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
+                            ray=ray, workers=workers)
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -104,13 +105,92 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
 
 
+def _cmd_score(args: argparse.Namespace) -> None:
+    import dataclasses
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy import cache_dir
+    from canopy.models import load_model, resolve_spec
+    from canopy.sampling import Runtime, SamplingConfig
+    from canopy.score import check_rows, read_rollouts_file, score_to_store
+
+    if len(args.models) != 1:
+        raise ValueError("canopy score takes one model (--models NAME); score another model "
+                         "in another run")
+    config = SamplingConfig(**{k: v for k, v in {
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "top_k": args.top_k, "top_p": args.top_p}.items() if v is not None})
+    batch_size = 16 if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {batch_size}")
+    runtime = Runtime(**{k: v for k, v in {"device": args.device, "dtype": args.dtype,
+                                            "threads": args.threads}.items() if v is not None})
+    on_ray = args.ray is not None or args.workers is not None
+    if not on_ray:  # on Ray the device is resolved on the workers
+        runtime.resolved()  # an unavailable device fails before anything is loaded
+    table = read_rollouts_file(args.rollouts)
+    check_rows(table)  # before the model is loaded
+    spec = resolve_spec(args.models[0], variant=args.variant or "base",
+                        chat_template=args.chat_template)
+    if args.family and spec.kind in ("gguf", "dir", "hub"):
+        spec = dataclasses.replace(spec, family=args.family)
+    out = args.out or cache_dir() / "rollouts" / "scored"
+    if on_ray:
+        from canopy.cluster import score_on_ray
+        from canopy.store import _ray_arguments
+
+        _ray_arguments([spec], out, args.ray, args.workers)
+        scored = score_on_ray(spec, table, config, out, batch_size=batch_size,
+                              address=args.ray, workers=args.workers, runtime=runtime)
+    else:
+        loaded = load_model(spec, runtime=runtime)
+        scored = score_to_store(loaded, table, config, out, batch_size=batch_size,
+                                progress=True)
+    info = scored.attrs["canopy"]
+    outside = int(scored["outside_support"].sum())
+    print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
+          f"({info['reused_prompts']} prompt shards reused, {info['scored_prompts']} scored), "
+          f"{outside} token(s) outside the support -> {out}")
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
+    if engine:
+        p.add_argument("--engine", choices=["hf", "vllm"],
+                       help="decode loop: hf (built in, default) or vllm (optional extra, "
+                            "install with `make env-vllm`)")
+    p.add_argument("--device",
+                   help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:N "
+                        "or mps")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default float32; statistics are always float32 from "
+                        "the model's logits, but bfloat16/float16 logits are slightly "
+                        "inexact)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: torch's own count, capped by the usable "
+                        "CPUs, with OpenMP's passive wait policy; on a machine whose cores "
+                        "are busy with other work --threads 1 can be faster). Part of the "
+                        "configuration: another count writes other shards")
+
+
+def _add_ray_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                   help="spread the shards over Ray workers (pip install canopy[ray]): "
+                        "without ADDRESS on a local Ray instance, with HOST:PORT, "
+                        "ray://HOST:PORT or auto on that cluster (the store must be a "
+                        "directory every node shares)")
+    p.add_argument("--workers", type=int,
+                   help="Ray workers, each loading the model once (default: one per GPU, "
+                        "else the CPUs // 4); needs --ray")
+
+
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from canopy.finetune import PROFILES, finetune, with_overrides
 
     config = with_overrides(PROFILES["quick" if args.quick else "default"],
                             n_train=args.n_train, epochs=args.epochs, lr=args.lr,
                             seed=args.seed)
-    finetune(config, force=args.force)
+    finetune(config, force=args.force, device=args.device or "auto", threads=args.threads)
 
 
 def _parse_value(text: str):
@@ -168,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="top-p in (0, 1], 1 = off (default 1.0)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"],
-                   help="model dtype (default float32; bfloat16 is slightly inexact)")
+    _add_runtime_flags(p, engine=True)
     p.add_argument("--variant", choices=["base", "fine-tuned"],
                    help="variant of models given by path or id (default base)")
     p.add_argument("--family",
@@ -181,15 +260,43 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tuned, off for base; registered models keep theirs)")
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
-    p.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
-                   help="spread the shards over Ray workers (pip install canopy[ray]): "
-                        "without ADDRESS on a local Ray instance, with HOST:PORT, "
-                        "ray://HOST:PORT or auto on that cluster (the store must be a "
-                        "directory every node shares)")
-    p.add_argument("--workers", type=int,
-                   help="Ray workers, each loading the model once (default: one per GPU, "
-                        "else the CPUs // 4); needs --ray")
+    _add_ray_flags(p)
     p.set_defaults(handler=_cmd_sample)
+
+    p = sub.add_parser(
+        "score", help="exact per-step statistics of generations made by any engine "
+                      "(teacher forcing) into the same resumable store",
+        description="Score existing rollouts: one teacher-forced pass per packed batch "
+                    "computes what `canopy sample` records, under the stated decoding "
+                    "settings. FILE: JSONL (one rollout per line) or Parquet with "
+                    "prompt_token_ids or prompt (raw text, rendered as canopy sample "
+                    "would), token_ids or completion (text), optional task (default "
+                    "'default'), prompt_id (default: order of the distinct prompts), "
+                    "rollout_id (default: order of the prompt's rows). A completion ends "
+                    "at its first stop token (tokens after it are an error); without one "
+                    "it is cut at --max-new-tokens and counted truncated. Tokens outside "
+                    "the support of q_t get step_logprob NaN and are counted in "
+                    "outside_support.")
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="the model that made (or is to score) the rollouts: a registry "
+                        "name, local directory, .gguf file or Hugging Face id")
+    p.add_argument("--rollouts", required=True, metavar="FILE",
+                   help="rollouts to score (.jsonl or .parquet)")
+    p.add_argument("--max-new-tokens", type=int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=int, help="top-k, 0 = off (default 0)")
+    p.add_argument("--top-p", type=float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--batch-size", type=int, help="rollouts per forward pass (default 16)")
+    _add_runtime_flags(p, engine=False)
+    p.add_argument("--variant", choices=["base", "fine-tuned"],
+                   help="variant of a model given by path or id (default base)")
+    p.add_argument("--family", help="family of a model given by path or id")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="render raw `prompt` fields with the chat template (default: as "
+                        "canopy sample)")
+    p.add_argument("--out", help="rollout directory (default $CANOPY_CACHE/rollouts/scored)")
+    _add_ray_flags(p)
+    p.set_defaults(handler=_cmd_score)
 
     p = sub.add_parser("finetune", help="make gemma-3-270m-sft by LoRA fine-tuning (cached)")
     p.add_argument("--quick", action="store_true",
@@ -200,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed of the teacher sampling and the training")
     p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
+    p.add_argument("--device", help="auto (default: CUDA when available, else CPU), cpu, "
+                                    "cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="CPU threads (default: as canopy sample)")
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")
@@ -223,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"canopy: error: {str(exc).splitlines()[0] if str(exc) else exc!r}\n")
+        # (the repr applies to the whole conditional inside an f-string: keep it apart)
+        line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        parser.exit(2, f"canopy: error: {line}\n")
     except RuntimeError as exc:  # a failed chapter or book build: keep its details
         parser.exit(1, f"canopy: error: {exc}\n")
     except KeyboardInterrupt:

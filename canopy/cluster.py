@@ -36,11 +36,13 @@ import socket
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["shard_units", "connect", "sample_on_ray", "ShardWorker"]
+__all__ = ["shard_units", "row_units", "connect", "sample_on_ray", "score_on_ray",
+           "ShardWorker"]
 
 #: seconds to wait for a TCP connection to a cluster address before failing
 CONNECT_TIMEOUT_S = 5.0
@@ -137,26 +139,42 @@ def connect(address=True) -> bool:
 class ShardWorker:
     """A Ray actor: one loaded model that samples units of prompts into the store."""
 
-    def __init__(self, spec, runtime, threads: int | None, env: dict):
+    def __init__(self, spec, runtime, env: dict):
         os.environ.update(env)
         import torch
 
-        if threads:
-            torch.set_num_threads(int(threads))
         from canopy.store import _as_loaded
 
-        self.loaded = _as_loaded(spec)
+        self.runtime = runtime.resolved()  # on a GPU worker Ray has set CUDA_VISIBLE_DEVICES
+        self.loaded = _as_loaded(spec, self.runtime)
         self.threads = torch.get_num_threads()
 
-    def info(self, config) -> dict:
-        """Where this worker runs and the configuration record it samples under."""
+    def ready(self) -> bool:
+        """True once the model is loaded."""
+        return True
+
+    def info(self, config, engine: str = "sample") -> dict:
+        """Where this worker runs and the configuration record it works under
+        (``engine="score"``: the record of :func:`canopy.score.score_record`)."""
         from canopy.store import config_record
 
         model = getattr(self.loaded, "model", None)
         device = str(next(model.parameters()).device) if model is not None else "?"
+        if engine == "score":
+            from canopy.score import score_record
+            record = score_record(self.loaded, config)
+        else:
+            record = config_record(self.loaded, config, self.runtime)
         return {"pid": os.getpid(), "host": socket.gethostname(), "threads": self.threads,
-                "device": device, "spec": self.loaded.spec,
-                "record": config_record(self.loaded, config)}
+                "device": device, "spec": self.loaded.spec, "record": record}
+
+    def prepare(self, rollouts, config, batch_size: int):
+        """Rollouts to score, normalised (:func:`canopy.score.prepare_rollouts`), and the
+        rows per teacher-forced pass."""
+        from canopy.score import prepare_rollouts, rows_per_batch
+
+        return (prepare_rollouts(self.loaded, rollouts),
+                rows_per_batch(self.loaded, config, batch_size))
 
     def sample(self, prompts, config, config_dir: str, digest: str) -> dict:
         """Sample the prompts of one unit whose shards are not in the store yet, write
@@ -166,10 +184,39 @@ class ShardWorker:
         started = time.perf_counter()
         done = finished_shards(Path(config_dir), digest, prompts, config)
         fresh = sample_shards(self.loaded, prompts, config, Path(config_dir), digest,
-                              skip=lambda i: i in done)
+                              runtime=self.runtime, skip=lambda i: i in done)
         return {"pid": os.getpid(), "shards": len(prompts) - len(done),
                 "rollouts": len(fresh), "tokens": int(fresh["length"].sum()) if len(fresh) else 0,
                 "seconds": time.perf_counter() - started}
+
+
+    def score(self, todo, config, batch_size: int) -> dict:
+        """Score one unit of shards (:func:`canopy.score.score_shards`) and write them; a
+        retried unit is scored again whole, which rewrites the same bytes."""
+        from canopy.score import score_shards
+
+        started = time.perf_counter()
+        fresh = score_shards(self.loaded, todo, config, batch_size=batch_size)
+        return {"pid": os.getpid(), "shards": len(fresh),
+                "rollouts": sum(len(t) for t in fresh),
+                "tokens": int(sum(t["length"].sum() for t in fresh)),
+                "seconds": time.perf_counter() - started}
+
+
+def row_units(sizes: list[int], per_batch: int) -> list[range]:
+    """Cut consecutive groups of ``sizes`` rows into the smallest units whose rows fill
+    whole passes of ``per_batch`` consecutive rows (the packing of
+    :func:`canopy.score.score_rollouts`), so that a worker scoring a unit alone runs
+    exactly the single-process passes."""
+    units, start, rows = [], 0, 0
+    for k, size in enumerate(sizes):
+        rows += size
+        if rows % per_batch == 0:
+            units.append(range(start, k + 1))
+            start = k + 1
+    if start < len(sizes):
+        units.append(range(start, len(sizes)))
+    return units
 
 
 def _after_unit(busy_pids: list[int], units_done: int) -> None:
@@ -186,7 +233,8 @@ def _is_gpu(ray, runtime) -> bool:
 
 
 def _plan_workers(ray, runtime, workers: int | None) -> tuple[int, dict, int | None]:
-    """(workers, resources per worker, CPU threads per worker or None)."""
+    """(workers, resources per worker, CPU threads per worker or None for a GPU worker's
+    default)."""
     total = ray.cluster_resources()
     gpus, cpus = int(total.get("GPU", 0)), int(total.get("CPU", 0))
     if _is_gpu(ray, runtime):
@@ -234,13 +282,22 @@ def sample_on_ray(specs, prompts, config, out, *, address=True, workers: int | N
             ray.shutdown()
 
 
-def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progress):
+@contextmanager
+def _pool(ray, spec, runtime, workers):
+    """Start the workers of one model (the first alone, so that a GGUF is converted
+    once); yields them; kills them and frees their placement at the end."""
+    import dataclasses
+
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from canopy.store import finished_shards, gather, open_config
+    from canopy.sampling import Runtime
 
+    runtime = runtime or Runtime(dtype=spec.dtype)
     n, resources, threads = _plan_workers(ray, runtime, workers)
+    # each worker sees its own GPU as cuda (Ray sets CUDA_VISIBLE_DEVICES), or the CPU
+    device = "cuda" if "GPU" in resources else ("mps" if runtime.device == "mps" else "cpu")
+    worker_runtime = dataclasses.replace(runtime, device=device, threads=threads)
     group = placement_group([dict(resources)] * n)
     actors = []
     try:
@@ -259,40 +316,98 @@ def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progr
                 max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     group, placement_group_bundle_index=k),
-            ).remote(spec, runtime, threads, env)
+            ).remote(spec, worker_runtime, env)
 
-        actors.append(start(0))  # alone first: a GGUF is converted once
-        infos = [_get(ray, actors[0].info.remote(config))]
+        actors.append(start(0))
+        _get(ray, actors[0].ready.remote())
         actors.extend(start(k) for k in range(1, n))
-        infos.extend(_get(ray, [a.info.remote(config) for a in actors[1:]]))
-        record = infos[0]["record"]
-        for info in infos[1:]:
-            if info["record"] != record:
-                differ = sorted(k for k in record if info["record"].get(k) != record[k])
-                raise ValueError(f"Ray workers disagree on the configuration ({', '.join(differ)}"
-                                 f" differ between {infos[0]['host']} and {info['host']}): "
-                                 "install the same packages and weights on every node")
-        config_dir, digest = open_config(out, infos[0]["spec"], record, prompts, config)
-        done = finished_shards(config_dir, digest, prompts, config)
-        units = deque(u for u in shard_units(len(prompts), config.rollouts, config.batch_size)
-                      if any(i not in done for i in u))
-        stats = _dispatch(ray, actors, infos, units, prompts, config, config_dir, digest,
-                          len(prompts) - len(done), spec.name, progress)
-        final = finished_shards(config_dir, digest, prompts, config)
-        missing = [f"{p.task}/{p.prompt_id}" for i, p in enumerate(prompts) if i not in final]
-        if missing:
-            raise RuntimeError(f"{len(missing)} shard(s) missing from {config_dir} after the "
-                               f"Ray run (first: {missing[0]}); is the store a directory "
-                               "that every node shares?")
-        lines = [_summary_line(spec.name, k, info, stats[k]) for k, info in enumerate(infos)]
-        if progress:
-            for line in lines:
-                print(line, file=sys.stderr)
-        return gather(prompts, [final[i] for i in sorted(final)]), len(done), lines
+        yield actors
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
         remove_placement_group(group)
+
+
+def _infos(ray, actors, config, engine: str = "sample") -> list[dict]:
+    """The workers' :meth:`ShardWorker.info`; all must have the same record."""
+    infos = _get(ray, [a.info.remote(config, engine) for a in actors])
+    record = infos[0]["record"]
+    for info in infos[1:]:
+        if info["record"] != record:
+            differ = sorted(k for k in record if info["record"].get(k) != record[k])
+            raise ValueError(f"Ray workers disagree on the configuration ({', '.join(differ)}"
+                             f" differ between {infos[0]['host']} and {info['host']}): "
+                             "install the same packages and weights on every node")
+    return infos
+
+
+def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progress):
+    from canopy.store import finished_shards, gather, open_config
+
+    with _pool(ray, spec, runtime, workers) as actors:
+        infos = _infos(ray, actors, config)
+        config_dir, digest = open_config(out, infos[0]["spec"], infos[0]["record"], prompts,
+                                         config)
+        done = finished_shards(config_dir, digest, prompts, config)
+        units = deque(u for u in shard_units(len(prompts), config.rollouts, config.batch_size)
+                      if any(i not in done for i in u))
+
+        def call(actor, unit):
+            return actor.sample.remote([prompts[i] for i in unit], config, str(config_dir),
+                                       digest)
+
+        stats = _dispatch(ray, actors, infos, units, call, len(prompts) - len(done),
+                          f"sample {spec.name}", "prompt", progress)
+    final = finished_shards(config_dir, digest, prompts, config)
+    missing = [f"{p.task}/{p.prompt_id}" for i, p in enumerate(prompts) if i not in final]
+    if missing:
+        raise RuntimeError(f"{len(missing)} shard(s) missing from {config_dir} after the "
+                           f"Ray run (first: {missing[0]}); is the store a directory "
+                           "that every node shares?")
+    lines = _summaries(spec.name, infos, stats, progress)
+    return gather(prompts, [final[i] for i in sorted(final)]), len(done), lines
+
+
+def score_on_ray(spec, rollouts: pd.DataFrame, config, out, *, batch_size: int = 16,
+                 address=True, workers: int | None = None, runtime=None,
+                 progress: bool = True) -> pd.DataFrame:
+    """:func:`canopy.score.score_to_store` on Ray workers (``canopy score --ray``): the
+    same store, the same scores (units of shards replay the single-process packing,
+    :func:`row_units`). Returns the scored table; ``attrs["canopy"]`` holds
+    ``{"reused_prompts", "scored_prompts", "workers"}``."""
+    from canopy.score import plan_scoring
+    from canopy.store import read_shard
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    ray = _ray()
+    started_here = connect(address)
+    try:
+        with _pool(ray, spec, runtime, workers) as actors:
+            table, per_batch = _get(ray, actors[0].prepare.remote(rollouts, config, batch_size))
+            infos = _infos(ray, actors, config, "score")
+            done, todo = plan_scoring(infos[0]["record"], infos[0]["spec"], table, Path(out))
+            units = deque(row_units([len(g) for _, _, g, _, _ in todo], per_batch))
+
+            def call(actor, unit):
+                return actor.score.remote([todo[i] for i in unit], config, batch_size)
+
+            stats = _dispatch(ray, actors, infos, units, call, len(todo),
+                              f"score {spec.name}", "prompt", progress)
+        fresh = []
+        for task, pid, _, expect, path in todo:
+            try:
+                fresh.append(read_shard(path, expect))
+            except Exception:  # noqa: BLE001 - any failure: not there for the driver
+                raise RuntimeError(f"shard {path} missing or unreadable after the Ray run; "
+                                   "is the store a directory that every node shares?") from None
+        result = pd.concat(done + fresh, ignore_index=True)
+        result.attrs["canopy"] = {"reused_prompts": len(done), "scored_prompts": len(todo),
+                                  "workers": _summaries(spec.name, infos, stats, progress)}
+        return result
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def _get(ray, refs):
@@ -307,24 +422,21 @@ def _get(ray, refs):
         raise
 
 
-def _dispatch(ray, actors, infos, units, prompts, config, config_dir, digest, todo, name,
+def _dispatch(ray, actors, infos, units, call, total, desc, unit_name,
               progress) -> list[dict]:
-    """Hand units to idle workers until all are done; returns per-worker statistics."""
+    """Hand units to idle workers (``call(actor, unit)`` → a reference to a summary)
+    until all are done; returns per-worker statistics."""
     stats = [{"shards": 0, "rollouts": 0, "tokens": 0, "seconds": 0.0, "restarts": 0,
               "pid": info["pid"]} for info in infos]
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=todo, desc=f"sample {name} on {len(actors)} Ray workers",
-                   unit="prompt")
+        bar = tqdm(total=total, desc=f"{desc} on {len(actors)} Ray workers", unit=unit_name)
     running: dict = {}
 
     def submit(k: int) -> None:
         if units:
-            unit = units.popleft()
-            ref = actors[k].sample.remote([prompts[i] for i in unit], config,
-                                          str(config_dir), digest)
-            running[ref] = k
+            running[call(actors[k], units.popleft())] = k
 
     started, rollouts, tokens, units_done = time.perf_counter(), 0, 0, 0
     try:
@@ -361,9 +473,17 @@ def _dispatch(ray, actors, infos, units, prompts, config, config_dir, digest, to
     return stats
 
 
-def _summary_line(name, k, info, s) -> str:
-    rate = s["tokens"] / s["seconds"] if s["seconds"] else 0.0
-    restarts = f", {s['restarts']} restart(s)" if s["restarts"] else ""
-    return (f"  {name} worker {k} ({info['host']} pid {s['pid']}, {info['device']}, "
-            f"{info['threads']} thread(s)): {s['shards']} shards, {s['rollouts']} rollouts, "
-            f"{s['tokens']} tokens in {s['seconds']:.1f} s busy ({rate:.0f} tok/s){restarts}")
+def _summaries(name, infos, stats, progress) -> list[str]:
+    """One line per worker; printed to stderr with ``progress``."""
+    lines = []
+    for k, (info, s) in enumerate(zip(infos, stats)):
+        rate = s["tokens"] / s["seconds"] if s["seconds"] else 0.0
+        restarts = f", {s['restarts']} restart(s)" if s["restarts"] else ""
+        lines.append(f"  {name} worker {k} ({info['host']} pid {s['pid']}, {info['device']}, "
+                     f"{info['threads']} thread(s)): {s['shards']} shards, {s['rollouts']} "
+                     f"rollouts, {s['tokens']} tokens in {s['seconds']:.1f} s busy "
+                     f"({rate:.0f} tok/s){restarts}")
+    if progress:
+        for line in lines:
+            print(line, file=sys.stderr)
+    return lines

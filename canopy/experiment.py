@@ -11,12 +11,15 @@ An experiment file::
     workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
     sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
                seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
+    runtime: {engine: hf, device: auto, dtype: float32, threads: null}   # optional;
+               # these are the defaults (canopy.sampling.Runtime); threads null = default
     profiles:
       quick: {sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 2}}
       default: {}
 
 A profile has the shape of the top level (any of ``models``, ``tasks``, ``prompts_dir``,
-``out``, ``sampling``) and is merged over it (``sampling`` key by key). Overrides passed
+``out``, ``sampling``, ``runtime``) and is merged over it (``sampling`` and ``runtime``
+key by key). Overrides passed
 by the caller (CLI flags) are applied last. Unknown keys are errors.
 
 A prompt file holds one JSON object per line: ``prompt`` (non-empty string), optional
@@ -31,14 +34,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
-from canopy.sampling import Prompt, SamplingConfig
+from canopy.sampling import Prompt, Runtime, SamplingConfig
 
 __all__ = ["read_prompts", "Experiment", "load_experiment", "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
-_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "profiles",
+_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "profiles",
              "ray", "workers"}
 _SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)} | {"prompts_per_task"}
+_RUNTIME_KEYS = {f.name for f in fields(Runtime)}
 
 
 def read_prompts(path, task: str | None = None) -> list[Prompt]:
@@ -89,6 +93,7 @@ class Experiment:
     name: str = "experiment"
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
+    runtime: Runtime = field(default_factory=Runtime)
     ray: bool | str | None = None
     workers: int | None = None
 
@@ -111,11 +116,12 @@ class Experiment:
 
         prompts, tables = self.prompts(), []
         for name in self.models:
-            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out)
+            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out,
+                                    self.runtime)
             if table is None:
                 table = sample_to_store([name], prompts, self.sampling, self.out,
-                                        progress=progress, ray=self.ray,
-                                        workers=self.workers)
+                                        runtime=self.runtime, progress=progress,
+                                        ray=self.ray, workers=self.workers)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
 
@@ -125,8 +131,8 @@ class Experiment:
         from canopy.store import sample_to_store
 
         return sample_to_store(models or self.models, self.prompts(), self.sampling,
-                               self.out, progress=progress, ray=self.ray,
-                               workers=self.workers)
+                               self.out, runtime=self.runtime, progress=progress,
+                               ray=self.ray, workers=self.workers)
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -135,10 +141,10 @@ def _merge(base: dict, over: dict, where: str) -> dict:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
     merged = dict(base)
     for key, value in over.items():
-        if key == "sampling":
+        if key in ("sampling", "runtime"):
             if not isinstance(value, dict):
-                raise ValueError(f"{where}: 'sampling' must be a mapping")
-            merged["sampling"] = {**(base.get("sampling") or {}), **value}
+                raise ValueError(f"{where}: '{key}' must be a mapping")
+            merged[key] = {**(base.get(key) or {}), **value}
         else:
             merged[key] = value
     return merged
@@ -147,8 +153,9 @@ def _merge(base: dict, over: dict, where: str) -> dict:
 def load_experiment(path=None, profile: str = "default",
                     overrides: dict | None = None) -> Experiment:
     """Read an experiment file (default ``data/experiments/default.yaml``), apply the
-    ``profile`` and then ``overrides`` (top-level keys, or sampling keys given flat,
-    e.g. ``{"models": [...], "rollouts": 4}``; ``None`` values are ignored)."""
+    ``profile`` and then ``overrides`` (top-level keys, or sampling and runtime keys given
+    flat, e.g. ``{"models": [...], "rollouts": 4, "device": "cpu"}``; ``None`` values are
+    ignored)."""
     import yaml
 
     path = Path(path) if path is not None else DEFAULT_EXPERIMENT
@@ -171,7 +178,18 @@ def load_experiment(path=None, profile: str = "default",
                     profiles.get(profile) or {}, f"{path}: profile {profile!r}")
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
     sampling_over = {k: flat.pop(k) for k in list(flat) if k in _SAMPLING_KEYS}
-    config = _merge(config, {**flat, "sampling": sampling_over}, "overrides")
+    runtime_over = {k: flat.pop(k) for k in list(flat) if k in _RUNTIME_KEYS}
+    config = _merge(config, {**flat, "sampling": sampling_over, "runtime": runtime_over},
+                    "overrides")
+    runtime = dict(config.get("runtime") or {})
+    unknown = set(runtime) - _RUNTIME_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown runtime key(s) {sorted(unknown)}; "
+                         f"allowed: {sorted(_RUNTIME_KEYS)}")
+    try:
+        runtime = Runtime(**runtime)
+    except ValueError as exc:
+        raise ValueError(f"{path}: runtime: {exc}") from None
 
     sampling = dict(config.get("sampling") or {})
     unknown = set(sampling) - _SAMPLING_KEYS
@@ -197,4 +215,5 @@ def load_experiment(path=None, profile: str = "default",
     return Experiment(models=list(models), tasks=list(tasks),
                       sampling=SamplingConfig(**sampling), prompts_per_task=per_task,
                       prompts_dir=prompts_dir, out=out, name=path.stem, profile=profile,
-                      raw=raw, ray=config.get("ray"), workers=config.get("workers"))
+                      raw=raw, runtime=runtime, ray=config.get("ray"),
+                      workers=config.get("workers"))

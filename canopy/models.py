@@ -47,7 +47,7 @@ __all__ = [
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
 VARIANTS = ("base", "fine-tuned")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 #: Marker written next to converted safetensors; records the GGUF it came from.
 _MARKER = "canopy-converted.json"
 
@@ -83,7 +83,7 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: kind must be one of {', '.join(KINDS)}, "
                              f"got {self.kind!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"model {self.name!r}: dtype must be float32 or bfloat16, "
+            raise ValueError(f"model {self.name!r}: dtype must be float32, bfloat16 or float16, "
                              f"got {self.dtype!r}")
         if self.kind == "adapter" and not self.base:
             raise ValueError(f"model {self.name!r}: an adapter spec needs base=<registry name>")
@@ -262,13 +262,16 @@ def gguf_path(spec: ModelSpec) -> Path:
 @dataclass
 class LoadedModel:
     """A model ready to sample: ``model`` (eval mode), ``tokenizer``, ``spec``,
-    ``stop_ids`` (every id that ends a rollout), ``fingerprint`` (sha256 of the weights)."""
+    ``stop_ids`` (every id that ends a rollout), ``fingerprint`` (sha256 of the weights),
+    ``runtime`` (the resolved :class:`canopy.sampling.Runtime` it was loaded for; ``None``
+    for models built by hand, read as the default CPU float32 runtime)."""
 
     model: Any
     tokenizer: Any
     spec: ModelSpec
     stop_ids: list[int]
     fingerprint: str
+    runtime: Any = None
 
 
 def _offline() -> bool:
@@ -381,17 +384,25 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedModel:
-    """Load ``spec`` (or a name/path for :func:`resolve_spec`) for sampling on CPU.
+def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
+               runtime=None) -> LoadedModel:
+    """Load ``spec`` (or a name/path for :func:`resolve_spec`) for sampling.
 
-    GGUF sources are converted once (:func:`convert_gguf`). The model is in eval mode,
-    in ``spec.dtype``. Errors a user can cause are one-line ``ValueError`` /
+    ``runtime``: a :class:`canopy.sampling.Runtime` (device, dtype, threads); ``None``
+    means ``Runtime(dtype=spec.dtype)`` — CUDA when available, else CPU. The runtime is
+    resolved (an unavailable device is a one-line error), its thread count applied, and
+    stored in ``LoadedModel.runtime``. GGUF sources are converted once
+    (:func:`convert_gguf`). The model is in eval mode on the runtime's device and dtype.
+    The fingerprint is of the float32 weights as loaded (before any cast), so it names
+    the weights, not the runtime. Errors a user can cause are one-line ``ValueError`` /
     ``FileNotFoundError``.
     """
-    import torch
+    from canopy.sampling import Runtime
 
     if isinstance(spec, str):
         spec = resolve_spec(spec)
+    runtime = (runtime or Runtime(dtype=spec.dtype)).resolved()
+    runtime.apply()
     ok, needs = available(spec)
     if not ok and spec.kind != "hub":
         raise ValueError(f"model {spec.name!r} is not available: {needs}")
@@ -404,7 +415,8 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedMode
     else:  # adapter
         from peft import PeftModel
 
-        base = load_model(get_spec(spec.base), fingerprint=False)
+        base = load_model(get_spec(spec.base), fingerprint=False,
+                          runtime=dataclasses.replace(runtime, device="cpu", dtype="float32"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = PeftModel.from_pretrained(base.model, str(spec.path())).merge_and_unload()
@@ -421,10 +433,12 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedMode
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
                          "none; register it with chat_template=False")
-    model = model.to(torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32).eval()
+    model = model.float().eval()
     fp = model_fingerprint(model) if fingerprint else ""
+    model = model.to(device=runtime.device, dtype=runtime.torch_dtype())
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec,
-                       stop_ids=stop_token_ids(tokenizer, model), fingerprint=fp)
+                       stop_ids=stop_token_ids(tokenizer, model), fingerprint=fp,
+                       runtime=runtime)
 
 
 def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[int]]:

@@ -7,8 +7,10 @@ Layout under an output directory ``out``::
     out/<model>/<hash12>/<task>/<prompt_id>.parquet
 
 ``hash12`` is the first 12 hex digits of the configuration hash: sampling settings
-(``batch_size`` excluded), model name/family/variant/dtype/chat template, the weights'
-fingerprint, the stop ids and the algorithm version. A changed configuration therefore
+(``batch_size`` excluded), the runtime (engine — ``hf``, ``vllm``, or ``score`` for
+rollouts scored by :mod:`canopy.score` —, device type, dtype, CPU thread count on CPU),
+model name/family/variant/chat template, the weights' fingerprint, the stop ids and the
+algorithm version. A changed configuration therefore
 writes a new directory and never mixes with old shards. Shards are written atomically
 (temporary file + ``os.replace``) as soon as a prompt's rollouts are complete; the
 Parquet metadata of each shard repeats the configuration hash and the prompt text's
@@ -33,7 +35,7 @@ import pandas as pd
 
 from canopy.models import source_signature
 from canopy.sampling import (
-    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, SamplingConfig, as_prompts,
+    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, Runtime, SamplingConfig, as_prompts,
     sample_prompts,
 )
 
@@ -51,14 +53,37 @@ class ShardError(Exception):
 # ------------------------------------------------------------------------ configuration
 
 
-def config_record(loaded, config: SamplingConfig) -> dict:
-    """The dict whose hash names a configuration directory (see the module docstring)."""
+def _runtime_of(loaded, runtime: Runtime | None = None) -> Runtime:
+    """The runtime a loaded model runs under: ``runtime`` if given, else the one it was
+    loaded for, else (a model built by hand) CPU, the spec's dtype and torch's current
+    thread count."""
+    found = runtime or getattr(loaded, "runtime", None)
+    if found is None:
+        import torch
+        found = Runtime(device="cpu", dtype=getattr(loaded.spec, "dtype", "float32"),
+                        threads=torch.get_num_threads())
+    return found.resolved()
+
+
+def config_record(loaded, config: SamplingConfig, runtime: Runtime | None = None, *,
+                  engine: str | None = None) -> dict:
+    """The dict whose hash names a configuration directory (see the module docstring).
+
+    ``runtime`` (default: the one the model was loaded for) adds ``{"engine",
+    "device_type", "dtype", "threads"}`` (threads on CPU only), so runs on another
+    engine, device type, dtype or CPU thread count never share shards. ``engine``
+    overrides the recorded engine (``"score"`` for :mod:`canopy.score`).
+    """
     spec, tok = loaded.spec, loaded.tokenizer
+    record_runtime = _runtime_of(loaded, runtime).record()
+    if engine is not None:
+        record_runtime["engine"] = engine
     template = getattr(tok, "chat_template", None) if spec.chat_template else None
     return {
         "algorithm_version": ALGORITHM_VERSION,
+        "runtime": record_runtime,
         "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
-                  "dtype": spec.dtype, "chat_template": spec.chat_template},
+                  "dtype": record_runtime["dtype"], "chat_template": spec.chat_template},
         "fingerprint": loaded.fingerprint,
         "tokenizer": {"vocab": len(tok), "chat_template_sha256": hashlib.sha256(
             (template or "").encode()).hexdigest()},
@@ -155,13 +180,15 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- sampling
 
 
-def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) -> pd.DataFrame | None:
+def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
+                    runtime: Runtime | None = None) -> pd.DataFrame | None:
     """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
     or ``None`` unless every shard is there and valid.
 
     Trusts the latest configuration directory of the model (``current.json``) when its
     manifest has the same spec, sampling settings and :func:`~canopy.models.source_signature`
-    (the weights' files unchanged) — a cheap check in place of the weights fingerprint.
+    (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
+    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
     """
     model_dir = Path(out) / _safe(spec.name)
     try:
@@ -174,6 +201,12 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) ->
             or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
             or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
         return None
+    try:
+        wanted = (runtime or Runtime(dtype=spec.dtype)).record()
+    except ValueError:  # e.g. a device that is not here
+        return None
+    if manifest.get("config", {}).get("runtime") != wanted:
+        return None
     tables = []
     for p in prompts:
         try:
@@ -185,15 +218,37 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) ->
     return pd.concat(tables, ignore_index=True)
 
 
-def _as_loaded(model):
-    from canopy.models import LoadedModel, ModelSpec, load_model
+def _vllm_engine():
+    try:
+        import canopy.vllm_engine as engine
+    except ImportError as exc:
+        raise ValueError(f"engine 'vllm' is not available ({exc}); install it with "
+                         "`make env-vllm`, or use --engine hf") from None
+    return engine
 
-    if isinstance(model, LoadedModel):
+
+def _as_loaded(model, runtime: Runtime | None = None):
+    """A loaded model for ``runtime`` (``None``: the default runtime for its spec)."""
+    from canopy.models import LoadedModel, ModelSpec, load_model, resolve_spec
+
+    if isinstance(model, LoadedModel) or (not isinstance(model, (ModelSpec, str))
+                                          and hasattr(model, "stop_ids")):
         return model
-    if isinstance(model, (ModelSpec, str)):
-        return load_model(model)
-    raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
-                     f"{type(model).__name__}")
+    if not isinstance(model, (ModelSpec, str)):
+        raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
+                         f"{type(model).__name__}")
+    spec = resolve_spec(model) if isinstance(model, str) else model
+    runtime = runtime or Runtime(dtype=spec.dtype)
+    if runtime.engine == "vllm":
+        return _vllm_engine().load(spec, runtime.resolved())
+    return load_model(spec, runtime=runtime)
+
+
+def _sampler(runtime: Runtime):
+    """The ``sample_prompts`` function of the runtime's engine."""
+    if runtime.engine == "vllm":
+        return _vllm_engine().sample_prompts
+    return sample_prompts
 
 
 # The three steps of sampling one model into the store, shared by the local path
@@ -253,8 +308,9 @@ def finished_shards(config_dir: Path, digest: str, prompts: list[Prompt],
 
 
 def sample_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_dir: Path,
-                  digest: str, *, skip=None, progress=False) -> pd.DataFrame:
-    """Sample ``prompts`` with ``loaded`` (prompts where ``skip(i)`` are done) and write
+                  digest: str, *, runtime: Runtime, skip=None, progress=False) -> pd.DataFrame:
+    """Sample ``prompts`` with ``loaded`` by the ``runtime``'s engine (prompts where
+    ``skip(i)`` are done) and write
     each prompt's shard into ``config_dir`` as soon as its rollouts are complete (atomic
     rename, metadata from :func:`_expect`). Returns the fresh rollout table. The batch
     plan is that of ``prompts`` as given (see :func:`canopy.sampling.plan_batches`)."""
@@ -265,8 +321,8 @@ def sample_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_
                     {**_expect(digest, p, config), "task": p.task, "prompt_id": p.prompt_id,
                      "written": _now()})
 
-    return sample_prompts(loaded, prompts, config, skip=skip, on_prompt=write,
-                          progress=progress)
+    return _sampler(runtime)(loaded, prompts, config, skip=skip, on_prompt=write,
+                             progress=progress)
 
 
 def gather(prompts: list[Prompt], tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -279,17 +335,18 @@ def gather(prompts: list[Prompt], tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
-                  progress) -> tuple[pd.DataFrame, int]:
-    record = config_record(loaded, config)
+                  progress, runtime: Runtime) -> tuple[pd.DataFrame, int]:
+    record = config_record(loaded, config, runtime)
     config_dir, digest = open_config(out, loaded.spec, record, prompts, config)
     done = finished_shards(config_dir, digest, prompts, config)
-    fresh = sample_shards(loaded, prompts, config, config_dir, digest,
+    fresh = sample_shards(loaded, prompts, config, config_dir, digest, runtime=runtime,
                           skip=lambda i: i in done, progress=progress)
     return gather(prompts, [done[i] for i in sorted(done)] + [fresh]), len(done)
 
 
 def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
-                    progress: bool = True, ray=None, workers: int | None = None) -> pd.DataFrame:
+                    runtime: Runtime | None = None, progress: bool = True, ray=None,
+                    workers: int | None = None) -> pd.DataFrame:
     """Sample ``config.rollouts`` rollouts of every prompt with every model.
 
     ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
@@ -297,6 +354,11 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     path, :class:`~canopy.sampling.Prompt` objects or strings. ``out``: the store
     directory; finished shards there are reused and new ones written as prompts
     complete, so an interrupted call resumes. ``out=None`` samples in memory only.
+    ``runtime``: :class:`~canopy.sampling.Runtime` (engine, device, dtype, threads);
+    ``None`` = the default (``hf``, CUDA if available else CPU, the spec's dtype). Each
+    model is loaded for it and sampled by its engine: ``hf`` →
+    :func:`canopy.sampling.sample_prompts`, ``vllm`` → :mod:`canopy.vllm_engine`
+    (imported only then). An already loaded model keeps the runtime it was loaded for.
     ``ray``: ``True`` (a local Ray instance) or a cluster ADDRESS spreads the shards
     still to do over ``workers`` Ray workers (:mod:`canopy.cluster`, imported only then);
     the store is the same, and so are the rollouts on the same device type, thread count
@@ -307,6 +369,8 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     """
     if not isinstance(config, SamplingConfig):
         raise ValueError("config must be a canopy.sampling.SamplingConfig")
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ValueError("runtime must be a canopy.sampling.Runtime")
     prompts = as_prompts(prompts)
     if isinstance(models, (str, Path)) or not isinstance(models, Sequence):
         models = [models]
@@ -314,26 +378,31 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
         raise ValueError("no models given")
     models = [str(m) if isinstance(m, Path) else m for m in models]
     started = time.perf_counter()
-    # ---- Ray (canopy.cluster): the same steps, on workers
+    # ---- Ray (canopy.cluster): the same steps, on workers (the device is resolved there)
     if ray not in (None, False) or workers is not None:
         specs = _ray_arguments(models, out, ray, workers)
         from canopy.cluster import sample_on_ray
 
         tables, reused, sampled, lines = sample_on_ray(
             specs, prompts, config, Path(out), address=ray, workers=workers,
-            progress=progress)
+            runtime=runtime, progress=progress)
         result = pd.concat(tables, ignore_index=True)
         result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
                                   "seconds": time.perf_counter() - started, "workers": lines}
         return result
     # ---- this process
+    if runtime is not None:
+        runtime.resolved()  # an unavailable device fails before any model is loaded
     tables, reused, sampled = [], 0, 0
     for model in models:
-        loaded = _as_loaded(model)
+        loaded = _as_loaded(model, runtime)
+        used = _runtime_of(loaded, runtime if getattr(loaded, "runtime", None) is None else None)
+        used.apply()  # the recorded thread count is the one used
         if out is None:
-            table, n_reused = sample_prompts(loaded, prompts, config, progress=progress), 0
+            table = _sampler(used)(loaded, prompts, config, progress=progress)
+            n_reused = 0
         else:
-            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress)
+            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress, used)
         reused += n_reused
         sampled += len(prompts) - n_reused
         tables.append(table)

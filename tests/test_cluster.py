@@ -19,7 +19,7 @@ import pytest
 
 import canopy.cluster as cluster
 from canopy.models import resolve_spec
-from canopy.sampling import Prompt, SamplingConfig, plan_batches
+from canopy.sampling import Prompt, Runtime, SamplingConfig, plan_batches
 from canopy.store import load_rollouts, sample_to_store
 from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
@@ -29,6 +29,9 @@ PROMPTS = [Prompt("t" if i % 3 else "u", f"p{i}", " ".join(WORDS[i % 13: i % 13 
            for i in range(12)]
 # 2 rollouts, batches of 4 rows: two prompts share each batch (units of 2 prompts)
 CFG = SamplingConfig(rollouts=2, max_new_tokens=12, top_k=10, seed=5, batch_size=4)
+# one CPU thread, as each of the 2 Ray workers on 2 CPUs (threads are in the config hash)
+CPU1 = Runtime(device="cpu", threads=1)
+ON_RAY = dict(runtime=CPU1, ray=True, workers=2)
 
 
 def _ray_or_skip():
@@ -81,7 +84,7 @@ def canonical(table: pd.DataFrame) -> pd.DataFrame:
 def single(model_dir, tmp_path_factory):
     """The single-process run (1 thread, as each of the 2 Ray workers on 2 CPUs)."""
     out = tmp_path_factory.mktemp("single")
-    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, progress=False)
+    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, runtime=CPU1, progress=False)
     return out, table
 
 
@@ -215,7 +218,7 @@ def test_ray_workers_write_the_single_process_store(ray_instance, model_dir, sin
                                                     tmp_path, capsys):
     single_out, single_table = single
     out = tmp_path / "ray"
-    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, ray=True, workers=2)
+    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, **ON_RAY)
     info = table.attrs["canopy"]
     assert info["sampled_prompts"] == len(PROMPTS) and info["reused_prompts"] == 0
     assert len(info["workers"]) == 2 and "worker 1" in info["workers"][1]
@@ -227,7 +230,7 @@ def test_ray_workers_write_the_single_process_store(ray_instance, model_dir, sin
     assert len(list(out.rglob("*.parquet"))) == len(PROMPTS)
     # rerun: everything is reused, nothing is rewritten
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    again = sample_to_store(spec(model_dir), PROMPTS, CFG, out, ray=True, workers=2,
+    again = sample_to_store(spec(model_dir), PROMPTS, CFG, out, **ON_RAY,
                             progress=False)
     assert again.attrs["canopy"]["reused_prompts"] == len(PROMPTS)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
@@ -245,7 +248,7 @@ def test_killed_worker_loses_and_duplicates_nothing(ray_instance, model_dir, sin
 
     monkeypatch.setattr(cluster, "_after_unit", kill_a_busy_worker)
     out = tmp_path / "ray"
-    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, ray=True, workers=2,
+    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, **ON_RAY,
                             progress=False)
     assert killed
     assert any("1 restart(s)" in line for line in table.attrs["canopy"]["workers"])
@@ -265,12 +268,12 @@ def test_interrupted_driver_resumes(ray_instance, model_dir, single, tmp_path, m
     monkeypatch.setattr(cluster, "_after_unit", interrupt)
     out = tmp_path / "ray"
     with pytest.raises(KeyboardInterrupt):
-        sample_to_store(spec(model_dir), PROMPTS, CFG, out, ray=True, workers=2,
+        sample_to_store(spec(model_dir), PROMPTS, CFG, out, **ON_RAY,
                         progress=False)
     kept = len(list(out.rglob("*.parquet")))
     assert 4 <= kept < len(PROMPTS)  # two units of two prompts at least
     monkeypatch.setattr(cluster, "_after_unit", lambda *a: None)
-    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, ray=True, workers=2,
+    table = sample_to_store(spec(model_dir), PROMPTS, CFG, out, **ON_RAY,
                             progress=False)
     assert table.attrs["canopy"]["reused_prompts"] == kept
     pd.testing.assert_frame_equal(canonical(table), canonical(single_table))
@@ -278,7 +281,8 @@ def test_interrupted_driver_resumes(ray_instance, model_dir, single, tmp_path, m
 
 def test_too_many_workers_is_a_clear_error(ray_instance, model_dir, tmp_path):
     with pytest.raises(ValueError, match="need 3 CPUs but the Ray cluster has 2"):
-        sample_to_store(spec(model_dir), PROMPTS, CFG, tmp_path, ray=True, workers=3)
+        sample_to_store(spec(model_dir), PROMPTS, CFG, tmp_path, runtime=CPU1, ray=True,
+                        workers=3)
 
 
 @pytest.mark.integration
@@ -294,8 +298,56 @@ def test_smollm2_on_ray_equals_single_process(ray_instance, tmp_path):
                enumerate(["Name a colour.", "Say hi.", "Count to three.", "Name a fruit."])]
     cfg = SamplingConfig(rollouts=2, max_new_tokens=6, top_k=50, seed=1, batch_size=4)
     single = sample_to_store("smollm2-135m-instruct", prompts, cfg, tmp_path / "one",
-                             progress=False)
+                             runtime=CPU1, progress=False)
     table = sample_to_store("smollm2-135m-instruct", prompts, cfg, tmp_path / "ray",
-                            ray=True, workers=2, progress=False)
+                            runtime=CPU1, ray=True, workers=2, progress=False)
     pd.testing.assert_frame_equal(canonical(table), canonical(single))
     assert _config_dirs(tmp_path / "ray") == _config_dirs(tmp_path / "one")
+
+
+def test_row_units_replay_the_scoring_passes():
+    sizes = [3, 1, 4, 2, 2, 5, 3, 4]
+    for per_batch in (1, 2, 4, 5, 16):
+        units = cluster.row_units(sizes, per_batch)
+        assert [i for u in units for i in u] == list(range(len(sizes)))
+        offsets = [sum(sizes[: u.start]) for u in units]
+        assert all(o % per_batch == 0 for o in offsets)  # each unit starts a pass
+        # …and is the smallest such unit: no group inside it starts at a pass boundary
+        assert all(sum(sizes[:i]) % per_batch for u in units for i in u[1:])
+
+
+def test_score_on_ray_equals_single_process(ray_instance, model_dir, tmp_path, capsys):
+    from canopy.models import load_model
+    from canopy.score import score_to_store
+
+    made = sample_to_store(spec(model_dir), PROMPTS, SamplingConfig(
+        rollouts=3, max_new_tokens=12, top_k=10, seed=7), None, runtime=CPU1, progress=False)
+    rollouts = made[["task", "prompt_id", "rollout_id", "prompt_token_ids", "token_ids"]]
+    cfg = SamplingConfig(max_new_tokens=12, top_k=10)
+    one = score_to_store(load_model(spec(model_dir), runtime=CPU1), rollouts, cfg,
+                         tmp_path / "one", batch_size=4, progress=False)
+    on_ray = cluster.score_on_ray(spec(model_dir), rollouts, cfg, tmp_path / "ray",
+                                  batch_size=4, workers=2, runtime=CPU1)
+    assert on_ray.attrs["canopy"]["scored_prompts"] == len(PROMPTS)
+    assert len(on_ray.attrs["canopy"]["workers"]) == 2
+    assert "worker 1" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(canonical(on_ray), canonical(one))
+    assert _config_dirs(tmp_path / "ray") == _config_dirs(tmp_path / "one")
+    # the scores are those of the sampler (teacher forcing recomputes q_t exactly)
+    assert canonical(on_ray)["token_ids"].tolist() == canonical(made)["token_ids"].tolist()
+    again = cluster.score_on_ray(spec(model_dir), rollouts, cfg, tmp_path / "ray",
+                                 batch_size=4, workers=2, runtime=CPU1, progress=False)
+    assert again.attrs["canopy"]["reused_prompts"] == len(PROMPTS)
+
+
+def test_cli_score_workers_zero_is_a_clear_error(model_dir, tmp_path, capsys):
+    from canopy.cli import main
+
+    rollouts = tmp_path / "r.jsonl"
+    rollouts.write_text('{"prompt": "a b", "completion": "c"}\n')
+    with pytest.raises(SystemExit) as info:
+        main(["score", "--models", str(model_dir), "--rollouts", str(rollouts), "--out",
+              str(tmp_path / "s"), "--ray", "--workers", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "workers must be an integer ≥ 1" in err and "\n" not in err

@@ -63,7 +63,7 @@ def test_bad_specs_rejected():
     with pytest.raises(ValueError, match="kind must be"):
         ModelSpec("x", "x", "base", "zip", "/x", False)
     with pytest.raises(ValueError, match="dtype must be"):
-        ModelSpec("x", "x", "base", "dir", "/x", False, dtype="float16")
+        ModelSpec("x", "x", "base", "dir", "/x", False, dtype="float8")
     with pytest.raises(ValueError, match="adapter spec needs base"):
         ModelSpec("x", "x", "fine-tuned", "adapter", "/x", True)
 
