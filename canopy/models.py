@@ -160,6 +160,21 @@ register(ModelSpec(
     kind="adapter", source="{cache}/finetune/gemma-3-270m-sft-quick", chat_template=True,
     base="gemma-3-270m", install="make it with: canopy finetune --quick"))
 
+# The base / instruct pairs the paper studies (Cheng, Tian & Xu 2026), by Hugging Face id:
+# the `paper` profile of data/experiments/default.yaml. They need network access
+# (HF_HUB_OFFLINE=0, and accepted licences for Llama and Gemma) and a GPU; offline they
+# are listed by `canopy models` as not available.
+for _name, _family, _variant, _source in (
+        ("qwen3-8b-base", "qwen3-8b", "base", "Qwen/Qwen3-8B-Base"),
+        ("qwen3-8b", "qwen3-8b", "fine-tuned", "Qwen/Qwen3-8B"),
+        ("llama-3.1-8b", "llama-3.1-8b", "base", "meta-llama/Llama-3.1-8B"),
+        ("llama-3.1-8b-instruct", "llama-3.1-8b", "fine-tuned", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("gemma-3-12b-pt", "gemma-3-12b", "base", "google/gemma-3-12b-pt"),
+        ("gemma-3-12b-it", "gemma-3-12b", "fine-tuned", "google/gemma-3-12b-it")):
+    register(ModelSpec(name=_name, family=_family, variant=_variant, kind="hub",
+                       source=_source, chat_template=_variant == "fine-tuned",
+                       install=f"needs network: HF_HUB_OFFLINE=0 (downloads {_source})"))
+
 
 def get_spec(name: str) -> ModelSpec:
     """The registered spec called ``name``; a one-line ``ValueError`` if unknown."""
