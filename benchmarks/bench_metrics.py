@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from canopy.entropy import pool, prompt_metrics
+from canopy.entropy import prompt_metrics
+from canopy.pooling import pool
 
 
 def synthetic_rollouts(n_prompts: int, m: int, seed: int = 0) -> pd.DataFrame:

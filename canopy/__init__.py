@@ -1,7 +1,8 @@
 """Canopy: Canopy Entropy of language-model generation trees.
 
-The package behind the Canopy book. See ``../shared/METHOD.md`` (in the repository's
-sibling ``shared/`` folder) for the definition of every quantity.
+The package behind the Canopy book. Every quantity is defined on the book's Method page,
+``book/method.md``; docstrings cite its sections as "Method §n". Which module owns which
+quantity, chart or table is listed in the README's package table.
 """
 
 from __future__ import annotations

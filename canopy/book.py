@@ -17,7 +17,7 @@
    fine-tunes are cached under ``$CANOPY_CACHE`` as well, so a rebuild after an edit
    re-runs one chapter from cached data.
 3. The offline assets are written into ``book/_static`` (git-ignored): the Vega bundle
-   (:func:`canopy.charts.write_bundle`) and MathJax (from the PyPI package
+   (:func:`canopy.render.write_bundle`) and MathJax (from the PyPI package
    ``django-static-mathjax``; only its standalone SVG build and the TeX extensions it
    may load are copied). Nothing on the page comes from the network.
 4. ``jupyter-book build`` runs with execution off and warnings as errors.
@@ -181,7 +181,7 @@ div.cell_input pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 def prepare_static(static: Path = STATIC) -> None:
     """Write the offline assets into ``static``: the Vega bundle, MathJax and the
     book's small style sheet (``canopy.css``)."""
-    from canopy.charts import write_bundle
+    from canopy.render import write_bundle
 
     write_bundle(static)
     (static / "canopy.css").write_text(BOOK_CSS)

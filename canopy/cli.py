@@ -2,8 +2,9 @@
 
 Subcommands: ``metrics`` (tree metrics from stored rollouts), ``models``, ``sample``,
 ``score`` (exact statistics of generations made elsewhere), ``finetune``, ``book``. Parsers are cheap; each handler imports
-what it needs so that ``canopy --help`` stays fast. Errors a user can cause print one
-line (``canopy: error: …``) and exit with status 2.
+what it needs so that ``canopy --help`` stays fast. Errors a user can cause are checked
+first, before torch is imported or a model loaded (:mod:`canopy.preflight`), and print one
+line (``canopy: error: …``, no traceback) with exit status 2.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
+#: ``--top-k`` when no experiment file gives one: the default experiment's and the paper's.
+DEFAULT_TOP_K = 100
+
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from canopy.entropy import paired_bootstrap, pool, prompt_metrics
+    from canopy.preflight import check_metrics
+
+    check_metrics(args.rollouts, args.out, args.n_boot, args.seed)
+    from canopy.entropy import prompt_metrics
+    from canopy.pooling import paired_bootstrap, pool
     from canopy.store import load_rollouts
 
     rollouts = load_rollouts(args.rollouts)
@@ -45,57 +53,88 @@ def _cmd_models(args: argparse.Namespace) -> None:
         print(f"{r['name']:<{width}}  {r['family']:<14} {r['variant']:<10} {prompt:<6} {status}")
 
 
-def _cmd_sample(args: argparse.Namespace) -> None:
+def _preflight_sample(args: argparse.Namespace):
+    """Everything ``canopy sample`` can check before torch is imported (see
+    :mod:`canopy.preflight`): returns (model specs, sampling settings, runtime settings,
+    a function giving the prompts, output directory)."""
     import dataclasses
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from canopy import cache_dir
-    from canopy.experiment import DEFAULT_EXPERIMENT, load_experiment, read_prompts
-    from canopy.models import resolve_spec
-    from canopy.sampling import Runtime, SamplingConfig
-    from canopy.store import sample_to_store
+    from canopy import cache_dir, preflight
+    from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
 
     flags = {"rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-             "seed": args.seed, "batch_size": args.batch_size,
-             "prompts_per_task": args.prompts_per_task}
+             "seed": args.seed, "batch_size": args.batch_size}
     runtime_flags = {"engine": args.engine, "device": args.device, "dtype": args.dtype,
                      "threads": args.threads}
+    preflight.check_sampling(flags)
+    preflight.check_prompts_per_task(args.prompts_per_task)
+    preflight.check_threads(args.threads)
     if args.experiment or args.profile:
-        exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
-                              {**flags, **runtime_flags, "models": args.models,
-                               "out": args.out, "ray": args.ray, "workers": args.workers})
-        models, config, out, runtime = exp.models, exp.sampling, exp.out, exp.runtime
-        ray, workers = exp.ray, exp.workers
-        prompts = exp.prompts() if not args.prompts else None
-        per_task = exp.prompts_per_task
+        exp = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
+                                 args.profile or "default",
+                                 {**flags, **runtime_flags,
+                                  "prompts_per_task": args.prompts_per_task,
+                                  "models": args.models, "out": args.out,
+                                  "ray": args.ray, "workers": args.workers})
+        models, sampling, out = exp["models"], exp["sampling"], exp["out"]
+        args.ray, args.workers = exp["ray"], exp["workers"]  # flags win over the file
+        runtime, per_task = exp["runtime"], exp["prompts_per_task"]
+        files = [(exp["prompts_dir"] / f"{task}.jsonl", task) for task in exp["tasks"]]
     else:
         if not args.models:
             raise ValueError("give --models NAME … (see `canopy models`) or --experiment FILE")
         if not args.prompts:
             raise ValueError("give --prompts FILE.jsonl or --experiment FILE")
         models = args.models
-        config = SamplingConfig(**{k: v for k, v in flags.items()
-                                   if v is not None and k != "prompts_per_task"})
+        sampling = {k: v for k, v in flags.items() if v is not None}
+        sampling.setdefault("top_k", DEFAULT_TOP_K)
         out = args.out or cache_dir() / "rollouts" / "cli"
-        prompts, per_task = None, args.prompts_per_task
-        runtime = Runtime(**{k: v for k, v in runtime_flags.items() if v is not None})
-        ray, workers = args.ray, args.workers
+        runtime = {k: v for k, v in runtime_flags.items() if v is not None}
+        per_task, files = args.prompts_per_task, []
     if args.prompts:
-        prompts = []
-        for path in args.prompts:
-            found = read_prompts(path)
-            prompts.extend(found[:per_task] if per_task else found)
+        files = [(path, None) for path in args.prompts]
+    n_prompts = 0
+    for path, task in files:
+        found = preflight.prompt_records(path, task)
+        n_prompts += len(found[:per_task] if per_task else found)
+    preflight.check_sampling(sampling, n_prompts=n_prompts)
     specs = []
-    for name in models:
-        spec = resolve_spec(name, variant=args.variant or "base",
-                            chat_template=args.chat_template)
+    for spec in preflight.check_models(models, variant=args.variant or "base",
+                                       chat_template=args.chat_template,
+                                       max_new_tokens=sampling.get("max_new_tokens", 128)):
         if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
             spec = dataclasses.replace(spec, family=args.family)
         specs.append(spec)
+    # about 64 bytes per generated token in a shard (ids, four float32 statistics, text)
+    need = (len(specs) * n_prompts * sampling.get("rollouts", 8)
+            * sampling.get("max_new_tokens", 128) * 64)
+    out = preflight.check_out_dir(out, need_bytes=need)
+
+    def prompts():
+        from canopy.experiment import read_prompts
+
+        found = []
+        for path, task in files:
+            these = read_prompts(path, task)
+            found.extend(these[:per_task] if per_task else these)
+        return found
+
+    return specs, sampling, runtime, prompts, out
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    specs, sampling, runtime, read, out = _preflight_sample(args)
+    from canopy.sampling import Runtime, SamplingConfig
+    from canopy.store import sample_to_store
+
+    config = SamplingConfig(**sampling)
+    runtime = Runtime(**runtime)
+    prompts = read()
     table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
-                            ray=ray, workers=workers)
+                            ray=args.ray, workers=args.workers)
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -166,7 +205,7 @@ def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
                    help="weights dtype (default float32; statistics are always float32 from "
                         "the model's logits, but bfloat16/float16 logits are slightly "
                         "inexact)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=_int,
                    help="CPU threads (default: torch's own count, capped by the usable "
                         "CPUs, with OpenMP's passive wait policy; on a machine whose cores "
                         "are busy with other work --threads 1 can be faster). Part of the "
@@ -179,7 +218,7 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
                         "without ADDRESS on a local Ray instance, with HOST:PORT, "
                         "ray://HOST:PORT or auto on that cluster (the store must be a "
                         "directory every node shares)")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--workers", type=_int,
                    help="Ray workers, each loading the model once (default: one per GPU, "
                         "else the CPUs // 4); needs --ray")
 
@@ -204,26 +243,63 @@ def _parse_value(text: str):
 
 
 def _cmd_book(args: argparse.Namespace) -> None:
-    from canopy.book import build
+    from canopy import preflight
+    from canopy.experiment import resolve_experiment
 
     params = {}
     for pair in args.parameter or []:
         name, value = pair
         params[name] = _parse_value(value)
+    preflight.check_book(params, args.only, profile=args.profile)
+    experiment = resolve_experiment(params.get("experiment_file"), args.profile,
+                                    {"models": params.get("models")})
+    preflight.book_models(experiment["models"])
+    from canopy.book import build
+
     build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str) -> int:
+    """An integer argument; also accepts integral scientific notation (``1e6``), so that
+    a value beyond a bound gets the bound's message rather than a parse error."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text}")
+    return int(value)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="canopy", description="Canopy Entropy of language-model generation trees.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("metrics", help="per-prompt and pooled tree metrics from stored rollouts")
     p.add_argument("--rollouts", required=True, help="rollout directory written by `canopy sample`")
     p.add_argument("--out", required=True, help="output directory for the tables")
-    p.add_argument("--n-boot", type=int, default=2000,
+    p.add_argument("--n-boot", type=_int, default=2000, metavar="N",
                    help="paired bootstrap resamples base vs fine-tuned (0 = skip; default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(handler=_cmd_metrics)
 
     p = sub.add_parser("models", help="list registered models and whether they are available")
@@ -240,14 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry names, local directories, .gguf files or Hugging Face ids")
     p.add_argument("--prompts", nargs="+", metavar="FILE",
                    help="prompt JSONL file(s) (fields: prompt, optional id, task)")
-    p.add_argument("--prompts-per-task", type=int, help="use the first N prompts of each file/task")
-    p.add_argument("--rollouts", type=int, help="rollouts M per prompt (default 8)")
-    p.add_argument("--max-new-tokens", type=int, help="maximum generated tokens (default 128)")
-    p.add_argument("--temperature", type=float, help="temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=int, help="top-k, 0 = off (default 0)")
-    p.add_argument("--top-p", type=float, help="top-p in (0, 1], 1 = off (default 1.0)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
+    p.add_argument("--prompts-per-task", type=_int, help="use the first N prompts of each file/task")
+    p.add_argument("--rollouts", type=_int, help="rollouts M per prompt (default 8)")
+    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=_int,
+                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
+                        "the paper's setting)")
+    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--seed", type=_int, help="seed (default 0)")
+    p.add_argument("--batch-size", type=_int, help="rows per forward pass (default 16)")
     _add_runtime_flags(p, engine=True)
     p.add_argument("--variant", choices=["base", "fine-tuned"],
                    help="variant of models given by path or id (default base)")
@@ -282,11 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "name, local directory, .gguf file or Hugging Face id")
     p.add_argument("--rollouts", required=True, metavar="FILE",
                    help="rollouts to score (.jsonl or .parquet)")
-    p.add_argument("--max-new-tokens", type=int, help="maximum generated tokens (default 128)")
-    p.add_argument("--temperature", type=float, help="temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=int, help="top-k, 0 = off (default 0)")
-    p.add_argument("--top-p", type=float, help="top-p in (0, 1], 1 = off (default 1.0)")
-    p.add_argument("--batch-size", type=int, help="rollouts per forward pass (default 16)")
+    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=_int,
+                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
+                        "the paper's setting)")
+    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--batch-size", type=_int, help="rollouts per forward pass (default 16)")
     _add_runtime_flags(p, engine=False)
     p.add_argument("--variant", choices=["base", "fine-tuned"],
                    help="variant of a model given by path or id (default base)")
@@ -302,14 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="the small configuration for tests and classrooms (~2 min); "
                         "its result is gemma-3-270m-sft-quick")
-    p.add_argument("--n-train", type=int, help="pool prompts to train on")
-    p.add_argument("--epochs", type=int, help="passes over the training examples")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int, help="seed of the teacher sampling and the training")
+    p.add_argument("--n-train", type=_int, help="pool prompts to train on")
+    p.add_argument("--epochs", type=_int, help="passes over the training examples")
+    p.add_argument("--lr", type=_float, help="peak learning rate")
+    p.add_argument("--seed", type=_int, help="seed of the teacher sampling and the training")
     p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
     p.add_argument("--device", help="auto (default: CUDA when available, else CPU), cpu, "
                                     "cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, help="CPU threads (default: as canopy sample)")
+    p.add_argument("--threads", type=_int, help="CPU threads (default: as canopy sample)")
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")
@@ -327,15 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message, without repr quotes."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as exc:
-        # (the repr applies to the whole conditional inside an f-string: keep it apart)
-        line = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        parser.exit(2, f"canopy: error: {line}\n")
+    except (ValueError, OSError) as exc:  # bad input, missing or unwritable files
+        parser.exit(2, f"canopy: error: {_one_line(exc)}\n")
     except RuntimeError as exc:  # a failed chapter or book build: keep its details
         parser.exit(1, f"canopy: error: {exc}\n")
     except KeyboardInterrupt:

@@ -13,11 +13,11 @@
    same functions as the single-process path (:mod:`canopy.store`).
 3. The prompts still to do are cut into *units* that preserve the single-process batch
    plan (:func:`shard_units`); the driver hands units to idle workers. A worker
-   rechecks which shards of its unit exist, then runs :func:`canopy.store.sample_shards`
-   — the single-process routine — which writes each shard atomically (temporary file +
-   rename) into the same store. Only small summaries travel back to the driver; at the
-   end the driver reads the shards from the store (so the store must be a directory all
-   nodes share).
+   runs the single-process routine on it (``canopy.store._fill_shards``: reuse valid
+   shards, claim the others, sample them with the runtime's engine), which writes each
+   shard atomically (temporary file + rename) into the same store. Only small summaries
+   travel back to the driver; at the end the driver reads the shards from the store (so
+   the store must be a directory all nodes share).
 
 Fault tolerance: a worker that dies (killed, out of memory, node lost) is restarted by
 Ray (``max_restarts``), reloads the model and is given its unit again
@@ -179,16 +179,22 @@ class ShardWorker:
     def sample(self, prompts, config, config_dir: str, digest: str) -> dict:
         """Sample the prompts of one unit whose shards are not in the store yet, write
         their shards; return a summary (no rollouts travel back)."""
-        from canopy.store import finished_shards, sample_shards
+        from canopy.store import _fill_shards, _sampler, shard_expectation
 
-        started = time.perf_counter()
-        done = finished_shards(Path(config_dir), digest, prompts, config)
-        fresh = sample_shards(self.loaded, prompts, config, Path(config_dir), digest,
-                              runtime=self.runtime, skip=lambda i: i in done)
-        return {"pid": os.getpid(), "shards": len(prompts) - len(done),
-                "rollouts": len(fresh), "tokens": int(fresh["length"].sum()) if len(fresh) else 0,
+        started, count = time.perf_counter(), {"rollouts": 0, "tokens": 0}
+        engine = _sampler(self.runtime)
+
+        def counting(loaded, prompts, config, *, skip=None, on_prompt=None, progress=False):
+            def on(i, table):
+                count["rollouts"] += len(table)
+                count["tokens"] += int(table["length"].sum())
+                on_prompt(i, table)
+            return engine(loaded, prompts, config, skip=skip, on_prompt=on, progress=progress)
+
+        _, sampled = _fill_shards(self.loaded, prompts, config, Path(config_dir),
+                                  shard_expectation(digest, config), counting, False)
+        return {"pid": os.getpid(), "shards": sampled, **count,
                 "seconds": time.perf_counter() - started}
-
 
     def score(self, todo, config, batch_size: int) -> dict:
         """Score one unit of shards (:func:`canopy.score.score_shards`) and write them; a
@@ -342,13 +348,17 @@ def _infos(ray, actors, config, engine: str = "sample") -> list[dict]:
 
 
 def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progress):
-    from canopy.store import finished_shards, gather, open_config
+    from canopy.store import (
+        ShardError, finished_shards, gather, open_config, read_shard, shard_expectation,
+        shard_path,
+    )
 
     with _pool(ray, spec, runtime, workers) as actors:
         infos = _infos(ray, actors, config)
         config_dir, digest = open_config(out, infos[0]["spec"], infos[0]["record"], prompts,
                                          config)
-        done = finished_shards(config_dir, digest, prompts, config)
+        expect = shard_expectation(digest, config)
+        done = finished_shards(config_dir, prompts, expect)
         units = deque(u for u in shard_units(len(prompts), config.rollouts, config.batch_size)
                       if any(i not in done for i in u))
 
@@ -358,14 +368,18 @@ def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progr
 
         stats = _dispatch(ray, actors, infos, units, call, len(prompts) - len(done),
                           f"sample {spec.name}", "prompt", progress)
-    final = finished_shards(config_dir, digest, prompts, config)
-    missing = [f"{p.task}/{p.prompt_id}" for i, p in enumerate(prompts) if i not in final]
+    tables, missing = [], []
+    for p in prompts:
+        try:
+            tables.append(read_shard(shard_path(config_dir, p.task, p.prompt_id), expect(p)))
+        except (ShardError, OSError):
+            missing.append(f"{p.task}/{p.prompt_id}")
     if missing:
         raise RuntimeError(f"{len(missing)} shard(s) missing from {config_dir} after the "
                            f"Ray run (first: {missing[0]}); is the store a directory "
                            "that every node shares?")
     lines = _summaries(spec.name, infos, stats, progress)
-    return gather(prompts, [final[i] for i in sorted(final)]), len(done), lines
+    return gather(prompts, tables), len(done), lines
 
 
 def score_on_ray(spec, rollouts: pd.DataFrame, config, out, *, batch_size: int = 16,

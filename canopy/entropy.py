@@ -1,10 +1,12 @@
-"""Tree metrics: Canopy Entropy, its decomposition, co-movement, pooling, bootstrap.
+"""Per-rollout and per-prompt metrics: Canopy Entropy, its decomposition, co-movement.
 
-Implements METHOD §2–4. Everything is in nats. All functions are vectorised over
-prompts (numpy ``bincount`` / padded 2-D arrays), so 10,000 prompts × 100 rollouts take
-about a second; see ``benchmarks/bench_metrics.py``.
+Implements §2–3 of the book's Method page (``book/method.md``). Everything is in nats.
+All functions are vectorised over prompts (numpy ``bincount`` / padded 2-D arrays), so
+10,000 prompts × 100 rollouts take about a second; see ``benchmarks/bench_metrics.py``.
+Pooling over prompts (§4) is :mod:`canopy.pooling`.
 
-The rollout DataFrame (one row per rollout) has at least these columns:
+The rollout DataFrame (one row per rollout) has at least these columns
+(:data:`canopy.tables.ROLLOUT_COLUMNS`):
 
 =================  ======================================================================
 ``model``          model short name (str)
@@ -25,44 +27,26 @@ string when every value is defined). Illegal input raises a one-line ``ValueErro
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from canopy.tables import (PROMPT_KEYS, ROLLOUT_COLUMNS, VARIANTS, reason_column,
+                           require_columns, task_scopes)
+
 __all__ = [
     "ROLLOUT_COLUMNS",
     "PROMPT_KEYS",
+    "PROFILE_COLUMNS",
     "validate_rollouts",
+    "entropy_rate",
     "tree_metrics",
     "prompt_metrics",
-    "pool",
-    "paired_bootstrap",
     "comovement",
-    "pool_comovement",
-    "length_summary",
-    "example_rollouts",
-    "estimator_check",
-    "decomposition_identities",
-    "pooled_bootstrap",
     "position_profile",
-    "interval_side",
-    "format_interval",
-    "bootstrap_table",
 ]
 
-ROLLOUT_COLUMNS = (
-    "model", "family", "variant", "task", "prompt_id", "rollout_id",
-    "length", "summed_entropy", "surprisal", "truncated",
-)
-PROMPT_KEYS = ("model", "family", "variant", "task", "prompt_id")
-POOL_KEYS = ("model", "family", "variant", "task")
-VARIANTS = ("base", "fine-tuned")
-
-#: Fisher z clips correlations at ± this value before ``atanh`` (METHOD §4).
-FISHER_CLIP = 0.999999
-#: Prompts whose truncation rate exceeds this are flagged (METHOD §3).
+#: Prompts whose truncation rate exceeds this are flagged (Method §3).
 TRUNCATION_FLAG_RATE = 0.05
 #: Slack for entropies that are zero up to float32 rounding (nats).
 _NEGATIVE_TOLERANCE = 1e-6
@@ -76,30 +60,6 @@ _R_ZERO = "canopy entropy is 0: decomposition shares undefined"
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def require_columns(frame, columns, what: str, *, hint: str = "",
-                    allow_empty: bool = True) -> None:
-    """Raise a one-line ``ValueError`` unless ``frame`` is a DataFrame holding every name
-    in ``columns`` (and, with ``allow_empty=False``, at least one row). ``what`` names the
-    table in the message; ``hint`` (in parentheses) says where a right one comes from."""
-    if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}"
-                         + (f" ({hint})" if hint else ""))
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{what} is missing column(s): {', '.join(missing)}"
-                         + (f" ({hint})" if hint else ""))
-    if not allow_empty and frame.empty:
-        raise ValueError(f"{what} is empty")
-
-
-def reason_column(rules, n_rows: int) -> list[str]:
-    """Per-row explanation of NaN results: the texts of the ``(mask, text)`` rules whose
-    boolean mask (length ``n_rows``) is true in that row, joined by ``"; "`` in rule
-    order ('' where none applies)."""
-    masks = [(np.asarray(mask, dtype=bool), text) for mask, text in rules]
-    return ["; ".join(text for mask, text in masks if mask[k]) for k in range(n_rows)]
 
 
 def _as_1d(name: str, values) -> np.ndarray:
@@ -186,6 +146,14 @@ def validate_rollouts(rollouts: pd.DataFrame) -> None:
         raise ValueError(f"model {name!r} appears with more than one family or variant")
 
 
+
+
+def entropy_rate(summed_entropy, length):
+    """The entropy rate ``r = H / N`` (nats per token) of each rollout: ``summed_entropy``
+    and ``length`` are scalars, arrays or Series of the same shape (Method §2)."""
+    return summed_entropy / length
+
+
 # ----------------------------------------------------------------- per-prompt metrics
 
 
@@ -268,7 +236,7 @@ def _kendall(x, y, rank_x, rank_y, codes, counts) -> np.ndarray:
 
 
 def comovement(x, y, codes, counts, *, rel_tol: float = 1e-12) -> dict[str, np.ndarray]:
-    """Co-movement of two per-rollout quantities within each group (METHOD §3).
+    """Co-movement of two per-rollout quantities within each group (Method §3).
 
     ``x``, ``y``: shape (R,) floats; ``codes``: group index of each row in
     ``0..G−1``; ``counts``: shape (G,) rows per group. Returns arrays of shape (G,):
@@ -306,25 +274,9 @@ def comovement(x, y, codes, counts, *, rel_tol: float = 1e-12) -> dict[str, np.n
             "cov_pop": sp / m, "const_x": const_x, "const_y": const_y}
 
 
-def pool_comovement(values: np.ndarray, m: np.ndarray, kind: str) -> float:
-    """Pool per-prompt co-movement values over prompts (METHOD §4); NaN entries skipped.
-
-    ``kind``: ``pearson`` / ``spearman`` (Fisher z, weights M−3), ``kendall`` (weights
-    M(M−1)/2), ``cov`` (weights M−1). NaN when no prompt has a positive weight.
-    """
-    values, m = np.asarray(values, dtype=np.float64), np.asarray(m, dtype=np.float64)
-    if kind in ("pearson", "spearman"):
-        z, w = _fisher_parts(values, m)
-        return float(np.tanh((w * z).sum() / w.sum())) if w.sum() > 0 else np.nan
-    weight = {"kendall": m * (m - 1) / 2, "cov": m - 1}.get(kind)
-    if weight is None:
-        raise ValueError(f"kind must be pearson, spearman, kendall or cov, got {kind!r}")
-    w = np.where(np.isnan(values), 0.0, np.maximum(weight, 0.0))
-    return float((w * np.nan_to_num(values)).sum() / w.sum()) if w.sum() > 0 else np.nan
-
 
 def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> pd.DataFrame:
-    """Per-prompt tree metrics from per-rollout arrays (METHOD §3).
+    """Per-prompt tree metrics from per-rollout arrays (Method §3).
 
     Parameters
     ----------
@@ -349,7 +301,7 @@ def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> p
     m = counts.astype(np.float64)
 
     n, h, s, trunc = a["length"], a["summed_entropy"], a["surprisal"], a["truncated"]
-    rate = h / n
+    rate = entropy_rate(h, n)
 
     def mean(x):
         return _group_sums(codes, n_groups, x) / m
@@ -414,7 +366,7 @@ def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> p
 
 
 def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
-    """Per-prompt metrics of a rollout table (METHOD §3): one row per prompt.
+    """Per-prompt metrics of a rollout table (Method §3): one row per prompt.
 
     Keys ``model, family, variant, task, prompt_id`` come first, then:
 
@@ -445,437 +397,6 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
     key_frame = rollouts[keys].iloc[first].reset_index(drop=True)
     return pd.concat([key_frame, table.reset_index(drop=True)], axis=1)
 
-
-# ----------------------------------------------------------------------- pooling
-
-#: Per-prompt columns that pool as unweighted means over prompts.
-_MEAN_COLUMNS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
-                 "mean_entropy_rate", "truncation_rate", "length_rate_cov_pop")
-
-#: Positive quantities: the bootstrap also reports their percent change.
-POSITIVE_METRICS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
-                    "mean_entropy_rate", "gen_ppl", "branching_factor")
-
-
-def _fisher_parts(rho: np.ndarray, m: np.ndarray):
-    z = np.arctanh(np.clip(rho, -FISHER_CLIP, FISHER_CLIP))
-    w = np.where(np.isnan(rho), 0.0, np.maximum(m - 3.0, 0.0))
-    return np.where(w > 0, z, 0.0), w
-
-
-def _pool_parts(prompts: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per-prompt arrays that every pooled metric is a function of (sums over prompts)."""
-    m = prompts["n_rollouts"].to_numpy(dtype=np.float64)
-    parts = {c: prompts[c].to_numpy(dtype=np.float64) for c in _MEAN_COLUMNS}
-    parts["length_x_rate"] = parts["mean_length"] * parts["mean_entropy_rate"]
-    for name in ("pearson", "spearman"):
-        z, w = _fisher_parts(prompts[f"length_rate_{name}"].to_numpy(dtype=np.float64), m)
-        parts[f"{name}_wz"], parts[f"{name}_w"] = w * z, w
-    for name, col, weight in (("kendall", "length_rate_kendall", m * (m - 1) / 2),
-                              ("cov", "length_rate_cov", m - 1)):
-        v = prompts[col].to_numpy(dtype=np.float64)
-        w = np.where(np.isnan(v), 0.0, np.maximum(weight, 0.0))
-        parts[f"{name}_wv"], parts[f"{name}_w"] = w * np.nan_to_num(v), w
-    return parts
-
-
-def _pooled_from_parts(parts: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Pooled metrics for each row of prompt indices ``idx`` (shape (B, P')) → arrays (B,)."""
-    mean = {k: parts[k][idx].mean(axis=1) for k in (*_MEAN_COLUMNS, "length_x_rate")}
-    ce, en, er = mean["canopy_entropy"], mean["mean_length"], mean["mean_entropy_rate"]
-    length_term = en * er
-    between = mean["length_x_rate"] - length_term
-    residual = ce - length_term
-    out = {
-        "canopy_entropy": ce,
-        "canopy_entropy_surprisal": mean["canopy_entropy_surprisal"],
-        "mean_length": en,
-        "mean_entropy_rate": er,
-        "truncation_rate": mean["truncation_rate"],
-        "gen_ppl": np.exp(ce / en),
-        "branching_factor": np.exp(er),
-        "length_term": length_term,
-        "cov_residual": residual,
-        "within_prompt_cov": mean["length_rate_cov_pop"],
-        "between_prompt_cov": between,
-    }
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["length_share"] = np.where(ce > 0, length_term / ce, np.nan)
-        out["cov_share"] = np.where(ce > 0, residual / ce, np.nan)
-        out["log_genppl_minus_log_bf"] = ce / en - er
-        for name in ("pearson", "spearman"):
-            w = parts[f"{name}_w"][idx].sum(axis=1)
-            out[f"length_rate_{name}"] = np.where(
-                w > 0, np.tanh(parts[f"{name}_wz"][idx].sum(axis=1) / w), np.nan)
-        for name, col in (("kendall", "length_rate_kendall"), ("cov", "length_rate_cov")):
-            w = parts[f"{name}_w"][idx].sum(axis=1)
-            out[col] = np.where(w > 0, parts[f"{name}_wv"][idx].sum(axis=1) / w, np.nan)
-    return out
-
-
-#: Names of the pooled metrics, in output order.
-_POOLED_METRICS = (
-    "canopy_entropy", "canopy_entropy_surprisal", "mean_length", "mean_entropy_rate",
-    "truncation_rate", "gen_ppl", "branching_factor", "length_term", "cov_residual",
-    "within_prompt_cov", "between_prompt_cov", "length_share", "cov_share",
-    "log_genppl_minus_log_bf", "length_rate_pearson", "length_rate_spearman",
-    "length_rate_kendall", "length_rate_cov",
-)
-
-
-def _pool_reason(pooled: dict[str, np.ndarray]) -> str:
-    why = []
-    if np.isnan(pooled["length_rate_pearson"][0]):
-        why.append("no prompt with M > 3 and a defined correlation: pooled correlations undefined")
-    elif np.isnan(pooled["length_rate_kendall"][0]):
-        why.append("no prompt with a defined Kendall tau: pooled tau undefined")
-    if np.isnan(pooled["length_share"][0]):
-        why.append("canopy entropy is 0: shares undefined")
-    return "; ".join(why)
-
-
-def _check_prompt_table(prompts: pd.DataFrame) -> None:
-    needed = [*PROMPT_KEYS, "n_rollouts", *_MEAN_COLUMNS, "length_rate_pearson",
-              "length_rate_spearman", "length_rate_kendall", "length_rate_cov"]
-    require_columns(prompts, needed, "per-prompt table", allow_empty=False,
-                    hint="build it with canopy.entropy.prompt_metrics")
-
-
-def pool(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
-    """Pool per-prompt metrics over prompts (METHOD §4): one row per (model, task).
-
-    Linear quantities are unweighted means over prompts; ``gen_ppl`` and
-    ``branching_factor`` apply ``exp`` after averaging. Correlations pool with prompt
-    effects removed (Fisher z with weights M−3 for Pearson and Spearman, weights
-    M(M−1)/2 for Kendall, M−1 for the sample covariance; NaN prompts skipped).
-
-    The pooled decomposition ``canopy_entropy = length_term + cov_residual`` splits the
-    residual exactly as ``cov_residual = within_prompt_cov + between_prompt_cov``: the
-    mean within-prompt population covariance plus the population covariance over
-    prompts of the prompt means. ``canopy_entropy_se`` here is sd over prompts / √P
-    (uncertainty from the choice of prompts).
-
-    With ``all_tasks`` each model also gets a row with ``task == "all"`` pooling every
-    prompt of every task.
-    """
-    _check_prompt_table(prompts)
-    rows = []
-    scopes = [(keys, grp) for keys, grp in prompts.groupby(list(POOL_KEYS), sort=True)]
-    if all_tasks:
-        for keys, grp in prompts.groupby(["model", "family", "variant"], sort=True):
-            scopes.append(((*keys, "all"), grp))
-    for keys, grp in scopes:
-        parts = _pool_parts(grp)
-        pooled = {k: float(v[0]) for k, v in
-                  _pooled_from_parts(parts, np.arange(len(grp))[None, :]).items()}
-        ce = grp["canopy_entropy"].to_numpy(dtype=np.float64)
-        row = dict(zip(POOL_KEYS, keys))
-        row.update(n_prompts=len(grp), n_rollouts=int(grp["n_rollouts"].sum()))
-        row.update(pooled)
-        row["canopy_entropy_se"] = (float(np.std(ce, ddof=1) / np.sqrt(ce.size))
-                                    if ce.size > 1 else np.nan)
-        row["n_truncation_flagged"] = int(grp["truncation_flag"].sum()) \
-            if "truncation_flag" in grp else 0
-        row["reason"] = _pool_reason({k: np.array([v]) for k, v in pooled.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------- bootstrap
-
-
-def _percentile(samples: np.ndarray, q: float) -> float:
-    finite = samples[np.isfinite(samples)]
-    return float(np.percentile(finite, q)) if finite.size else np.nan
-
-
-def _bootstrap_settings(n_boot, confidence, metrics) -> tuple[list[str] | None, tuple[float, float]]:
-    """Check the bootstrap arguments; return the metric names (``None`` = all) and the
-    percentile tails of the ``confidence`` interval."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if metrics is not None:
-        metrics = list(metrics)
-        unknown = sorted(set(metrics) - set(_POOLED_METRICS))
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}; choose from "
-                             f"{', '.join(_POOLED_METRICS)}")
-    return metrics, (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2)
-
-
-def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
-                     confidence: float = 0.95, all_tasks: bool = True,
-                     metrics: Iterable[str] | None = None, chunk: int = 250) -> pd.DataFrame:
-    """Paired bootstrap of every pooled metric, base vs fine-tuned (METHOD §4).
-
-    For each family with both variants, prompts are paired on (task, prompt_id); prompt
-    indices are resampled with replacement and the *same* indices are used for both
-    variants. Per (family, task) — plus ``task == "all"`` when ``all_tasks`` — returns
-    one row per metric with the point estimates ``base``, ``fine_tuned``, ``delta`` =
-    fine-tuned − base, ``pct_delta`` = 100·delta/base (positive quantities only, else
-    NaN), and percentile CIs ``*_lo``/``*_hi`` at ``confidence``. ``n_unpaired`` counts
-    prompts present in only one variant (left out). A family whose variants share no
-    prompt is skipped.
-    """
-    _check_prompt_table(prompts)
-    metrics, tails = _bootstrap_settings(n_boot, confidence, metrics)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for family, fam in prompts.groupby("family", sort=True):
-        if set(fam["variant"]) != set(VARIANTS):
-            continue
-        base = fam[fam["variant"] == "base"]
-        tuned = fam[fam["variant"] == "fine-tuned"]
-        for side in (base, tuned):
-            if side["model"].nunique() > 1:
-                raise ValueError(f"family {family!r} has several models of one variant: "
-                                 f"{sorted(side['model'].unique())}; bootstrap one pair at a time")
-        pair_keys = ["task", "prompt_id"]
-        paired = base.merge(tuned, on=pair_keys, suffixes=("_b", "_f"), how="inner")
-        paired = paired.sort_values(pair_keys, kind="stable")
-        n_unpaired = len(base) + len(tuned) - 2 * len(paired)
-        scopes = [(task, grp) for task, grp in paired.groupby("task", sort=True)]
-        if all_tasks and len(paired):
-            scopes.append(("all", paired))
-        for task, grp in scopes:
-            sides = []
-            for suffix in ("_b", "_f"):
-                cols = {c[: -len(suffix)]: grp[c] for c in grp.columns if c.endswith(suffix)}
-                sides.append(_pool_parts(pd.DataFrame(cols)))
-            n = len(grp)
-            point = [_pooled_from_parts(p, np.arange(n)[None, :]) for p in sides]
-            names = list(point[0]) if metrics is None else list(metrics)
-            boot = {k: ([], []) for k in names}
-            done = 0
-            while done < n_boot:  # chunks bound memory at chunk × n_prompts per metric
-                b = min(chunk, n_boot - done)
-                idx = rng.integers(0, n, size=(b, n))
-                for s, p in enumerate(sides):
-                    res = _pooled_from_parts(p, idx)
-                    for k in names:
-                        boot[k][s].append(res[k])
-                done += b
-            for k in names:
-                bs, fs = (np.concatenate(v) for v in boot[k])
-                b0, f0 = float(point[0][k][0]), float(point[1][k][0])
-                row = {"family": family, "task": task, "metric": k,
-                       "base_model": base["model"].iloc[0], "fine_tuned_model": tuned["model"].iloc[0],
-                       "n_prompts": n, "n_unpaired": n_unpaired, "n_boot": n_boot,
-                       "base": b0, "fine_tuned": f0, "delta": f0 - b0}
-                positive = k in POSITIVE_METRICS
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    pct = 100.0 * (fs - bs) / bs
-                row["pct_delta"] = 100.0 * (f0 - b0) / b0 if positive and b0 > 0 else np.nan
-                for label, sample in (("base", bs), ("fine_tuned", fs), ("delta", fs - bs),
-                                      ("pct_delta", pct if positive else np.full_like(bs, np.nan))):
-                    row[f"{label}_lo"] = _percentile(sample, tails[0])
-                    row[f"{label}_hi"] = _percentile(sample, tails[1])
-                rows.append(row)
-    columns = ["family", "task", "metric", "base_model", "fine_tuned_model", "n_prompts",
-               "n_unpaired", "n_boot", "base", "fine_tuned", "delta", "pct_delta",
-               "base_lo", "base_hi", "fine_tuned_lo", "fine_tuned_hi", "delta_lo", "delta_hi",
-               "pct_delta_lo", "pct_delta_hi"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-# ====================================================================================
-# Chapters 2–4: data the book chapters show (sampling summary, estimator check,
-# decomposition identities, bootstrap over prompts, per-position profiles).
-# ====================================================================================
-
-
-def _scopes(frame: pd.DataFrame, keys: list[str], all_tasks: bool):
-    """(key tuple, sub-frame) per group of ``keys``, plus task ``"all"`` per model."""
-    out = [(k if isinstance(k, tuple) else (k,), g)
-           for k, g in frame.groupby(keys, sort=True, observed=True)]
-    if all_tasks:
-        by_model = [c for c in keys if c != "task"]
-        for k, g in frame.groupby(by_model, sort=True, observed=True):
-            k = k if isinstance(k, tuple) else (k,)
-            full = dict(zip(by_model, k))
-            full["task"] = "all"
-            out.append((tuple(full[c] for c in keys), g))
-    return out
-
-
-def length_summary(rollouts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
-    """Lengths and truncation per (model, task): one row each (chapter 2).
-
-    Columns: ``model, family, variant, task, n_prompts, n_rollouts``, ``mean_length``
-    (over rollouts), ``median_length``, ``min_length``, ``max_length``,
-    ``truncation_rate`` (fraction of rollouts with no stop token within ``max_new_tokens``)
-    and ``n_prompts_flagged`` (prompts whose own truncation rate exceeds 5 %, METHOD §3).
-    With ``all_tasks`` each model also gets a ``task == "all"`` row.
-    """
-    validate_rollouts(rollouts)
-    rows = []
-    for keys, grp in _scopes(rollouts, list(POOL_KEYS), all_tasks):
-        n = grp["length"].to_numpy(dtype=np.float64)
-        trunc = grp["truncated"].to_numpy().astype(bool)
-        per_prompt = grp.assign(_t=trunc).groupby(["task", "prompt_id"])["_t"].mean()
-        row = dict(zip(POOL_KEYS, keys))
-        row.update(n_prompts=int(per_prompt.size), n_rollouts=int(n.size),
-                   mean_length=float(n.mean()), median_length=float(np.median(n)),
-                   min_length=int(n.min()), max_length=int(n.max()),
-                   truncation_rate=float(trunc.mean()),
-                   n_prompts_flagged=int((per_prompt > TRUNCATION_FLAG_RATE).sum()))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def example_rollouts(rollouts: pd.DataFrame, task: str, prompt_id=None, rollout_ids=(0, 1),
-                     models: Iterable[str] | None = None, max_chars: int = 400) -> pd.DataFrame:
-    """Rollouts of one prompt side by side: one row per rollout id, one column per model.
-
-    ``prompt_id`` None picks the first prompt (sorted) of ``task`` that every requested
-    model has. Each cell is the decoded text (stop token stripped), newlines shown as
-    ``⏎``, cut at ``max_chars`` characters (``…``), followed by ``[N tokens, r = …]`` and
-    ``truncated`` when no stop token came. ``df.attrs['prompt_id']`` holds the prompt.
-    """
-    require_columns(rollouts, ["model", "task", "prompt_id", "rollout_id", "text", "length",
-                               "summed_entropy", "truncated"], "rollout table")
-    names = list(models) if models is not None else list(dict.fromkeys(rollouts["model"]))
-    sub = rollouts[(rollouts["task"] == task) & rollouts["model"].isin(names)]
-    if sub.empty:
-        raise ValueError(f"no rollouts for task {task!r} and models {names}")
-    if prompt_id is None:
-        have = sub.groupby("prompt_id")["model"].nunique()
-        common = sorted(have.index[have == len(names)].astype(str))
-        if not common:
-            raise ValueError(f"no prompt of task {task!r} has rollouts from every model {names}")
-        prompt_id = common[0]
-    sub = sub[sub["prompt_id"].astype(str) == str(prompt_id)]
-    if sub.empty:
-        raise ValueError(f"no rollouts for prompt {prompt_id!r} of task {task!r}")
-    if max_chars < 1:
-        raise ValueError("max_chars must be ≥ 1")
-
-    def cell(row) -> str:
-        text = str(row["text"]).replace("\r", "").replace("\n", " ⏎ ").strip()
-        if len(text) > max_chars:
-            text = text[:max_chars].rstrip() + " …"
-        rate = row["summed_entropy"] / row["length"]
-        tail = f"[{int(row['length'])} tokens, r = {rate:.2f} nats/token"
-        tail += ", truncated]" if row["truncated"] else "]"
-        return f"{text} {tail}"
-
-    sub = sub[sub["rollout_id"].isin(list(rollout_ids))]
-    table = (sub.assign(cell=[cell(r) for _, r in sub.iterrows()])
-             .pivot(index="rollout_id", columns="model", values="cell"))
-    table = table.reindex(columns=[m for m in names if m in table.columns])
-    table.columns.name = None
-    table.attrs["prompt_id"] = str(prompt_id)
-    table.attrs["task"] = task
-    return table
-
-
-def estimator_check(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
-    """Both CE* estimators pooled over prompts, with rollout-level SEs (chapter 3).
-
-    Per (model, task): ``canopy_entropy`` (mean over prompts of ĈE*_H) and
-    ``canopy_entropy_surprisal`` (of ĈE*_S), each with ``*_se`` =
-    sqrt(Σ_p se_p²) / P — the Monte-Carlo error of the pooled mean given the prompts
-    (rollouts independent across prompts); ``estimator_gap`` = mean over prompts of
-    mean(S − H) with its ``estimator_gap_se`` the same way, ``gap_z`` = gap / se,
-    ``estimators_agree`` = |gap| ≤ 4·se (METHOD §3's check applied to the pooled mean),
-    and ``n_prompts_agree`` of ``n_prompts`` prompts passing the per-prompt check.
-    The prompt-level SE of :func:`pool` (sd over prompts / √P) answers another question:
-    how much CE* would move with other prompts.
-    """
-    _check_prompt_table(prompts)
-    require_columns(prompts, ["canopy_entropy_se", "canopy_entropy_surprisal_se",
-                              "estimator_gap", "estimator_gap_se", "estimators_agree"],
-                    "per-prompt table")
-    rows = []
-    for keys, grp in _scopes(prompts, list(POOL_KEYS), all_tasks):
-        p = len(grp)
-        row = dict(zip(POOL_KEYS, keys))
-        row["n_prompts"] = p
-        for col in ("canopy_entropy", "canopy_entropy_surprisal", "estimator_gap"):
-            row[col] = float(grp[col].to_numpy(dtype=np.float64).mean())
-            se = grp[f"{col}_se"].to_numpy(dtype=np.float64)
-            row[f"{col}_se"] = float(np.sqrt(np.sum(se ** 2)) / p)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row["gap_z"] = row["estimator_gap"] / row["estimator_gap_se"]
-        row["estimators_agree"] = bool(abs(row["estimator_gap"]) <= 4 * row["estimator_gap_se"])
-        row["n_prompts_agree"] = int(grp["estimators_agree"].fillna(False).astype(bool).sum())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def decomposition_identities(pooled: pd.DataFrame) -> pd.DataFrame:
-    """The identities of the pooled decomposition, checked numerically (chapter 3).
-
-    ``pooled`` is :func:`pool`'s output. Per row: ``canopy_entropy``, ``length_term``,
-    ``within_prompt_cov``, ``between_prompt_cov``, ``cov_residual`` and
-
-    - ``split_error`` = CE* − (E[N]E[r] + within + between) (0 up to rounding);
-    - ``log_genppl_minus_log_bf`` = log GenPPL − log BF (from the exponentiated values),
-      ``cov_over_length`` = C / E[N], and ``identity_error`` their difference.
-    """
-    need = ["canopy_entropy", "length_term", "within_prompt_cov", "between_prompt_cov",
-            "cov_residual", "mean_length", "gen_ppl", "branching_factor"]
-    require_columns(pooled, need, "pooled table", hint="build it with canopy.entropy.pool")
-    keys = [c for c in POOL_KEYS if c in pooled.columns]
-    out = pooled[keys + need[:5]].copy()
-    out["split_error"] = (pooled["canopy_entropy"] - pooled["length_term"]
-                          - pooled["within_prompt_cov"] - pooled["between_prompt_cov"])
-    out["log_genppl_minus_log_bf"] = np.log(pooled["gen_ppl"]) - np.log(pooled["branching_factor"])
-    out["cov_over_length"] = pooled["cov_residual"] / pooled["mean_length"]
-    out["identity_error"] = out["log_genppl_minus_log_bf"] - out["cov_over_length"]
-    return out.reset_index(drop=True)
-
-
-def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None,
-                     n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-                     all_tasks: bool = True, chunk: int = 250) -> pd.DataFrame:
-    """Bootstrap over prompts of pooled metrics, one model at a time (METHOD §4).
-
-    For every (model, task) — plus ``task == "all"`` when ``all_tasks`` — prompts are
-    resampled with replacement ``n_boot`` times and each pooled metric recomputed exactly
-    as :func:`pool` does. Returns one row per (model, task, metric): ``estimate`` (the
-    point estimate on all prompts), percentile CI ``lo``/``hi`` at ``confidence``,
-    ``n_prompts``, ``n_defined`` (prompts that enter the pooled value: for the
-    correlations and ``length_rate_cov`` those with a defined value and a positive
-    weight — Pearson and Spearman need M > 3 —, else all) and ``n_valid`` (bootstrap
-    draws where the metric was defined; a pooled correlation is NaN in a draw whose
-    prompts all have undefined correlations). With few defined prompts the percentile
-    interval is degenerate: read it with :func:`interval_side`'s ``n``.
-    Unlike :func:`paired_bootstrap` this needs no partner model, so it covers models
-    without a base (e.g. ``smollm2-135m-instruct``).
-    """
-    _check_prompt_table(prompts)
-    metrics, tails = _bootstrap_settings(n_boot, confidence, metrics)
-    names = list(_POOLED_METRICS) if metrics is None else metrics
-    rng = np.random.default_rng(seed)
-    rows = []
-    for keys, grp in _scopes(prompts, list(POOL_KEYS), all_tasks):
-        parts = _pool_parts(grp)
-        n = len(grp)
-        point = _pooled_from_parts(parts, np.arange(n)[None, :])
-        weights = {"length_rate_pearson": "pearson_w", "length_rate_spearman": "spearman_w",
-                   "length_rate_kendall": "kendall_w", "length_rate_cov": "cov_w"}
-        boot = {k: [] for k in names}
-        done = 0
-        while done < n_boot:
-            b = min(chunk, n_boot - done)
-            res = _pooled_from_parts(parts, rng.integers(0, n, size=(b, n)))
-            for k in names:
-                boot[k].append(res[k])
-            done += b
-        for k in names:
-            sample = np.concatenate(boot[k])
-            row = dict(zip(POOL_KEYS, keys))
-            n_defined = int((parts[weights[k]] > 0).sum()) if k in weights else n
-            row.update(metric=k, n_prompts=n, n_defined=n_defined, n_boot=n_boot,
-                       n_valid=int(np.isfinite(sample).sum()),
-                       estimate=float(point[k][0]),
-                       lo=_percentile(sample, tails[0]), hi=_percentile(sample, tails[1]))
-            rows.append(row)
-    return pd.DataFrame(rows, columns=[*POOL_KEYS, "metric", "n_prompts", "n_defined",
-                                       "n_boot", "n_valid", "estimate", "lo", "hi"])
 
 
 #: Columns of :func:`position_profile`'s output after the keys.
@@ -947,76 +468,18 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
     })
     if max_position is not None:
         steps = steps[steps["position"] <= max_position]
-    frames = []
     keys = ["model", "family", "variant"]
-    if by_task:
-        frames.append(steps)
-    if all_tasks:
-        frames.append(steps.assign(task="all"))
-    steps = pd.concat(frames, ignore_index=True)
-    g = steps.groupby([*keys, "task", "position"], sort=True)
-    out = g.agg(n_active=("h", "size"), n_stopped=("stopped", "sum"),
-                mean_step_entropy=("h", "mean"), mean_step_entropy_raw=("h_raw", "mean"),
-                running_entropy_rate=("running", "mean"), mean_stop_prob=("p_stop", "mean"))
-    out = out.reset_index()
+    parts = []
+    for scope, grp in task_scopes(steps, [*keys, "task"], all_tasks, by_task=by_task):
+        g = grp.groupby("position", sort=True)
+        part = g.agg(n_active=("h", "size"), n_stopped=("stopped", "sum"),
+                     mean_step_entropy=("h", "mean"), mean_step_entropy_raw=("h_raw", "mean"),
+                     running_entropy_rate=("running", "mean"), mean_stop_prob=("p_stop", "mean"))
+        parts.append(part.reset_index().assign(**dict(zip([*keys, "task"], scope))))
+    if not parts:
+        return pd.DataFrame(columns=[*keys, "task", *PROFILE_COLUMNS])
+    out = pd.concat(parts, ignore_index=True).sort_values([*keys, "task", "position"],
+                                                          kind="stable")
+    out = out.reset_index(drop=True)
     out["stop_fraction"] = out["n_stopped"] / out["n_active"]
     return out[[*keys, "task", *PROFILE_COLUMNS]]
-
-
-#: Fewer prompts than this: a bootstrap over prompts cannot say much (it takes only a
-#: handful of distinct values), and :func:`interval_side` says so instead of a sign.
-MIN_BOOTSTRAP_PROMPTS = 5
-
-
-def interval_side(lo, hi, n=None, min_n: int = MIN_BOOTSTRAP_PROMPTS) -> np.ndarray:
-    """Where an interval ``[lo, hi]`` lies relative to 0, element-wise: ``"> 0"`` when
-    lo > 0, ``"< 0"`` when hi < 0, ``"includes 0"`` otherwise, ``"undefined"`` when
-    either end is NaN, and ``"too few prompts"`` where ``n`` (the prompts behind the
-    interval, optional) is below ``min_n``. For bootstrap CIs of a difference or a
-    correlation."""
-    lo = np.asarray(lo, dtype=np.float64)
-    hi = np.asarray(hi, dtype=np.float64)
-    out = np.where(lo > 0, "> 0", np.where(hi < 0, "< 0", "includes 0")).astype(object)
-    out = np.atleast_1d(out)
-    if n is not None:
-        few = np.broadcast_to(np.asarray(n, dtype=np.float64) < min_n, out.shape)
-        out[few] = "too few prompts"
-    out[np.atleast_1d(np.isnan(lo) | np.isnan(hi))] = "undefined"
-    return out
-
-
-def format_interval(estimate, lo, hi, fmt: str = "+.2f", unit: str = "") -> str:
-    """``"estimate<unit> [lo, hi]"`` with ``fmt``, or ``"undefined"`` when the estimate is
-    NaN (an interval end that is NaN prints as ``?``). For sentences in the chapters."""
-    def one(x) -> str:
-        return "?" if x is None or not np.isfinite(x) else format(float(x), fmt)
-
-    if estimate is None or not np.isfinite(estimate):
-        return "undefined"
-    return f"{one(estimate)}{unit} [{one(lo)}, {one(hi)}]"
-
-
-def bootstrap_table(boot: pd.DataFrame, metrics: Iterable[str] | None = None,
-                    min_prompts: int = MIN_BOOTSTRAP_PROMPTS) -> pd.DataFrame:
-    """A readable view of :func:`paired_bootstrap`'s output (chapters 3–4).
-
-    Keeps ``family, task, metric, n_prompts, base, fine_tuned, delta, delta_lo,
-    delta_hi, pct_delta, pct_delta_lo, pct_delta_hi`` (rows of ``metrics`` only, in
-    that order, when given) and adds ``change`` = :func:`interval_side` of the delta's
-    CI: ``"> 0"`` (fine-tuned higher at this confidence), ``"< 0"`` (lower) or
-    ``"includes 0"`` (no difference resolved with these prompts), ``"too few prompts"``
-    when fewer than ``min_prompts`` paired prompts stand behind it, ``"undefined"``.
-    """
-    cols = ["family", "task", "metric", "n_prompts", "base", "fine_tuned", "delta",
-            "delta_lo", "delta_hi", "pct_delta", "pct_delta_lo", "pct_delta_hi"]
-    require_columns(boot, cols, "bootstrap table",
-                    hint="build it with canopy.entropy.paired_bootstrap")
-    out = boot[cols].copy()
-    if metrics is not None:
-        order = {m: i for i, m in enumerate(metrics)}
-        out = out[out["metric"].isin(order)]
-        out = out.assign(_o=out["metric"].map(order)).sort_values(
-            ["family", "_o"], kind="stable").drop(columns="_o")
-    out["change"] = interval_side(out["delta_lo"], out["delta_hi"], out["n_prompts"],
-                                  min_prompts)
-    return out.reset_index(drop=True)

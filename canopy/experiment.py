@@ -29,54 +29,31 @@ stem). Blank lines are skipped; any other malformed line is an error naming the 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
-from canopy.sampling import Prompt, Runtime, SamplingConfig
+from canopy.preflight import (
+    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_sampling, prompt_records,
+)
 
-__all__ = ["read_prompts", "Experiment", "load_experiment", "DEFAULT_EXPERIMENT"]
+__all__ = ["read_prompts", "Experiment", "load_experiment", "resolve_experiment",
+           "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
 _TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "profiles",
              "ray", "workers"}
-_SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)} | {"prompts_per_task"}
-_RUNTIME_KEYS = {f.name for f in fields(Runtime)}
+_SAMPLING_KEYS = set(SAMPLING_KEYS) | {"prompts_per_task"}
+_RUNTIME_KEYS = set(RUNTIME_KEYS)
 
 
-def read_prompts(path, task: str | None = None) -> list[Prompt]:
-    """Prompts of a JSONL file (format in the module docstring), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    prompts, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object with a 'prompt' field")
-        text = obj.get("prompt")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: 'prompt' must be a non-empty string")
-        pid = obj.get("id", number)
-        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
-            raise ValueError(f"{where}: 'id' must be a non-empty string or an integer")
-        name = obj.get("task", task or path.stem)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}: 'task' must be a non-empty string")
-        if (name, str(pid)) in seen:
-            raise ValueError(f"{where}: duplicate id {pid!r} in task {name!r}")
-        seen.add((name, str(pid)))
-        prompts.append(Prompt(task=name, prompt_id=str(pid), text=text))
-    if not prompts:
-        raise ValueError(f"{path}: no prompts in the file")
-    return prompts
+def read_prompts(path, task: str | None = None) -> list:
+    """Prompts (:class:`canopy.sampling.Prompt`) of a JSONL file (format in the module
+    docstring), in file order. Parsed by :func:`canopy.preflight.prompt_records`."""
+    from canopy.sampling import Prompt
+
+    return [Prompt(task=name, prompt_id=pid, text=text)
+            for name, pid, text in prompt_records(path, task)]
 
 
 @dataclass
@@ -93,11 +70,11 @@ class Experiment:
     name: str = "experiment"
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
-    runtime: Runtime = field(default_factory=Runtime)
+    runtime: Runtime = None  # canopy.sampling.Runtime; load_experiment always sets it
     ray: bool | str | None = None
     workers: int | None = None
 
-    def prompts(self) -> list[Prompt]:
+    def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
         out = []
         for task in self.tasks:
@@ -156,6 +133,23 @@ def load_experiment(path=None, profile: str = "default",
     ``profile`` and then ``overrides`` (top-level keys, or sampling and runtime keys given
     flat, e.g. ``{"models": [...], "rollouts": 4, "device": "cpu"}``; ``None`` values are
     ignored)."""
+    from canopy.sampling import Runtime, SamplingConfig
+
+    resolved = resolve_experiment(path, profile, overrides)
+    try:
+        runtime = Runtime(**resolved["runtime"])
+    except ValueError as exc:
+        raise ValueError(f"{resolved['path']}: runtime: {exc}") from None
+    fields = {k: v for k, v in resolved.items() if k not in ("path", "sampling", "runtime")}
+    return Experiment(**fields, sampling=SamplingConfig(**resolved["sampling"]),
+                      runtime=runtime)
+
+
+def resolve_experiment(path=None, profile: str = "default",
+                       overrides: dict | None = None) -> dict:
+    """:func:`load_experiment` without torch: a dict of the fields of
+    :class:`Experiment` (plus ``path``), with ``sampling`` and ``runtime`` plain dicts;
+    the sampling settings are checked by :func:`canopy.preflight.check_sampling`."""
     import yaml
 
     path = Path(path) if path is not None else DEFAULT_EXPERIMENT
@@ -173,9 +167,10 @@ def load_experiment(path=None, profile: str = "default",
                          f"allowed: {sorted(_TOP_KEYS)}")
     profiles = raw.get("profiles") or {}
     if profile not in profiles and profile != "default":
-        raise ValueError(f"{path}: no profile {profile!r}; profiles: {sorted(profiles)}")
+        raise ValueError(f"{path}: no profile {profile}; profiles: "
+                         f"{', '.join(sorted(profiles)) or 'none'}")
     config = _merge({k: v for k, v in raw.items() if k != "profiles"},
-                    profiles.get(profile) or {}, f"{path}: profile {profile!r}")
+                    profiles.get(profile) or {}, f"{path}: profile {profile}")
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
     sampling_over = {k: flat.pop(k) for k in list(flat) if k in _SAMPLING_KEYS}
     runtime_over = {k: flat.pop(k) for k in list(flat) if k in _RUNTIME_KEYS}
@@ -186,10 +181,6 @@ def load_experiment(path=None, profile: str = "default",
     if unknown:
         raise ValueError(f"{path}: unknown runtime key(s) {sorted(unknown)}; "
                          f"allowed: {sorted(_RUNTIME_KEYS)}")
-    try:
-        runtime = Runtime(**runtime)
-    except ValueError as exc:
-        raise ValueError(f"{path}: runtime: {exc}") from None
 
     sampling = dict(config.get("sampling") or {})
     unknown = set(sampling) - _SAMPLING_KEYS
@@ -197,9 +188,11 @@ def load_experiment(path=None, profile: str = "default",
         raise ValueError(f"{path}: unknown sampling key(s) {sorted(unknown)}; "
                          f"allowed: {sorted(_SAMPLING_KEYS)}")
     per_task = sampling.pop("prompts_per_task", None)
-    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int)
-                                 or per_task < 1):
-        raise ValueError(f"{path}: prompts_per_task must be a positive integer or null")
+    try:
+        check_prompts_per_task(per_task)
+        check_sampling(sampling)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     models, tasks = config.get("models"), config.get("tasks")
     for key, value in (("models", models), ("tasks", tasks)):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -212,8 +205,7 @@ def load_experiment(path=None, profile: str = "default",
         prompts_dir = REPO_ROOT / "data" / "prompts"
     out = Path(config["out"]) if config.get("out") else \
         cache_dir() / "rollouts" / f"{path.stem}-{profile}"
-    return Experiment(models=list(models), tasks=list(tasks),
-                      sampling=SamplingConfig(**sampling), prompts_per_task=per_task,
-                      prompts_dir=prompts_dir, out=out, name=path.stem, profile=profile,
-                      raw=raw, runtime=runtime, ray=config.get("ray"),
-                      workers=config.get("workers"))
+    return dict(models=list(models), tasks=list(tasks), sampling=sampling,
+                prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
+                profile=profile, raw=raw, runtime=runtime, path=path,
+                ray=config.get("ray"), workers=config.get("workers"))

@@ -1,4 +1,4 @@
-"""Semantic diversity of rollouts (METHOD §5): embeddings, D, d_i, Vendi, semantic entropy.
+"""Semantic diversity of rollouts (Method §5): embeddings, D, d_i, Vendi, semantic entropy.
 
 Each rollout's decoded text (stop token stripped) is embedded with a sentence-embedding
 model and L2-normalised to ``e_i``. Per prompt (M rollouts):
@@ -10,7 +10,7 @@ model and L2-normalised to ``e_i``. Per prompt (M rollouts):
   ``Eᵀ E / M`` (dual, dim×dim), whichever matrix is smaller; eigenvalues ≤ 0 dropped.
 - ``diversity_short/_medium/_long``: ``D`` within the three length buckets.
 - ``length_diversity_*``: co-movement of ``N_i`` and ``d_i``; pooled by :func:`pool_semantic`
-  exactly as METHOD §4 pools ``ρ(N, r)``.
+  exactly as Method §4 pools ``ρ(N, r)``.
 - ``semantic_entropy``: entropy (nats) of the clusters a pairwise judge makes.
 
 The rollout table is the one of :mod:`canopy.entropy` plus a ``text`` column (str).
@@ -30,10 +30,10 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-from canopy.entropy import reason_column, require_columns
-
-from . import cache_dir
-from .entropy import PROMPT_KEYS, comovement, pool_comovement
+from canopy import cache_dir
+from canopy.entropy import comovement
+from canopy.pooling import pool_comovement
+from canopy.tables import POOL_KEYS, PROMPT_KEYS, reason_column, require_columns, task_scopes
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -384,7 +384,7 @@ def _bucket_of(rollouts: pd.DataFrame, codes: np.ndarray, counts: np.ndarray) ->
 def semantic_metrics(rollouts: pd.DataFrame, embeddings: np.ndarray, judge: Judge | None = None,
                      threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
                      text_column: str = "text") -> pd.DataFrame:
-    """Per-prompt semantic metrics (METHOD §5): one row per prompt, keyed like
+    """Per-prompt semantic metrics (Method §5): one row per prompt, keyed like
     :func:`canopy.entropy.prompt_metrics` (``model, family, variant, task, prompt_id``).
 
     Columns: ``n_rollouts`` (M); ``diversity`` (D, in [0, 1 + 1/(M−1)], NaN when M < 2);
@@ -452,28 +452,30 @@ _SEM_MEAN = ("diversity", "vendi", "diversity_short", "diversity_medium", "diver
 def pool_semantic(table: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
     """Pool :func:`semantic_metrics` over prompts: one row per (model, family, variant, task).
 
-    Means over prompts (unweighted, NaN prompts skipped) for ``diversity``, ``vendi``, the
-    bucket diversities and semantic entropy; ``length_diversity_pearson``/``_spearman``
-    by Fisher z with weights M−3 (as :func:`canopy.entropy.pool` does for ρ(N, r)),
-    ``_kendall`` by weights M(M−1)/2. NaN with a ``reason`` when no prompt has weight.
-    With ``all_tasks`` each model also gets a ``task == "all"`` row.
+    Means over prompts (unweighted, NaN prompts skipped) for ``diversity``, the bucket
+    diversities and semantic entropy; ``vendi``, the exponential of an entropy, pools
+    the same way on the log scale: ``exp(mean_p log VS_p)`` (Method §4, the paper's
+    convention), not the mean of the scores. ``length_diversity_pearson``/``_spearman``
+    by Fisher z with weights M−3 and ``_kendall`` by weights M(M−1)/2 — the rule of
+    :func:`canopy.pooling.pool_comovement` that pools ρ(N, r). NaN with a ``reason``
+    when no prompt has weight. With ``all_tasks`` each model also gets a
+    ``task == "all"`` row.
     """
     needed = [*PROMPT_KEYS, "n_rollouts", *_SEM_MEAN, "length_diversity_pearson",
               "length_diversity_spearman", "length_diversity_kendall"]
     require_columns(table, needed, "semantic table",
                     hint="build it with canopy.semantic.semantic_metrics")
-    scopes = [(k, g) for k, g in table.groupby(["model", "family", "variant", "task"], sort=True)]
-    if all_tasks:
-        scopes += [((*k, "all"), g) for k, g in table.groupby(["model", "family", "variant"],
-                                                              sort=True)]
     rows = []
-    for key, g in scopes:
+    for key, g in task_scopes(table, POOL_KEYS, all_tasks):
         m = g["n_rollouts"].to_numpy(dtype=np.float64)
-        row = dict(zip(("model", "family", "variant", "task"), key))
+        row = dict(zip(POOL_KEYS, key))
         row.update(n_prompts=len(g), n_rollouts=int(m.sum()))
         for c in _SEM_MEAN:
             v = g[c].to_numpy(dtype=np.float64)
-            row[c] = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+            if c == "vendi":  # VS ≥ 1, so its log is finite where VS is
+                v = np.log(v)
+            mean = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+            row[c] = float(np.exp(mean)) if c == "vendi" else mean
         for name in ("pearson", "spearman", "kendall"):
             row[f"length_diversity_{name}"] = pool_comovement(
                 g[f"length_diversity_{name}"].to_numpy(dtype=np.float64), m, name)

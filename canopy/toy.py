@@ -5,7 +5,7 @@ distribution depends only on the previous token (or on "start" for the first ste
 Rollouts end at the stop token (which counts in the length ``N``) or are truncated at
 ``max_length``. Small enough to list every leaf of the tree, so the exact Canopy
 Entropy ``H(N, Y)``, ``E[N]``, ``E[r]`` and ``Cov(N, r)`` are known and the Monte-Carlo
-estimators of :mod:`canopy.entropy` can be checked against them (METHOD §7).
+estimators of :mod:`canopy.entropy` can be checked against them (Method §7).
 
 All entropies in nats.
 """
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from canopy.entropy import entropy_rate, tree_metrics
 
 __all__ = ["MarkovToy", "ToyTree", "convergence_table", "entropy", "examples"]
 
@@ -155,7 +157,7 @@ class MarkovToy:
         leaves = pd.DataFrame(rows, columns=["path", "probability", "length",
                                              "summed_entropy", "surprisal", "truncated"])
         leaves.insert(0, "sequence", [tuple(self.tokens[t] for t in p) for p in leaves["path"]])
-        leaves["entropy_rate"] = leaves["summed_entropy"] / leaves["length"]
+        leaves["entropy_rate"] = entropy_rate(leaves["summed_entropy"], leaves["length"])
         leaves = leaves.drop(columns="path")
         return ToyTree(leaves.sort_values(["length", "sequence"], ignore_index=True))
 
@@ -241,8 +243,6 @@ def convergence_table(toy: MarkovToy, sample_sizes, seed: int = 0) -> pd.DataFra
     (``"summed_entropy"`` or ``"surprisal"``), ``estimate``, ``se``, ``lo``/``hi``
     (estimate ∓ 2 se).
     """
-    from canopy.entropy import tree_metrics
-
     sizes = [int(m) for m in sample_sizes]
     if not sizes or min(sizes) < 2:
         raise ValueError("sample_sizes must be a non-empty list of integers ≥ 2 "

@@ -17,7 +17,7 @@
 # **Question.** What did the models actually generate? Before any entropy is computed,
 # this chapter looks at the raw material: for every prompt of the experiment, $M$
 # rollouts per model, sampled token by token with the exact step entropies recorded
-# (METHOD §1–2). We look at example rollouts side by side, at how long rollouts are, and
+# ({ref}`Method §1–2 <method-s1>`). We look at example rollouts side by side, at how long rollouts are, and
 # at how often a rollout hits the token limit $T_{\max}$ without stopping — the
 # *truncation* that turns every later estimate into an estimate of the truncated
 # process.
@@ -38,7 +38,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
-from canopy import charts, entropy
+from canopy import charts, pooling, report
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
 
@@ -95,7 +95,7 @@ pd.Series(measured, name="value").to_frame()
 # token included) and entropy rate $r = H/N$; `⏎` marks a newline.
 
 # %%
-examples = entropy.example_rollouts(rollouts, example_task, example_prompt,
+examples = report.example_rollouts(rollouts, example_task, example_prompt,
                                     rollout_ids=range(example_rollouts),
                                     max_chars=max_chars)
 prompt_text = {(p.task, p.prompt_id): p.text for p in prompt_list}
@@ -120,7 +120,7 @@ examples
 charts.rollout_length_chart(rollouts)
 
 # %%
-summary = entropy.length_summary(rollouts)
+summary = pooling.length_summary(rollouts)
 summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_length",
          "min_length", "max_length", "truncation_rate", "n_prompts_flagged"]].round(3)
 
@@ -130,7 +130,7 @@ summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_leng
 # A rollout is truncated when no stop token comes within $T_{\max}$ tokens. Then $N$ and
 # $H = \sum_t h_t$ are cut short, and $\widehat{CE}^*$ estimates the entropy of the
 # *truncated* process — a lower bound of the untruncated $CE^*$. Prompts whose truncation
-# rate exceeds 5 % are flagged (METHOD §3).
+# rate exceeds 5 % are flagged ({ref}`Method §3 <method-s3>`).
 
 # %%
 charts.truncation_chart(summary)

@@ -20,13 +20,13 @@
 # And does fine-tuning change it, beyond what the choice of prompts could explain?
 #
 # For one prompt, with $M$ rollouts, rollout $i$ of length $N_i$ and summed step entropy
-# $H_i = \sum_{t \le N_i} h_t$ (METHOD §2–3):
+# $H_i = \sum_{t \le N_i} h_t$ ({ref}`Method §2–3 <method-s2>`):
 #
 # $$\widehat{CE}^* = \frac1M \sum_i H_i, \qquad r_i = H_i / N_i, \qquad
 #   \widehat{CE}^* = E[N]\,E[r] + \operatorname{Cov}(N, r)$$
 #
 # with the population covariance (÷ $M$), an exact identity of the sample. Over prompts
-# (METHOD §4), linear quantities are unweighted means and the pooled residual
+# ({ref}`Method §4 <method-s4>`), linear quantities are unweighted means and the pooled residual
 # $C = CE^* - E[N]E[r]$ splits into a within-prompt and a between-prompt part.
 
 # %% tags=["parameters"]
@@ -38,18 +38,17 @@ seed = 0                   # bootstrap seed
 confidence = 0.95          # level of the bootstrap percentile intervals
 
 # %%
-import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
-from canopy import charts, entropy
+from canopy import charts, entropy, pooling, report
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 rollouts = experiment.rollouts(progress=False)
 prompts = entropy.prompt_metrics(rollouts)       # one row per (model, task, prompt)
-pooled = entropy.pool(prompts)                   # one row per (model, task), task "all" too
+pooled = pooling.pool(prompts)                   # one row per (model, task), task "all" too
 keys = ["model", "task"]
 display(Markdown(
     f"Measured: {len(experiment.models)} models ({', '.join(experiment.models)}), "
@@ -71,25 +70,13 @@ display(Markdown(
 # errors here are Monte-Carlo errors *given these prompts* (rollout noise only).
 
 # %%
-check = entropy.estimator_check(prompts)
+check = pooling.estimator_check(prompts)
 check[keys + ["n_prompts", "canopy_entropy", "canopy_entropy_se", "canopy_entropy_surprisal",
               "canopy_entropy_surprisal_se", "estimator_gap", "estimator_gap_se", "gap_z",
               "estimators_agree", "n_prompts_agree"]].round(3)
 
 # %%
-scoped = check[check["task"] != "all"]
-display(Markdown(
-    f"The pooled check passes in {int(scoped['estimators_agree'].sum())} of {len(scoped)} "
-    f"(model, task) cells; per prompt it passes for {int(scoped['n_prompts_agree'].sum())} "
-    f"of {int(scoped['n_prompts'].sum())} prompts. For the pooled mean a failure of a "
-    "4-SE check by chance is very rare, so a failing cell would point to a problem in "
-    "the recorded quantities. Per prompt, the standard error rests on only "
-    f"M = {experiment.sampling.rollouts} rollouts ({experiment.sampling.rollouts - 1} "
-    "degrees of freedom), so with small M an occasional per-prompt failure is expected "
-    "by chance. The surprisal estimator's standard error is larger than the summed-"
-    f"entropy one in {int((scoped['canopy_entropy_surprisal_se'] > scoped['canopy_entropy_se']).sum())}"
-    f" of {len(scoped)} cells here; that lower variance is why $\\widehat{{CE}}^*_H$ is the "
-    "primary estimator."))
+display(Markdown(report.estimator_check_text(check, experiment.sampling.rollouts)))
 
 # %% [markdown]
 # ## $CE^*$, GenPPL and branching factor per model and task
@@ -122,19 +109,12 @@ pooled[keys + ["canopy_entropy", "length_term", "cov_residual", "length_share",
                "cov_share"]].round(4)
 
 # %%
-allrows = pooled[pooled["task"] == "all"].set_index("model")
-display(Markdown("Over all tasks, the covariance term's share of $CE^*$ is: " + "; ".join(
-    f"`{m}` {row.cov_share:+.1%} ({row.cov_residual:+.3f} nats of {row.canopy_entropy:.2f})"
-    for m, row in allrows.iterrows()) + ". Over all (model, task) cells the covariance "
-    f"share ranges from {pooled['cov_share'].min():+.1%} to {pooled['cov_share'].max():+.1%}. "
-    "A share near 0 can mean that $N$ and $r$ do not co-move, or that $N$ barely varies "
-    "(truncation at $T_{\\max}$ makes $\\operatorname{Cov}(N, r)$ exactly 0 for a prompt whose "
-    "rollouts are all truncated); compare with the truncation rates above."))
+display(Markdown(report.cov_share_text(pooled)))
 
 # %% [markdown]
 # ## Within prompts or between prompts?
 #
-# The pooled residual mixes two things (law of total covariance, METHOD §4):
+# The pooled residual mixes two things (law of total covariance, {ref}`Method §4 <method-s4>`):
 #
 # $$C = \underbrace{\operatorname{mean}_p \operatorname{Cov}_p(N, r)}_{\text{within prompts}}
 #   + \underbrace{\operatorname{Cov}_{\text{prompts}}(E_p[N], E_p[r])}_{\text{between prompts}}$$
@@ -159,12 +139,10 @@ charts.covariance_split_chart(pooled)
 # GenPPL exceeds the branching factor exactly when length and rate co-move positively.
 
 # %%
-identities = entropy.decomposition_identities(pooled)
+identities = pooling.decomposition_identities(pooled)
 display(identities[keys + ["log_genppl_minus_log_bf", "cov_over_length", "identity_error",
                            "split_error"]])
-display(Markdown(
-    f"Largest |identity_error|: {identities['identity_error'].abs().max():.1e}; largest "
-    f"|split_error|: {identities['split_error'].abs().max():.1e} nats."))
+display(Markdown(report.identities_text(identities)))
 
 # %% [markdown]
 # ## Base vs fine-tuned: the paired bootstrap
@@ -178,18 +156,12 @@ display(Markdown(
 # quantities.
 
 # %%
-boot = entropy.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence)
-paired_models = set(boot["base_model"]) | set(boot["fine_tuned_model"])
-display(Markdown(
-    "Pairs compared: " + (", ".join(f"`{b}` → `{f}`" for b, f in
-                                    boot[["base_model", "fine_tuned_model"]].drop_duplicates()
-                                    .itertuples(index=False)) or "none")
-    + ". Not paired: " + (", ".join(f"`{m}`" for m in experiment.models
-                                    if resolve_spec(m).name not in paired_models) or "none")
-    + "."))
+boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence)
+display(Markdown(report.pairs_text(
+    boot, {m: resolve_spec(m).name for m in experiment.models})))
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",
          "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share"]
-table = entropy.bootstrap_table(boot, shown) if len(boot) else boot
+table = report.bootstrap_table(boot, shown) if len(boot) else boot
 table.round(3)
 
 # %%
@@ -197,16 +169,7 @@ if len(boot):
     display(charts.bootstrap_delta_chart(
         boot, ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl",
                "branching_factor"]))
-    ce = table[(table["metric"] == "canopy_entropy")].set_index("task")
-    display(Markdown(
-        f"{confidence:.0%} intervals from {n_boot} resamples of the paired prompts. "
-        "Fine-tuned vs base $CE^*$ (percent change): "
-        + "; ".join(f"{t} ({int(row.n_prompts)} prompts): "
-                    f"{entropy.format_interval(row.pct_delta, row.pct_delta_lo, row.pct_delta_hi, '+.0f', ' %')}"
-                    f" — {row.change}" for t, row in ce.iterrows())
-        + f". With fewer than {entropy.MIN_BOOTSTRAP_PROMPTS} prompts a bootstrap over "
-        "prompts takes only a handful of distinct values, so such rows are marked 'too few "
-        "prompts' whatever their interval says."))
+    display(Markdown(report.bootstrap_change_text(table, confidence, n_boot)))
 else:
     display(Markdown("No model family has both a base and a fine-tuned variant among the "
                      "models of this run, so there is nothing to pair."))

@@ -38,7 +38,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
-from canopy import charts, entropy
+from canopy import charts, entropy, pooling, report
 from canopy.experiment import load_experiment
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
@@ -55,16 +55,16 @@ display(Markdown(
 # ## $\rho(N, r)$ by model and task
 #
 # Correlations are computed *within* each prompt, then pooled over prompts with prompt
-# effects removed (METHOD §4): Pearson and Spearman through Fisher's $z$ with weights
+# effects removed ({ref}`Method §4 <method-s4>`): Pearson and Spearman through Fisher's $z$ with weights
 # $M_p - 3$, Kendall's $\tau_b$ with weights $M_p(M_p-1)/2$. A prompt whose lengths are
 # all equal (for instance, every rollout truncated at $T_{\max}$) has no defined
 # correlation and drops out. Intervals: percentile bootstrap over prompts, one model at a
-# time (`canopy.entropy.pooled_bootstrap`), so they also cover the model without a base.
+# time (`canopy.pooling.pooled_bootstrap`), so they also cover the model without a base.
 
 # %%
-rho = entropy.pooled_bootstrap(prompts, metrics=correlations, n_boot=n_boot, seed=seed,
+rho = pooling.pooled_bootstrap(prompts, metrics=correlations, n_boot=n_boot, seed=seed,
                                confidence=confidence)
-rho["side"] = entropy.interval_side(rho["lo"], rho["hi"], rho["n_defined"])
+rho["side"] = report.interval_side(rho["lo"], rho["hi"], rho["n_defined"])
 charts.interval_chart(rho, title=f"Pooled ρ(N, r) with {confidence:.0%} bootstrap intervals")
 
 # %%
@@ -73,10 +73,10 @@ rho.round(3)
 # %%
 pear = rho[(rho["metric"] == "length_rate_pearson") & (rho["task"] == "all")].set_index("model")
 display(Markdown("Pooled Pearson $\\rho(N, r)$ over all tasks: " + "; ".join(
-    f"`{m}` {entropy.format_interval(row.estimate, row.lo, row.hi)} ({row.n_defined} of "
+    f"`{m}` {report.format_interval(row.estimate, row.lo, row.hi)} ({row.n_defined} of "
     f"{row.n_prompts} prompts with a defined correlation; {row.side})"
     for m, row in pear.iterrows()) + ". 'includes 0' means the sign is not resolved with "
-    f"these prompts; 'too few prompts' that fewer than {entropy.MIN_BOOTSTRAP_PROMPTS} "
+    f"these prompts; 'too few prompts' that fewer than {report.MIN_BOOTSTRAP_PROMPTS} "
     "prompts have a defined correlation (a prompt drops out when all its rollouts have "
     "the same length, typically all truncated, or when M ≤ 3 for Pearson and Spearman), so "
     "no interval is meaningful; 'undefined' that none has."))
@@ -88,9 +88,9 @@ display(Markdown("Pooled Pearson $\\rho(N, r)$ over all tasks: " + "; ".join(
 # both) gives the fine-tuned − base difference of each pooled correlation.
 
 # %%
-boot = entropy.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence,
+boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence,
                                 metrics=correlations)
-paired = entropy.bootstrap_table(boot, correlations) if len(boot) else boot
+paired = report.bootstrap_table(boot, correlations) if len(boot) else boot
 paired.drop(columns=[c for c in paired.columns if c.startswith("pct_")]).round(3)
 
 # %%
@@ -98,7 +98,7 @@ if len(paired):
     p = paired[paired["metric"] == "length_rate_pearson"].set_index("task")
     display(Markdown(
         "Fine-tuned − base, pooled Pearson: " + "; ".join(
-            f"{t}: {entropy.format_interval(row.delta, row.delta_lo, row.delta_hi)} "
+            f"{t}: {report.format_interval(row.delta, row.delta_lo, row.delta_hi)} "
             f"({row.change})" for t, row in p.iterrows())
         + ". The paper's finding corresponds to a difference above 0; whether these small "
         "models reproduce it is read off the intervals, and an interval that includes 0 "

@@ -38,7 +38,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
-from canopy import charts, semantic
+from canopy import charts, report, semantic
 from canopy.experiment import load_experiment
 from canopy.stats import build_panel
 
@@ -112,12 +112,13 @@ display(Markdown(f"Embedded {embeddings.shape[0]:,} rollouts into {embeddings.sh
 #   $\mathrm{SE}_{\text{norm}} = 1$ means every rollout is its own cluster.
 #
 # Pooled values (per model and task, and over all tasks) are unweighted means over
-# prompts.
+# prompts, except the Vendi score: an exponentiated entropy, it pools like the branching
+# factor, as the exponential of the mean of $\log \mathrm{VS}$ over prompts (a geometric
+# mean, the paper's convention; {ref}`Method §4 <method-s4>`).
 
 # %%
 per_prompt = semantic.semantic_metrics(rollouts, embeddings, threshold=similarity_threshold)
 pooled = semantic.pool_semantic(per_prompt)
-overall = pooled[pooled["task"] == "all"].set_index("model")
 
 # %% [markdown]
 # ## Semantic diversity $D$ and the Vendi score
@@ -129,13 +130,7 @@ display(charts.semantic_bar_chart(pooled, "diversity", "Semantic diversity D by 
                                   "D (mean pairwise cosine dissimilarity)"))
 
 # %%
-top, bottom = overall["diversity"].idxmax(), overall["diversity"].idxmin()
-display(Markdown(
-    f"Over all tasks, `{top}` has the highest mean D ({overall.loc[top, 'diversity']:.3f}) and "
-    f"`{bottom}` the lowest ({overall.loc[bottom, 'diversity']:.3f}). Each value is a mean over "
-    f"{int(overall['n_prompts'].max())} prompts; the strip chart below shows how much single "
-    "prompts scatter around it, which is the honest measure of how far apart two models' "
-    "means have to be before the difference means anything."))
+display(Markdown(report.diversity_extremes_text(pooled)))
 display(charts.prompt_strip_chart(per_prompt, "diversity", "D per prompt (one tick per prompt)",
                                   "D"))
 
@@ -157,13 +152,9 @@ display(charts.semantic_bar_chart(pooled, "vendi", "Vendi score: effective numbe
 buckets = pooled[["model", "task", "diversity_short", "diversity_medium", "diversity_long"]]
 display(buckets.set_index(["model", "task"]))
 display(charts.bucket_diversity_chart(pooled, "all"))
-missing = [c.split("_")[1] for c in ("diversity_short", "diversity_medium", "diversity_long")
-           if overall[c].isna().all()]
+missing = report.missing_buckets_text(pooled, n_rollouts)
 if missing:
-    display(Markdown(
-        f"**No value for the {' and '.join(missing)} bucket(s):** with M = {n_rollouts} rollouts "
-        "per prompt those thirds hold fewer than two rollouts, so D is undefined there. Rerun "
-        "with more rollouts (the default profile) for a real comparison."))
+    display(Markdown(missing))
 
 # %% [markdown]
 # ## Length and per-rollout diversity, $\rho(N, d)$
@@ -172,23 +163,7 @@ if missing:
 display(pooled[["model", "task", "length_diversity_pearson", "length_diversity_spearman",
                 "length_diversity_kendall", "reason"]].set_index(["model", "task"]))
 display(charts.length_diversity_chart(pooled, correlation))
-rho = overall[f"length_diversity_{correlation}"]
-if rho.notna().any():
-    display(Markdown(
-        "Pooled over all tasks (" + correlation + "): " + ", ".join(
-            f"`{m}` {v:+.3f}" for m, v in rho.items() if pd.notna(v))
-        + "".join(f"; `{m}` undefined" for m, v in rho.items() if pd.isna(v))
-        + ". (Undefined: no prompt has a defined correlation, typically because every "
-        "rollout ran to the token budget, so length does not vary; see `reason`.) "
-        "These are within-prompt correlations from only "
-        f"{n_rollouts} rollouts per prompt: each prompt's correlation is very noisy, and the "
-        "pooled value is a weighted average of such noisy values. Read the sign across tasks "
-        "and models rather than any single number."))
-else:
-    display(Markdown(
-        f"No pooled ρ(N, d) is defined: with M = {n_rollouts} rollouts a prompt's Fisher weight "
-        "M − 3 is at most 1 and prompts with constant length or diversity drop out. More "
-        "rollouts per prompt are needed."))
+display(Markdown(report.length_diversity_text(pooled, correlation, n_rollouts)))
 
 # %% [markdown]
 # ## Semantic entropy
@@ -208,10 +183,7 @@ display(charts.semantic_bar_chart(pooled, "semantic_entropy",
 display(charts.semantic_bar_chart(pooled, "semantic_entropy_norm",
                                   f"Normalised semantic entropy (cosine ≥ {similarity_threshold})",
                                   "SE / log M"))
-clusters = per_prompt.groupby("model")["n_clusters"].mean()
-display(Markdown(
-    "Mean number of meaning clusters per prompt (out of "
-    f"{n_rollouts} rollouts): " + ", ".join(f"`{m}` {v:.2f}" for m, v in clusters.items()) + "."))
+display(Markdown(report.clusters_text(per_prompt, n_rollouts)))
 
 # %% [markdown]
 # ## A worked example

@@ -36,13 +36,13 @@ sim_scale_up = 4               # second scenario: this many times more prompts (
 sim_first_seed = 0             # seed of the first simulated panel
 
 # %% tags=["remove-stderr"]
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
-from canopy import charts, semantic, stats
+from canopy import beta, charts, report, semantic, simulation, stats
 from canopy.experiment import load_experiment
+from canopy.tables import matched_families
 
 pd.set_option("display.precision", 4)
 pct = int(round(100 * level))
@@ -71,15 +71,8 @@ design = panel.groupby(["family", "variant"]).agg(
     mean_D=("diversity", "mean"), mean_rate=("mean_entropy_rate", "mean"),
     mean_length=("mean_length", "mean"))
 display(design)
-matched = sorted(f for f, g in panel.groupby("family") if g["fine_tuned"].nunique() == 2)
-single = sorted(set(panel["family"]) - set(matched))
-display(Markdown(
-    f"{len(panel)} rows, {panel['prompt_uid'].nunique()} prompts, {panel['task'].nunique()} "
-    f"tasks. Families with both a base and a fine-tuned model: "
-    f"{', '.join(f'`{f}`' for f in matched) or 'none'}. "
-    + (f"Families with one variant only: {', '.join(f'`{f}`' for f in single)} — they enter "
-       "the main regression but not the interaction, curvature or beta fits, because there "
-       "the fine-tuning effect would be confounded with the family." if single else "")))
+matched = matched_families(panel)[0]
+display(Markdown(report.design_text(panel)))
 display(charts.rate_diversity_chart(panel, color="model",
                                     title="The raw relation: D against R̄, one point per prompt"))
 
@@ -103,17 +96,7 @@ display(charts.rate_diversity_chart(panel, color="model",
 # %%
 main = stats.main_regression(panel, level=level)
 display(main)
-if main.fitted and "mean_entropy_rate" in main.table.index:
-    r = main.coef("mean_entropy_rate")
-    display(Markdown(
-        f"Slope of R̄: {r['estimate']:+.4f} per nat/token (SE {r['se']:.4f}, {pct} % CI "
-        f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], p = {r['p']:.3g}), with length, task and "
-        f"family × variant held fixed. "
-        + ("The interval excludes 0." if r["ci_low"] > 0 or r["ci_high"] < 0 else
-           "The interval contains 0: this panel does not establish a link either way.")
-        + ("" if main.converged else " **The fit did not converge; treat it as unreliable.**")))
-else:
-    display(Markdown("The main regression could not be fitted on this panel; see its notes."))
+display(Markdown(report.main_slope_text(main, level)))
 
 # %% [markdown]
 # ## Interaction regression: is the link stronger after fine-tuning?
@@ -140,25 +123,9 @@ if inter.fitted:
     rows = [t for t in ("mean_entropy_rate", "fine_tuned", "mean_entropy_rate:fine_tuned",
                         "mean_length") if t in inter.table.index]
     display(inter.table.loc[rows, ["symbol", "estimate", "se", "p", "ci_low", "ci_high"]])
-    ratio = inter.ratio
-    if ratio is not None:
-        kind_text = {
-            "bounded": f"bounded: {ratio.interval_text()}",
-            "two rays": (f"**unbounded**: {ratio.interval_text()}, because β's {pct} % interval "
-                         "contains 0"),
-            "whole line": (f"**unbounded**: every real number, {ratio.interval_text()}, because "
-                           f"β's {pct} % interval contains 0 (and so does that of β + η)"),
-        }.get(ratio.kind, "undefined")
-        display(Markdown(
-            f"Slope ratio (β + η)/β = {ratio.estimate:.3g}; {pct} % Fieller confidence set "
-            f"{kind_text}. The paper's value of about 3 is "
-            + ("inside" if ratio.covers(3.0) else "outside")
-            + " this set."
-            + ("" if inter.converged else " **The fit did not converge; treat it as unreliable.**")))
-    display(Markdown(
-        f"Families in the fit: {', '.join(f'`{f}`' for f in inter.families)}"
-        + (f"; left out (one variant): {', '.join(f'`{f}`' for f in inter.excluded_families)}"
-           if inter.excluded_families else "") + "."))
+    if inter.ratio is not None:
+        display(Markdown(report.ratio_text(inter, level)))
+    display(Markdown(report.families_text(inter)))
 else:
     display(Markdown("The interaction regression could not be fitted on this panel (see the "
                      "notes above): it needs at least one family with both variants."))
@@ -203,20 +170,7 @@ if len(coef):
 # %%
 curv = stats.curvature_check(panel, level=level)
 display(curv)
-if np.isfinite(curv.p_value):
-    moved = curv.shifts[~curv.shifts["within_one_se"]].index.tolist()
-    display(Markdown(
-        f"{curv.summary()}. "
-        + ("Curvature is detectable at the 5 % level. " if curv.p_value < 0.05 else
-           "No detectable curvature at the 5 % level (with this few prompts, the test has "
-           "little power against mild curvature). ")
-        + ("β and η stay within one SE of their linear values."
-           if not moved else f"Moved by more than one SE (or SE not finite): {', '.join(moved)}.")
-        + ("" if curv.linear.converged and curv.quadratic.converged else
-           " **At least one of the two ML fits did not converge (see the notes), so this "
-           "check is unreliable here.**")))
-else:
-    display(Markdown("The curvature test could not be computed on this panel (see notes)."))
+display(Markdown(report.curvature_text(curv)))
 
 # %% [markdown]
 # ## Robustness: a bounded outcome (beta regression)
@@ -236,20 +190,15 @@ else:
 # standard errors instead (the differences are listed under the table).
 
 # %%
-beta_fit = stats.beta_regression(panel, level=level)
+beta_fit = beta.beta_regression(panel, level=level)
 display(beta_fit)
-if beta_fit.table.empty or not beta_fit.converged:
-    display(Markdown(
-        "**The statsmodels beta regression " + ("was not fitted" if beta_fit.table.empty else
-                                                "did not converge")
-        + f"** on this panel ({beta_fit.n_obs} rows; reasons in the notes above): the paper's "
-        "specification has many coefficients (splines in both the mean and the precision "
-        "model), and a small panel cannot carry them."))
+if report.beta_fit_text(beta_fit):
+    display(Markdown(report.beta_fit_text(beta_fit)))
 
 # %%
-r_ok, r_why = stats.r_glmmtmb_available()
+r_ok, r_why = beta.r_glmmtmb_available()
 if run_r and r_ok:
-    glmm = stats.fit_beta_glmm_r(panel, level=level)
+    glmm = beta.fit_beta_glmm_r(panel, level=level)
     display(Markdown("The paper's specification, fitted in R with glmmTMB (a random "
                      "intercept for prompt, and for family when the panel has several "
                      "matched families; terms the design cannot carry are listed in the "
@@ -285,27 +234,12 @@ if len(coef):
 
 # %% tags=["remove-stderr"]
 seeds = n_sim_seeds if n_sim_seeds is not None else (40 if profile == "quick" else 200)
-real = panel[panel["family"].isin(matched)] if matched else panel
-scenarios = {"1: like our panel": dict(n_prompts=int(real["prompt_uid"].nunique()),
-                                       n_tasks=int(real["task"].nunique()),
-                                       n_families=max(1, len(matched)))}
-if sim_scale_up:
-    scenarios[f"2: {sim_scale_up}× the prompts, 2 families"] = dict(
-        n_prompts=int(sim_scale_up * real["prompt_uid"].nunique()),
-        n_tasks=int(real["task"].nunique()), n_families=2)
-summaries, studies = {}, {}
-for name, design_kw in scenarios.items():
-    studies[name] = stats.simulation_study(n_seeds=seeds, level=level,
-                                           first_seed=sim_first_seed, **design_kw)
-    summaries[name] = stats.simulation_summary(studies[name], level=level)
+designs = simulation.scenarios(panel, sim_scale_up)
+studies, summaries = simulation.run_scenarios(designs, seeds, level=level,
+                                              first_seed=sim_first_seed)
 summary = pd.concat(summaries, names=["scenario"])
 truth = next(iter(studies.values())).attrs["truth"]
-display(Markdown(f"True values: β = {truth['beta']:g}, η = {truth['eta']:g}, so "
-                 f"(β+η)/β = {truth['ratio']:g}; τ = {truth['tau']:g}, γ = {truth['gamma']:g}. "
-                 f"{seeds} simulated panels per scenario; designs: " + "; ".join(
-    f"scenario {n.split(':')[0]}: {kw['n_prompts']} prompts, {kw['n_tasks']} tasks, "
-    f"{kw['n_families']} matched famil{'y' if kw['n_families'] == 1 else 'ies'}"
-    for n, kw in scenarios.items()) + "."))
+display(Markdown(report.simulation_design_text(truth, seeds, designs)))
 display(summary[["symbol", "truth", "n_fits", "median", "bias", "sd", "median_abs_error",
                  "coverage", "coverage_se", "coverage_check", "bounded_share"]])
 
@@ -315,27 +249,7 @@ for name, study in studies.items():
                                                  "estimate; dashed = truth"))
 
 # %%
-verdict = {"nominal": "consistent with the nominal level",
-           "low": "below the nominal level (intervals too narrow)",
-           "high": "above the nominal level (intervals conservative)", "": "not estimable"}
-
-lines = []
-for name, s in summaries.items():
-    b, e, q = s.loc["beta"], s.loc["eta"], s.loc["ratio"]
-    lines.append(
-        f"- **Scenario {name}.** Coverage of the {pct} % intervals: β {b['coverage']:.1%} "
-        f"(± {b['coverage_se']:.1%}), η {e['coverage']:.1%} (± {e['coverage_se']:.1%}), "
-        f"slope ratio {q['coverage']:.1%}. Median estimates β {b['median']:.3f} and "
-        f"η {e['median']:.3f} against the truth {b['truth']:.3f} and {e['truth']:.3f}. "
-        f"The Fieller set of the ratio was bounded in {q['bounded_share']:.0%} of the panels; "
-        f"the typical (median) error of the ratio estimate was {q['median_abs_error']:.2f}. "
-        f"Coverage of β is {verdict[b['coverage_check']]}; of η, {verdict[e['coverage_check']]}.")
-display(Markdown("\n".join(lines) + "\n\n"
-                 "Coverage within about two binomial standard errors of the nominal level "
-                 "means the intervals can be taken at face value for designs like these; "
-                 "coverage clearly below it means the real fit's intervals are too narrow "
-                 "and its p-values too small (the normal reference and the REML variance "
-                 "estimates are least accurate with few prompts)."))
+display(Markdown(report.coverage_text(summaries, level)))
 
 # %% [markdown]
 # ## What this chapter can and cannot show

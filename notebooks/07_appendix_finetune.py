@@ -36,6 +36,7 @@ from canopy.book import rerun_note
 from canopy import charts
 from canopy.experiment import load_experiment
 from canopy.finetune import PROFILES, finetune, read_report
+from canopy.report import finetune_config_table, finetune_summary
 
 pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 80)
@@ -151,7 +152,7 @@ display(Markdown(
 #   fine-tune should add.
 
 # %%
-summary = charts.finetune_summary(report)
+summary = finetune_summary(report)
 display(summary)
 display(charts.heldout_loss_chart(report))
 
@@ -190,7 +191,7 @@ display(Markdown(
 seconds = pd.Series(report.get("seconds", {}), name="seconds").rename_axis("stage")
 display(seconds.to_frame())
 display(Markdown(f"Measured with {report.get('torch_threads', '?')} CPU thread(s)."))
-display(charts.finetune_config_table(report))
+display(finetune_config_table(report))
 
 # %% [markdown]
 # ## What this fine-tune is, and is not

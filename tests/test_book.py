@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from canopy import REPO_ROOT, book, charts
+from canopy import REPO_ROOT, book, render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROME_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -64,11 +64,41 @@ def test_rerun_note_gives_both_commands_with_the_values_used():
 
 def test_static_assets_are_local(tmp_path):
     book.prepare_static(tmp_path)
-    bundle = (tmp_path / charts.BUNDLE_NAME).read_text()
+    bundle = (tmp_path / render.BUNDLE_NAME).read_text()
     assert "window.canopyVega" in bundle and "http" not in bundle[:400]
     assert (tmp_path / "mathjax" / "tex-svg.js").stat().st_size > 1_000_000
-    html = charts.chart_html({"mark": "point"}, inline_bundle=False)
+    html = render.chart_html({"mark": "point"}, inline_bundle=False)
     assert "canopyVega.embed" in html and "<script src=" not in html
+
+
+def test_chapters_use_only_names_the_package_has():
+    """Smoke test of every chapter without running it: each ``canopy`` module it imports
+    exists, each name it imports from one is defined there, and every attribute it
+    reads of an imported module (``charts.x``, ``report.y``) exists."""
+    import ast
+    import importlib
+    import types
+
+    for source in book.chapters():
+        tree = ast.parse(source.read_text())
+        modules = {}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("canopy")):
+                continue
+            parent = importlib.import_module(node.module)
+            for alias in node.names:
+                try:
+                    obj = importlib.import_module(f"{node.module}.{alias.name}")
+                except ModuleNotFoundError:
+                    assert hasattr(parent, alias.name), (source.name, node.module, alias.name)
+                    obj = getattr(parent, alias.name)
+                if isinstance(obj, types.ModuleType):
+                    modules[alias.asname or alias.name] = obj
+        used = [(n.value.id, n.attr) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name) and n.value.id in modules]
+        assert used, f"{source.name} calls no canopy module"
+        for name, attr in used:
+            assert hasattr(modules[name], attr), f"{source.name}: {name}.{attr} does not exist"
 
 
 def test_unknown_profile_is_a_clear_error():
@@ -150,7 +180,8 @@ def test_quick_book_pages_render_offline_in_chromium(built_book):
 
 @pytest.mark.integration
 def test_key_numbers_on_the_pages_equal_the_stored_results(built_book):
-    from canopy.entropy import pool, prompt_metrics
+    from canopy.entropy import prompt_metrics
+    from canopy.pooling import pool
     from canopy.experiment import load_experiment
     from canopy.finetune import read_report
     from canopy.toy import examples

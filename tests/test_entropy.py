@@ -1,37 +1,23 @@
-"""Tree metrics (METHOD §3–4, §7) against exact enumeration and independent recomputation."""
+"""Per-rollout and per-prompt metrics (the Method page, §2–3 and §7) against exact
+enumeration and independent recomputation, and the per-position profile."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis_data import assert_rel as _assert_rel
+from analysis_data import paired_prompts, random_rollouts
 from canopy.entropy import (
-    PROMPT_KEYS, paired_bootstrap, pool, prompt_metrics, tree_metrics, validate_rollouts,
+    PROMPT_KEYS, entropy_rate, position_profile, prompt_metrics, tree_metrics,
+    validate_rollouts,
 )
+from canopy.pooling import paired_bootstrap, pool
 from canopy.toy import examples
-
-
-def random_rollouts(n_prompts=40, seed=0, model="m", family="f", variant="base",
-                    tasks=("t1", "t2"), m_range=(2, 30)):
-    """Random rollout table with varying M per prompt, ties in N, truncation."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for p in range(n_prompts):
-        m = int(rng.integers(*m_range))
-        n = rng.integers(1, 12, m)
-        h = rng.gamma(2.0, 0.5, m) * n * rng.uniform(0.5, 1.5)
-        frames.append(pd.DataFrame({
-            "model": model, "family": family, "variant": variant,
-            "task": tasks[p % len(tasks)], "prompt_id": f"p{p:03d}", "rollout_id": np.arange(m),
-            "length": n, "summed_entropy": h, "surprisal": h + rng.normal(0, 0.5, m) ** 2,
-            "truncated": n == 11,
-        }))
-    return pd.concat(frames, ignore_index=True)
-
-
-# ----------------------------------------------------------- exact vs Monte Carlo
 
 
 def _sample_metrics(toy, m, seed):
@@ -81,17 +67,6 @@ def test_truncated_toy_is_a_lower_bound_of_the_untruncated_canopy():
                        np.log(toy.state_probs[:-1]), max_length=8).enumerate()
     assert short.truncation_rate > 0.5
     assert short.canopy_entropy < longer.canopy_entropy
-
-
-# ----------------------------------------------------------------- exact identities
-
-
-def _assert_rel(a, b, tol=1e-9, scale=None):
-    """|a − b| ≤ tol·scale; scale defaults to |b|. A difference of two terms (which can
-    be 0) is compared relative to the size of the terms, ``scale``."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    scale = np.abs(b) if scale is None else np.asarray(scale, float)
-    assert np.all(np.abs(a - b) <= tol * np.maximum(scale, 1e-300)), (a, b)
 
 
 def test_decomposition_identity_per_prompt_on_random_and_toy_data():
@@ -144,69 +119,6 @@ def test_spearman_and_kendall_match_scipy_with_heavy_ties():
         assert pm["length_rate_spearman"].iloc[k] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
 
 
-def test_pooled_three_term_split_is_exact():
-    for seed in range(4):
-        pooled = pool(prompt_metrics(random_rollouts(n_prompts=60, seed=seed)))
-        _assert_rel(pooled["length_term"] + pooled["cov_residual"], pooled["canopy_entropy"])
-        _assert_rel(pooled["within_prompt_cov"] + pooled["between_prompt_cov"], pooled["cov_residual"],
-                    scale=pooled["canopy_entropy"])
-        _assert_rel(pooled["log_genppl_minus_log_bf"], pooled["cov_residual"] / pooled["mean_length"],
-                    scale=pooled["canopy_entropy"] / pooled["mean_length"])
-
-
-def test_pooled_values_match_hand_computation():
-    """Small handmade example: three prompts with M = 4, 5, 3 and a prompt with M = 2."""
-    data = {
-        "a": ([1, 2, 3, 4], [0.5, 1.6, 3.3, 4.0]),
-        "b": ([2, 2, 5, 6, 9], [1.0, 2.2, 4.0, 6.5, 6.3]),
-        "c": ([3, 1, 2], [2.0, 0.3, 1.5]),
-        "d": ([1, 2], [0.4, 1.0]),
-    }
-    rows = []
-    for pid, (n, h) in data.items():
-        for i, (ni, hi) in enumerate(zip(n, h)):
-            rows.append(dict(model="m", family="f", variant="base", task="t", prompt_id=pid,
-                             rollout_id=i, length=ni, summed_entropy=hi, surprisal=hi,
-                             truncated=False))
-    pooled = pool(prompt_metrics(pd.DataFrame(rows)), all_tasks=False).iloc[0]
-
-    z, wz, tau_num, tau_w, cov_num, cov_w = [], [], 0.0, 0.0, 0.0, 0.0
-    ce, en, er, within = [], [], [], []
-    for pid, (n, h) in data.items():
-        n, h = np.array(n, float), np.array(h)
-        r, m = h / n, len(n)
-        ce.append(h.mean()), en.append(n.mean()), er.append(r.mean())
-        within.append(np.mean((n - n.mean()) * (r - r.mean())))
-        if m >= 3:
-            rho = np.corrcoef(n, r)[0, 1]
-            if m > 3:
-                z.append(np.arctanh(rho)), wz.append(m - 3)
-            tau_num += stats.kendalltau(n, r)[0] * m * (m - 1) / 2
-            tau_w += m * (m - 1) / 2
-            cov_num += np.cov(n, r)[0, 1] * (m - 1)
-            cov_w += m - 1
-    expected_pearson = np.tanh(np.dot(z, wz) / np.sum(wz))
-    assert pooled["length_rate_pearson"] == pytest.approx(expected_pearson, rel=1e-12)
-    assert pooled["length_rate_kendall"] == pytest.approx(tau_num / tau_w, rel=1e-12)
-    assert pooled["length_rate_cov"] == pytest.approx(cov_num / cov_w, rel=1e-12)
-    assert pooled["canopy_entropy"] == pytest.approx(np.mean(ce))
-    assert pooled["gen_ppl"] == pytest.approx(np.exp(np.mean(ce) / np.mean(en)))
-    assert pooled["branching_factor"] == pytest.approx(np.exp(np.mean(er)))
-    assert pooled["within_prompt_cov"] == pytest.approx(np.mean(within))
-    assert pooled["between_prompt_cov"] == pytest.approx(np.cov(en, er, ddof=0)[0, 1])
-    assert pooled["n_prompts"] == 4
-
-
-def test_pooled_correlation_nan_with_reason_when_no_prompt_has_weight():
-    df = random_rollouts(n_prompts=4, seed=1, m_range=(2, 4))  # M ∈ {2, 3}: weight M−3 ≤ 0
-    pooled = pool(prompt_metrics(df), all_tasks=False)
-    assert pooled["length_rate_pearson"].isna().all()
-    assert pooled["reason"].str.contains("pooled correlations undefined").all()
-
-
-# ------------------------------------------------------------------ NaN and reasons
-
-
 def test_undefined_values_are_nan_with_reasons():
     rows = []
     spec = {"one": [(1, 0.5)], "two": [(1, 0.5), (2, 1.0)],
@@ -228,65 +140,6 @@ def test_undefined_values_are_nan_with_reasons():
     assert "canopy entropy is 0" in pm.loc["zero", "reason"]
     assert pm.loc["one", "canopy_entropy"] == 0.5
     assert pm["reason"].map(type).eq(str).all()
-
-
-# ------------------------------------------------------------------------ bootstrap
-
-
-def _pair(seed=0, n_prompts=30):
-    base = random_rollouts(n_prompts, seed=seed, model="g", family="g", variant="base")
-    tuned = random_rollouts(n_prompts, seed=seed + 100, model="g-sft", family="g",
-                            variant="fine-tuned")
-    return prompt_metrics(pd.concat([base, tuned], ignore_index=True))
-
-
-def test_bootstrap_identical_variants_give_zero_width_delta():
-    base = random_rollouts(25, seed=2, model="g", family="g", variant="base")
-    tuned = base.assign(model="g-sft", variant="fine-tuned")
-    boot = paired_bootstrap(prompt_metrics(pd.concat([base, tuned])), n_boot=300, seed=1)
-    assert len(boot) > 0
-    defined = boot["base"].notna()
-    assert (boot.loc[defined, "delta"] == 0).all()
-    assert (boot.loc[defined, "delta_lo"] == 0).all() and (boot.loc[defined, "delta_hi"] == 0).all()
-    assert (boot["n_unpaired"] == 0).all()
-
-
-def test_bootstrap_is_reproducible_and_ci_contains_point_estimate():
-    pm = _pair()
-    a = paired_bootstrap(pm, n_boot=400, seed=9)
-    b = paired_bootstrap(pm, n_boot=400, seed=9)
-    c = paired_bootstrap(pm, n_boot=400, seed=10)
-    pd.testing.assert_frame_equal(a, b)
-    assert not a["delta_lo"].equals(c["delta_lo"])
-    for label in ("base", "fine_tuned", "delta"):
-        ok = a[label].notna()
-        assert (a.loc[ok, f"{label}_lo"] <= a.loc[ok, label]).all()
-        assert (a.loc[ok, label] <= a.loc[ok, f"{label}_hi"]).all()
-    assert set(a["task"]) == {"t1", "t2", "all"}
-    ce = a[(a["metric"] == "canopy_entropy") & (a["task"] == "all")].iloc[0]
-    assert ce["pct_delta"] == pytest.approx(100 * ce["delta"] / ce["base"])
-
-
-def test_bootstrap_uses_the_same_prompt_indices_for_both_variants():
-    """With fine-tuned = base + constant on every prompt, every resample's delta is that
-    constant; independent resampling would spread it."""
-    base = random_rollouts(30, seed=4, model="g", family="g", variant="base")
-    tuned = base.assign(model="g-sft", variant="fine-tuned",
-                        summed_entropy=base["summed_entropy"] + 0.25)
-    boot = paired_bootstrap(prompt_metrics(pd.concat([base, tuned])), n_boot=200, seed=0,
-                            metrics=["canopy_entropy"], all_tasks=False)
-    assert np.allclose(boot[["delta", "delta_lo", "delta_hi"]].to_numpy(), 0.25)
-
-
-def test_bootstrap_pairs_on_task_and_prompt_and_counts_unpaired():
-    pm = _pair(n_prompts=20)
-    pm = pm[~((pm["variant"] == "base") & (pm["prompt_id"] == "p000"))]
-    boot = paired_bootstrap(pm, n_boot=50, seed=0)
-    assert (boot["n_unpaired"] == 1).all()
-    assert boot[boot["task"] == "all"]["n_prompts"].eq(19).all()
-
-
-# ---------------------------------------------------------------------- bad inputs
 
 
 @pytest.mark.parametrize("change, message", [
@@ -317,7 +170,7 @@ def test_bad_arrays_raise_one_line_errors():
     with pytest.raises(ValueError, match="per-prompt table is missing"):
         pool(pd.DataFrame({"model": ["m"]}))
     with pytest.raises(ValueError, match="n_boot must be a positive integer"):
-        paired_bootstrap(_pair(n_prompts=3), n_boot=0)
+        paired_bootstrap(paired_prompts(n_prompts=3), n_boot=0)
 
 
 def test_validate_accepts_legal_input_and_keys_survive():
@@ -326,18 +179,6 @@ def test_validate_accepts_legal_input_and_keys_survive():
     pm = prompt_metrics(df)
     assert list(pm.columns[: len(PROMPT_KEYS)]) == list(PROMPT_KEYS)
     assert len(pm) == 5 and pm["n_rollouts"].sum() == len(df)
-
-
-def test_bootstrap_rejects_unknown_metric_and_reports_every_pooled_metric():
-    pm = _pair(n_prompts=6)
-    with pytest.raises(ValueError, match="unknown metric 'entropy'"):
-        paired_bootstrap(pm, n_boot=10, metrics=["entropy"])
-    boot = paired_bootstrap(pm, n_boot=10, all_tasks=False)
-    pooled = pool(pm, all_tasks=False)
-    reported = set(boot["metric"])
-    numeric = set(pooled.select_dtypes("number").columns) - {
-        "n_prompts", "n_rollouts", "canopy_entropy_se", "n_truncation_flagged"}
-    assert reported == numeric
 
 
 def test_large_prompts_use_the_log_linear_kendall_and_agree_with_scipy():
@@ -355,9 +196,87 @@ def test_large_prompts_use_the_log_linear_kendall_and_agree_with_scipy():
         assert pm["length_rate_spearman"].iloc[k] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
 
 
-def test_reason_column_joins_the_rules_that_apply_in_order():
-    from canopy.entropy import reason_column
+def _profile_loop(rollouts: pd.DataFrame, model: str, task: str) -> pd.DataFrame:
+    """Direct per-position loop over rollouts (task 'all' = every task)."""
+    sub = rollouts[(rollouts["model"] == model)
+                   & ((rollouts["task"] == task) if task != "all" else True)]
+    acc: dict[int, dict[str, list]] = {}
+    for _, r in sub.iterrows():
+        h = [float(x) for x in r["step_entropy"]]
+        for t in range(1, len(h) + 1):
+            d = acc.setdefault(t, {"h": [], "raw": [], "run": [], "p": [], "stop": []})
+            d["h"].append(h[t - 1])
+            d["raw"].append(float(r["step_entropy_raw"][t - 1]))
+            d["run"].append(sum(h[:t]) / t)
+            d["p"].append(math.exp(float(r["step_stop_logprob"][t - 1])))
+            d["stop"].append(1 if (t == len(h) and not r["truncated"]) else 0)
+    rows = []
+    for t in sorted(acc):
+        d = acc[t]
+        k = len(d["h"])
+        rows.append({"position": t, "n_active": k, "n_stopped": sum(d["stop"]),
+                     "mean_step_entropy": sum(d["h"]) / k,
+                     "mean_step_entropy_raw": sum(d["raw"]) / k,
+                     "running_entropy_rate": sum(d["run"]) / k,
+                     "mean_stop_prob": sum(d["p"]) / k,
+                     "stop_fraction": sum(d["stop"]) / k})
+    return pd.DataFrame(rows)
 
-    rules = [(np.array([True, False, True]), "a"), ([False, False, True], "b")]
-    assert reason_column(rules, 3) == ["a", "", "a; b"]
-    assert reason_column([], 2) == ["", ""]
+
+@pytest.mark.parametrize("model,task", [("toy-base", "alpha"), ("toy-ft", "beta"),
+                                        ("toy-base", "all")])
+def test_position_profile_matches_direct_loop(rollouts, model, task):
+    prof = position_profile(rollouts)
+    got = prof[(prof["model"] == model) & (prof["task"] == task)].reset_index(drop=True)
+    want = _profile_loop(rollouts, model, task)
+    assert list(got["position"]) == list(want["position"])
+    for col in want.columns:
+        np.testing.assert_allclose(got[col].to_numpy(dtype=float),
+                                   want[col].to_numpy(dtype=float), rtol=1e-9, atol=1e-9,
+                                   err_msg=col)
+
+
+def test_position_profile_hand_example():
+    # Two rollouts: h = (1, 3) stops at t=2; h = (2, 2, 5) truncated at t=3.
+    r = pd.DataFrame({
+        "model": ["m", "m"], "family": ["f", "f"], "variant": ["base", "base"],
+        "task": ["x", "x"], "length": [2, 3], "truncated": [False, True],
+        "step_entropy": [[1.0, 3.0], [2.0, 2.0, 5.0]],
+        "step_entropy_raw": [[1.5, 3.5], [2.5, 2.5, 5.5]],
+        "step_stop_logprob": [[math.log(0.1), math.log(0.5)],
+                              [math.log(0.2), math.log(0.3), math.log(0.4)]],
+    })
+    p = position_profile(r, all_tasks=False)
+    assert list(p["n_active"]) == [2, 2, 1]
+    assert list(p["n_stopped"]) == [0, 1, 0]
+    np.testing.assert_allclose(p["mean_step_entropy"], [1.5, 2.5, 5.0])
+    np.testing.assert_allclose(p["running_entropy_rate"], [1.5, (2.0 + 2.0) / 2, 3.0])
+    np.testing.assert_allclose(p["mean_stop_prob"], [0.15, 0.4, 0.4])
+    np.testing.assert_allclose(p["stop_fraction"], [0.0, 0.5, 0.0])
+    # at t = N the running rate is the rollout's entropy rate r = H/N
+    assert p.loc[2, "running_entropy_rate"] == pytest.approx(9.0 / 3)
+    # max_position and by_task=False
+    q = position_profile(r, by_task=False, max_position=2)
+    assert list(q["task"].unique()) == ["all"] and q["position"].max() == 2
+
+
+def test_position_profile_errors(rollouts):
+    with pytest.raises(ValueError, match="missing column"):
+        position_profile(rollouts.drop(columns="step_stop_logprob"))
+    bad = rollouts.copy()
+    bad.at[0, "step_entropy_raw"] = np.zeros(len(bad.at[0, "step_entropy_raw"]) + 1)
+    with pytest.raises(ValueError, match="different lengths"):
+        position_profile(bad)
+    with pytest.raises(ValueError, match="both be False"):
+        position_profile(rollouts, by_task=False, all_tasks=False)
+
+
+def test_entropy_rate_is_summed_entropy_over_length_and_feeds_the_prompt_means():
+    assert entropy_rate(3.0, 2) == pytest.approx(1.5)
+    df = random_rollouts(n_prompts=6, seed=11)
+    table = prompt_metrics(df).set_index("prompt_id")
+    for pid, grp in df.groupby("prompt_id"):
+        rates = [h / n for h, n in zip(grp["summed_entropy"], grp["length"])]
+        assert table.loc[pid, "mean_entropy_rate"] == pytest.approx(np.mean(rates), rel=1e-12)
+    np.testing.assert_allclose(entropy_rate(df["summed_entropy"], df["length"]),
+                               df["summed_entropy"].to_numpy() / df["length"].to_numpy())

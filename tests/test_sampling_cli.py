@@ -98,7 +98,7 @@ def test_experiment_profiles_and_overrides(model_dir, tmp_path):
                                             "out": str(tmp_path / "r")}).sample(
         [str(model_dir)], progress=False)
     assert len(table) == 8 and (tmp_path / "r").is_dir()
-    with pytest.raises(ValueError, match="no profile 'huge'"):
+    with pytest.raises(ValueError, match="no profile huge"):
         load_experiment(path, "huge")
     with pytest.raises(ValueError, match="rollouts must be ≥ 1"):
         load_experiment(path, overrides={"rollouts": 0})
@@ -177,7 +177,7 @@ def test_cli_family_pairs_a_base_and_a_fine_tuned_model(model_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sample", "--models", "nope", "--prompts", "P"], "unknown model 'nope'"),
+    (["sample", "--models", "nope", "--prompts", "P"], "model nope is not registered"),
     (["sample", "--prompts", "P"], "give --models"),
     (["sample", "--models", "M"], "give --prompts"),
     (["sample", "--models", "M", "--prompts", "P", "--rollouts", "0"], "rollouts must be"),

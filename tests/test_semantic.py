@@ -1,4 +1,4 @@
-"""Tests of canopy.semantic (METHOD §5)."""
+"""Tests of canopy.semantic (Method §5)."""
 
 from __future__ import annotations
 
@@ -148,6 +148,19 @@ def test_length_diversity_correlations_and_pooling():
     w = np.array([8 - 3, 5 - 3])
     assert pooled["length_diversity_pearson"] == pytest.approx(np.tanh((w * np.arctanh(r)).sum() / w.sum()))
     assert pooled["diversity"] == pytest.approx(table["diversity"].mean())
+
+
+def test_vendi_pools_as_the_exponential_of_the_mean_log_score():
+    # Method §4: an exponentiated entropy pools like BF, exp(mean_p log VS_p).
+    df, emb = _rollouts([6, 4, 5], seed=3, dim=4)
+    table = semantic_metrics(df, emb)
+    vs = table["vendi"].to_numpy()
+    pooled = pool_semantic(table, all_tasks=False).iloc[0]
+    assert pooled["vendi"] == pytest.approx(np.exp(np.log(vs).mean()), rel=1e-12)
+    assert pooled["vendi"] < vs.mean()       # geometric < arithmetic mean for unequal scores
+    table.loc[1, "vendi"] = np.nan            # an undefined score is skipped
+    pooled = pool_semantic(table, all_tasks=False).iloc[0]
+    assert pooled["vendi"] == pytest.approx(np.sqrt(vs[0] * vs[2]), rel=1e-12)
 
 
 def test_embedding_shape_errors():

@@ -1,4 +1,4 @@
-"""Tests of canopy.stats (METHOD §6).
+"""Tests of canopy.stats (the Method page, §6).
 
 Simulation sizes are chosen so the whole file runs in well under a minute: panels of 20
 prompts × 2 families × 2 variants (80 rows) fit in ~20 ms with MixedLM.
@@ -6,7 +6,6 @@ prompts × 2 families × 2 variants (80 rows) fit in ~20 ms with MixedLM.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -15,18 +14,16 @@ import pytest
 from scipy import stats as sps
 
 from canopy import stats as st
-from canopy.stats import (beta_regression, build_panel, curvature_check, fieller_interval,
-                          fit_beta_glmm_r, interaction_regression, main_regression,
-                          simulate_panel)
+from canopy.beta import beta_regression
+from canopy.simulation import simulate_panel
+from canopy.stats import (build_panel, curvature_check, fieller_interval,
+                          interaction_regression, main_regression)
 
 BETA, ETA = "mean_entropy_rate", "mean_entropy_rate:fine_tuned"
 
 
 def _covers(row, value):
     return row["ci_low"] <= value <= row["ci_high"]
-
-
-# ------------------------------------------------------------------ recovery
 
 
 def test_interaction_recovers_known_coefficients_at_fixed_seed():
@@ -49,22 +46,6 @@ def test_interaction_recovers_known_coefficients_at_fixed_seed():
     assert "η (R̄·FT)" in html and "Fieller" in html
 
 
-def test_coverage_of_the_95_percent_intervals_over_50_seeds():
-    # 50 independent panels: each coverage count is Binomial(50, 0.95) if the intervals are
-    # right (sd 3.1 points). The lower bound 0.84 sits 3.5 sd below 0.95 (P ≈ 0.001 of a
-    # false alarm) yet fails an interval that really covers < ~85 %, e.g. one whose SE
-    # ignores the prompt effect. The truth is fixed across seeds.
-    beta, eta, ratio = 0.08, 0.16, 3.0
-    hits = np.zeros(3)
-    for seed in range(50):
-        res = interaction_regression(simulate_panel(n_prompts=20, seed=seed))
-        hits += [_covers(res.coef(BETA), beta), _covers(res.coef(ETA), eta),
-                 res.ratio.covers(ratio)]
-    rates = hits / 50
-    assert np.all(rates >= 0.84), rates
-    assert np.all(rates <= 1.0)
-
-
 def test_main_regression_controls_for_length():
     panel = simulate_panel(n_prompts=40, seed=3, length_confounding=1.0)
     res = main_regression(panel)
@@ -72,9 +53,6 @@ def test_main_regression_controls_for_length():
     assert {"mean_entropy_rate", "mean_length", "fine_tuned",
             "C(family)[T.fam1]:fine_tuned", "C(task)[T.task1]"} <= set(res.table.index)
     assert res.coef("mean_length")["ci_high"] < 0  # γ < 0 recovered
-
-
-# ----------------------------------------------------------------- curvature
 
 
 def test_lrt_size_and_power_over_100_seeds():
@@ -101,9 +79,6 @@ def test_curvature_check_reports_ml_fits_and_shifts():
     assert "LRT" in res._repr_html_()
 
 
-# -------------------------------------------------------------------- Fieller
-
-
 def test_fieller_matches_its_defining_inequality():
     a, b, va, vb, cab = 0.24, 0.08, 0.0004, 0.0002, 0.0001
     r = fieller_interval(a, b, va, vb, cab)
@@ -127,82 +102,6 @@ def test_fieller_unbounded_when_beta_interval_contains_zero():
     assert not res.ratio.bounded
     assert any("contains 0" in n for n in res.notes)
     assert "∞" in res.ratio.interval_text()
-
-
-# ------------------------------------------------------------ beta regression
-
-
-def test_beta_regression_python():
-    panel = simulate_panel(n_prompts=40, seed=4)
-    res = beta_regression(panel)
-    assert res.available and res.converged and res.n_obs == 160
-    assert set(res.table["part"]) == {"mean", "dispersion"}
-    assert res.coef("R_sc")["estimate"] > 0 and res.coef("R_sc:fine_tuned")["estimate"] > 0
-    assert res.coef("R_sc", part="dispersion") is not None
-    assert any("clustered" in d for d in res.differences)
-    assert any("(1|family)" in d for d in res.differences)
-    assert "Differs from the paper" in res._repr_html_()
-
-
-def test_natural_spline_spans_the_same_space_as_r_ns():
-    # With K knots, a natural cubic spline plus a constant has K free parameters; the
-    # basis must reproduce any linear function exactly and be linear beyond the knots.
-    x = np.linspace(-2, 3, 200)
-    basis = st._natural_spline(x, 4)
-    assert basis.shape == (200, 4)
-    design = np.column_stack([np.ones_like(x), basis])
-    assert np.linalg.matrix_rank(design) == 5
-    beyond = st._natural_spline(np.array([3.0, 4.0, 5.0, 6.0]), 4, knots_from=x)
-    assert np.allclose(np.diff(beyond, 2, axis=0), 0, atol=1e-9)
-
-
-def _r_ready():
-    ok, why = st.r_glmmtmb_available()
-    if not ok:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but the R path cannot run: {why}")
-        pytest.skip(f"R path not testable here: {why}")
-
-
-def test_r_glmmtmb_agrees_with_python_beta_regression():
-    _r_ready()
-    panel = simulate_panel(n_prompts=40, seed=4)
-    py = beta_regression(panel)
-    r = fit_beta_glmm_r(panel)
-    assert r.available and r.backend == "R glmmTMB", r.notes
-    assert r.converged, r.notes
-    for term in ("R_sc", "R_sc:fine_tuned"):
-        a, b = py.coef(term), r.coef(term)
-        assert np.sign(a["estimate"]) == np.sign(b["estimate"])
-        assert 0.5 < a["estimate"] / b["estimate"] < 2.0, (term, a["estimate"], b["estimate"])
-        assert abs(a["estimate"] - b["estimate"]) < 2 * np.hypot(a["se"], b["se"])
-    assert any("(1 | family)" in n for n in r.notes)  # the exact spec was run
-
-
-def test_natural_spline_span_equals_r_ns(tmp_path):
-    _r_ready()
-    import subprocess
-
-    x = np.random.default_rng(0).normal(size=200)
-    np.savetxt(tmp_path / "x.txt", x)
-    script = (f"x <- scan('{tmp_path / 'x.txt'}', quiet = TRUE); write.table(cbind("
-              f"splines::ns(x, df = 4), splines::ns(x, df = 3)), '{tmp_path / 'ns.txt'}', "
-              "row.names = FALSE, col.names = FALSE)")
-    subprocess.run(["Rscript", "-e", script], check=True, capture_output=True)
-    r_basis = np.loadtxt(tmp_path / "ns.txt")
-    for df, target in ((4, r_basis[:, :4]), (3, r_basis[:, 4:])):
-        ours = np.column_stack([np.ones_like(x), st._natural_spline(x, df)])
-        coef = np.linalg.lstsq(ours, target, rcond=None)[0]
-        assert np.abs(ours @ coef - target).max() < 1e-10
-
-
-def test_r_path_says_when_r_is_missing():
-    res = fit_beta_glmm_r(simulate_panel(n_prompts=5), rscript="no-such-Rscript-here")
-    assert not res.available and res.table.empty
-    assert "not found" in res.notes[0]
-
-
-# --------------------------------------------------------- degenerate designs
 
 
 def test_one_family_one_task():
@@ -284,9 +183,6 @@ def test_missing_columns_and_bad_values_raise_one_line_errors():
     assert any("NaN diversity" in n for n in main_regression(nan_panel).notes)
 
 
-# ------------------------------------------------------------------- panel
-
-
 def test_build_panel_from_rollouts_and_embeddings():
     rng = np.random.default_rng(0)
     rows = []
@@ -322,27 +218,6 @@ def test_build_panel_from_rollouts_and_embeddings():
     two_models = pd.concat([rollouts, two_models[two_models["model"] == "a-base-2"]])
     with pytest.raises(ValueError, match="several base models"):
         build_panel(two_models, rng.normal(size=(len(two_models), 6)))
-
-
-def test_simulate_panel_structure():
-    panel = simulate_panel(n_prompts=10, n_tasks=3, n_families=2, seed=0)
-    assert len(panel) == 40
-    assert panel.attrs["truth"]["ratio"] == pytest.approx(3.0)
-    assert panel["diversity"].between(0, 1).all()
-    # length is confounded with rate across prompts
-    means = panel.groupby("prompt_uid")[["mean_entropy_rate", "mean_length"]].mean()
-    assert np.corrcoef(means.T)[0, 1] > 0
-    with pytest.raises(ValueError):
-        simulate_panel(n_prompts=0)
-
-
-def test_simulation_study_table():
-    study = st.simulation_study(n_seeds=4, n_prompts=15)
-    assert len(study) == 4 and study["converged"].all()
-    for col in ("beta", "beta_low", "beta_high", "eta", "covers_beta", "covers_eta",
-                "ratio", "ratio_kind", "covers_ratio"):
-        assert col in study.columns
-    assert study.attrs["truth"]["ratio"] == pytest.approx(3.0)
 
 
 def test_mixed_fit_at_the_variance_boundary_converges_and_equals_ols():

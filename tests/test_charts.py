@@ -1,10 +1,5 @@
-"""Tests of the package functions behind chapters 5–7 (semantic diversity, regressions,
-fine-tune appendix): the simulation summary in canopy.stats and the data preparation and
-chart helpers of canopy.charts' "chapters 5–7" section.
-
-Expected values are computed independently here (numpy by hand), never taken from an
-earlier run of the code.
-"""
+"""The chart helpers of canopy.charts: the data they prepare (checked against a direct
+computation) and the charts they build (tooltips, NaN handling, one-line errors)."""
 
 from __future__ import annotations
 
@@ -14,115 +9,54 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis_data import study_table as _study
 from canopy import charts
-from canopy.stats import (RegressionResult, interaction_regression, simulate_panel,
-                          simulation_study, simulation_summary)
-
-TRUTH = {"beta": 0.1, "eta": 0.2, "ratio": 3.0}
-
-
-def _study(beta, eta, ratio, kinds=None, converged=None, width=0.05):
-    beta, eta, ratio = (np.asarray(v, dtype=float) for v in (beta, eta, ratio))
-    n = beta.size
-    kinds = kinds or ["bounded"] * n
-    out = pd.DataFrame({
-        "seed": np.arange(n), "converged": converged if converged is not None else [True] * n,
-        "beta": beta, "beta_low": beta - width, "beta_high": beta + width,
-        "eta": eta, "eta_low": eta - width, "eta_high": eta + width,
-        "ratio": ratio, "ratio_low": ratio - 1, "ratio_high": ratio + 1, "ratio_kind": kinds,
-    })
-    for p in ("beta", "eta", "ratio"):
-        out[f"covers_{p}"] = (out[f"{p}_low"] <= TRUTH[p]) & (TRUTH[p] <= out[f"{p}_high"])
-    out.loc[out["ratio_kind"] == "whole line", "covers_ratio"] = True
-    out.attrs["truth"] = dict(TRUTH)
-    return out
+from canopy.entropy import position_profile, prompt_metrics
+from canopy.pooling import length_summary, paired_bootstrap, pool, pooled_bootstrap
+from canopy.simulation import simulate_panel, simulation_study
+from canopy.stats import RegressionResult, interaction_regression
 
 
-# ----------------------------------------------------------------- simulation summary
+
+def test_rate_length_data_centres_within_prompts(rollouts):
+    from canopy import charts as C
+
+    texts = {("alpha", "p0"): "Write   a\nstory about a very long topic indeed"}
+    raw = C.rate_length_data(rollouts, prompt_text=texts, snippet=10)
+    np.testing.assert_allclose(raw["entropy_rate"],
+                               rollouts["summed_entropy"] / rollouts["length"])
+    first = raw[(raw["task"] == "alpha") & (raw["prompt_id"] == "p0")]["prompt"].iloc[0]
+    assert first == "Write a st…"
+    cen = C.rate_length_data(rollouts, centre=True)
+    for (model, task, pid), grp in rollouts.groupby(["model", "task", "prompt_id"]):
+        sel = (cen["model"] == model) & (cen["task"] == task) & (cen["prompt_id"] == pid)
+        n = grp["length"].to_numpy(float)
+        np.testing.assert_allclose(cen.loc[sel, "length"], n - n.mean(), atol=1e-12)
+        assert abs(cen.loc[sel, "entropy_rate"].sum()) < 1e-9
 
 
-def test_simulation_summary_by_hand():
-    beta = [0.08, 0.1, 0.13, 0.2]          # the last interval misses 0.1
-    eta = [0.2, 0.21, np.nan, 0.19]        # one failed fit: left out of every eta statistic
-    ratio = [3.5, 2.0, 8.0, 2.9]
-    study = _study(beta, eta, ratio, kinds=["bounded", "bounded", "whole line", "two rays"],
-                   converged=[True, False, True, True])
-    s = simulation_summary(study)
-    b = s.loc["beta"]
-    e = np.array(beta)
-    assert b["n_fits"] == 4 and b["n_converged"] == 3
-    assert b["mean"] == pytest.approx(e.mean())
-    assert b["bias"] == pytest.approx(e.mean() - 0.1)
-    assert b["rmse"] == pytest.approx(np.sqrt(np.mean((e - 0.1) ** 2)))
-    assert b["sd"] == pytest.approx(e.std(ddof=1))
-    assert b["coverage"] == pytest.approx(0.75)
-    assert b["coverage_se"] == pytest.approx(np.sqrt(0.75 * 0.25 / 4))
-    assert b["bounded_share"] == 1.0
-    h = s.loc["eta"]
-    assert h["n_fits"] == 3 and h["n_converged"] == 2  # seed 2 (converged) has no eta
-    assert h["median"] == pytest.approx(0.2)
-    assert h["coverage"] == pytest.approx(1.0)
-    r = s.loc["ratio"]
-    assert r["bounded_share"] == pytest.approx(0.5)
-    assert r["median_abs_error"] == pytest.approx(np.median(np.abs(np.array(ratio) - 3)))
-    # covers: 3.5±1 yes, 2.0±1 yes (3.0 is the edge), whole line yes, 2.9±1 yes
-    assert r["coverage"] == pytest.approx(1.0)
-    assert list(s["symbol"]) == ["β", "η", "(β+η)/β"]
+def test_chapter_charts_build_with_tooltips(rollouts):
+    from canopy import charts as C
 
-
-def test_simulation_summary_coverage_check():
-    # 100 fits, nominal 0.95: two binomial SEs at the nominal rate are 2·sqrt(.95·.05/100) ≈ .0436
-    n = 100
-    beta = np.full(n, 0.1)
-    beta[:7] = 0.2         # 7 misses: coverage 0.93, inside 0.95 ± 0.0436 → nominal
-    eta = np.full(n, 0.2)
-    eta[:20] = 0.4         # 20 misses: coverage 0.80 → low
-    study = _study(beta, eta, np.full(n, 3.0))
-    s = simulation_summary(study, level=0.95)
-    assert s.loc["beta", "coverage"] == pytest.approx(0.93)
-    assert s.loc["beta", "coverage_check"] == "nominal"
-    assert s.loc["eta", "coverage_check"] == "low"
-    assert simulation_summary(study, level=0.5).loc["ratio", "coverage_check"] == "high"
-    with pytest.raises(ValueError, match="level"):
-        simulation_summary(study, level=95)
-
-
-def test_simulation_summary_explicit_truth_overrides_attrs():
-    study = _study([0.5, 0.5], [0.2, 0.2], [3, 3])
-    s = simulation_summary(study, truth={"beta": 0.5, "eta": 0.2, "ratio": 1.4})
-    assert s.loc["beta", "bias"] == pytest.approx(0.0)
-    assert s.loc["ratio", "truth"] == pytest.approx(1.4)
-
-
-def test_simulation_summary_errors():
-    study = _study([0.1], [0.2], [3])
+    prompts = prompt_metrics(rollouts)
+    pooled = pool(prompts)
+    prof = position_profile(rollouts)
+    boot = paired_bootstrap(prompts, n_boot=20)
+    built = [
+        C.rollout_length_chart(rollouts), C.truncation_chart(length_summary(rollouts)),
+        C.decomposition_share_chart(pooled), C.covariance_split_chart(pooled),
+        C.bootstrap_delta_chart(boot, ["canopy_entropy", "gen_ppl"]),
+        C.interval_chart(pooled_bootstrap(prompts, ["length_rate_pearson"], n_boot=20)),
+        C.rate_length_scatter(C.rate_length_data(rollouts)),
+        C.position_chart(prof, min_active=3), C.stop_probability_chart(prof),
+    ]
+    for chart in built:
+        text = str(chart.to_dict())
+        assert "tooltip" in text
+    with pytest.raises(ValueError, match="no positions"):
+        C.position_chart(prof, task="nope")
     with pytest.raises(ValueError, match="missing column"):
-        simulation_summary(study.drop(columns="covers_eta"))
-    bare = study.copy()
-    bare.attrs = {}
-    with pytest.raises(ValueError, match="truth"):
-        simulation_summary(bare)
-    with pytest.raises(ValueError, match="DataFrame"):
-        simulation_summary([1, 2])
-
-
-def test_simulation_summary_all_nan_parameter():
-    study = _study([np.nan, np.nan], [0.2, 0.2], [np.nan, np.nan])
-    s = simulation_summary(study)
-    assert s.loc["beta", "n_fits"] == 0
-    assert np.isnan(s.loc["beta", "mean"]) and np.isnan(s.loc["beta", "coverage"])
-
-
-def test_simulation_summary_on_real_study_recovers_truth():
-    study = simulation_study(n_seeds=6, n_prompts=60)
-    s = simulation_summary(study)
-    assert s.loc["beta", "truth"] == pytest.approx(study.attrs["truth"]["beta"])
-    assert s.loc["beta", "n_fits"] == 6
-    # 60 prompts × 2 families: β and η are estimated within a few of their SEs
-    assert abs(s.loc["beta", "bias"]) < 0.05 and abs(s.loc["eta", "bias"]) < 0.05
-
-
-# ------------------------------------------------------------ simulation intervals
+        C.truncation_chart(pooled.drop(columns="truncation_rate"))
 
 
 def test_simulation_intervals_sorted_and_nan_dropped():
@@ -151,9 +85,6 @@ def test_simulation_chart_has_tooltips_and_truth():
     text = json.dumps(spec)
     assert "tooltip" in text and len(spec["hconcat"]) == 2
     assert '"truth": 0.2' in text or '"truth":0.2' in text
-
-
-# ----------------------------------------------------------------- coefficient data
 
 
 def _table(rows):
@@ -202,9 +133,6 @@ def test_coefficient_chart_from_real_fit():
     row = d.set_index("term").loc["mean_entropy_rate"]
     assert row["estimate"] == pytest.approx(res.table.loc["mean_entropy_rate", "estimate"])
     assert "tooltip" in json.dumps(charts.coefficient_chart(d).to_dict())
-
-
-# ---------------------------------------------------------------- semantic helpers
 
 
 def _pooled():
@@ -259,48 +187,21 @@ def test_panel_charts():
         charts.rate_diversity_chart(panel.drop(columns="mean_length"))
 
 
-# ------------------------------------------------------------------ fine-tune report
-
-
-def _report():
-    return {
-        "config": {"name": "x-sft", "lora_r": 16, "lr": 5e-4},
-        "n_train_examples": 3, "n_heldout_examples": 2, "stop_ids": [1, 106],
-        "train_loss": [{"step": s, "epoch": 0, "loss": l, "tokens": t, "lr": 1e-3}
-                       for s, l, t in [(2, 2.0, 300), (1, 3.0, 100), (3, 1.0, 100)]],
-        "heldout_response_loss": {"base": 3.0, "fine_tuned": 2.0},
-        "stop_fraction": {"max_new_tokens": 64, "n_prompts": 8, "base": 0.25, "fine_tuned": 0.75},
-        "seconds": {"teacher": 1.5, "train": 10.0, "total": 12.0},
-    }
-
-
-def test_finetune_loss_data_token_weighted_running_mean():
-    d = charts.finetune_loss_data(_report(), window=2)
+def test_finetune_loss_data_token_weighted_running_mean(finetune_report):
+    d = charts.finetune_loss_data(finetune_report, window=2)
     assert list(d["step"]) == [1, 2, 3]                     # sorted by step
     # step 1: 3.0; step 2: (3·100 + 2·300)/400; step 3 (window 2): (2·300 + 1·100)/400
     assert d["smoothed"].tolist() == pytest.approx([3.0, 900 / 400, 700 / 400])
-    whole = charts.finetune_loss_data(_report(), window=10)
+    whole = charts.finetune_loss_data(finetune_report, window=10)
     assert whole["smoothed"].iloc[-1] == pytest.approx((300 + 600 + 100) / 500)
     with pytest.raises(ValueError, match="window"):
-        charts.finetune_loss_data(_report(), window=0)
+        charts.finetune_loss_data(finetune_report, window=0)
     with pytest.raises(ValueError, match="read_report"):
         charts.finetune_loss_data({"no": "loss"})
 
 
-def test_finetune_summary_and_config():
-    s = charts.finetune_summary(_report())
-    assert s.iloc[0]["change"] == pytest.approx(-1.0)
-    assert s.iloc[1]["base"] == pytest.approx(np.exp(3.0))
-    assert s.iloc[2]["fine_tuned"] == pytest.approx(0.75)
-    assert "64 tokens" in s.index[2]
-    c = charts.finetune_config_table(_report())
-    assert c.loc["lora_r", "value"] == "16"
-    assert c.loc["seconds: train", "value"] == "10.0"
-    assert c.loc["stop_ids", "value"] == "[1, 106]"
-
-
-def test_finetune_charts():
-    rep = _report()
+def test_finetune_charts(finetune_report):
+    rep = finetune_report
     spec = charts.loss_curve_chart(charts.finetune_loss_data(rep),
                                    rep["heldout_response_loss"]).to_dict()
     assert len(spec["layer"]) == 3 and "tooltip" in json.dumps(spec)

@@ -1,0 +1,72 @@
+"""Charts of chapter 2 (sampling the real models): rollout lengths and truncation.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from canopy.tables import require_columns
+from canopy.charts.style import HEIGHT, WIDTH, task_order
+
+__all__ = ["rollout_length_chart", "truncation_chart"]
+
+
+def rollout_length_chart(rollouts: pd.DataFrame, title: str = "Rollout lengths by model"
+                         ) -> alt.FacetChart:
+    """Histogram of rollout lengths N, one panel per model, bars stacked by task.
+
+    ``rollouts``: the rollout table (only ``model``, ``task``, ``length``, ``truncated``
+    are used; counts are aggregated here so the spec stays small). Truncated rollouts
+    sit at ``N = max_new_tokens``; the tooltip says how many of a bar are truncated.
+    """
+    require_columns(rollouts, ["model", "task", "length", "truncated"],
+                    "rollout_length_chart", allow_empty=False)
+    data = (rollouts.assign(truncated=rollouts["truncated"].astype(bool))
+            .groupby(["model", "task", "length"], sort=True)
+            .agg(rollouts=("truncated", "size"), truncated=("truncated", "sum"))
+            .reset_index())
+    data["length"] = data["length"].astype(int)
+    data["truncated"] = data["truncated"].astype(int)
+    return alt.Chart(data).mark_bar().encode(
+        x=alt.X("length:Q", title="length N (tokens, stop included)",
+                bin=alt.Bin(maxbins=32)),
+        y=alt.Y("sum(rollouts):Q", title="rollouts"),
+        color=alt.Color("task:N", title="task"),
+        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("task:N"),
+                 alt.Tooltip("length:Q", title="N", bin=alt.Bin(maxbins=32)),
+                 alt.Tooltip("sum(rollouts):Q", title="rollouts"),
+                 alt.Tooltip("sum(truncated):Q", title="of which truncated")],
+    ).properties(width=WIDTH, height=110).facet(
+        row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
+        title=title)
+
+
+def truncation_chart(summary: pd.DataFrame, title: str = "Truncation rate (no stop token "
+                     "within max_new_tokens)") -> alt.LayerChart:
+    """Heat map of the truncation rate per model × task, with the rate written in each cell.
+
+    ``summary`` is :func:`canopy.pooling.length_summary`'s output.
+    """
+    require_columns(summary, ["model", "task", "truncation_rate", "n_rollouts", "mean_length"],
+                    "truncation_chart", allow_empty=False)
+    data = summary.assign(label=(100 * summary["truncation_rate"]).round(0).astype(int)
+                          .astype(str) + " %")
+    tasks = task_order(data["task"])
+    base = alt.Chart(data, title=title).encode(
+        x=alt.X("task:N", title="task", sort=tasks, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("model:N", title=None))
+    tooltip = [alt.Tooltip("model:N"), alt.Tooltip("task:N"),
+               alt.Tooltip("truncation_rate:Q", title="truncation rate", format=".1%"),
+               alt.Tooltip("n_rollouts:Q", title="rollouts"),
+               alt.Tooltip("mean_length:Q", title="mean N", format=".1f")]
+    cells = base.mark_rect().encode(
+        color=alt.Color("truncation_rate:Q", title="truncated",
+                        scale=alt.Scale(domain=[0, 1], scheme="oranges")),
+        tooltip=tooltip)
+    text = base.mark_text(fontSize=12).encode(
+        text="label:N", tooltip=tooltip,
+        color=alt.condition("datum.truncation_rate > 0.6", alt.value("white"),
+                            alt.value("black")))
+    return alt.layer(cells, text).properties(width=alt.Step(80), height=alt.Step(34))

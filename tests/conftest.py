@@ -1,0 +1,21 @@
+"""Fixtures shared by the analysis tests (the tables come from ``analysis_data.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis_data import finetune_report as _finetune_report
+from analysis_data import toy_rollouts
+
+
+@pytest.fixture(scope="module")
+def rollouts():
+    """Two models of one family (base and fine-tuned), two tasks, four prompts each,
+    five rollouts per prompt, with the per-step lists of canopy.sampling."""
+    return toy_rollouts()
+
+
+@pytest.fixture
+def finetune_report():
+    """A small fine-tune report (a fresh dict per test)."""
+    return _finetune_report()
