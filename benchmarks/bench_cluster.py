@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     from canopy import REPO_ROOT
-    from canopy.experiment import read_prompts
+    from canopy.prompts import read_prompts
     from canopy.sampling import Runtime, SamplingConfig
     from canopy.store import sample_to_store
 

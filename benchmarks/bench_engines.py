@@ -46,7 +46,8 @@ def setup(args):
     from transformers.utils import logging as hf_logging
 
     from canopy.models import load_model
-    from canopy.sampling import Prompt, Runtime
+    from canopy.prompts import Prompt
+    from canopy.sampling import Runtime
 
     hf_logging.disable_progress_bar()
     runtime = Runtime(device=args.device, dtype=args.dtype, threads=args.threads)

@@ -38,7 +38,8 @@ def main() -> None:
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
     import canopy.vllm_engine as ve
-    from canopy.sampling import Prompt, SamplingConfig, entropy, process_logits
+    from canopy.prompts import Prompt
+    from canopy.sampling import SamplingConfig, entropy, process_logits
 
     torch.set_num_threads(1)
     from canopy.sampling import Runtime

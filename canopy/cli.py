@@ -114,7 +114,7 @@ def _preflight_sample(args: argparse.Namespace):
     out = preflight.check_out_dir(out, need_bytes=need)
 
     def prompts():
-        from canopy.experiment import read_prompts
+        from canopy.prompts import read_prompts
 
         found = []
         for path, task in files:

@@ -1,4 +1,4 @@
-"""Experiment files (YAML) and prompt files (JSONL).
+"""Experiment files (YAML): the only reader of profiles.
 
 An experiment file::
 
@@ -22,9 +22,7 @@ A profile has the shape of the top level (any of ``models``, ``tasks``, ``prompt
 key by key). Overrides passed
 by the caller (CLI flags) are applied last. Unknown keys are errors.
 
-A prompt file holds one JSON object per line: ``prompt`` (non-empty string), optional
-``id`` (string or integer; default: the line number) and ``task`` (default: the file's
-stem). Blank lines are skipped; any other malformed line is an error naming the line.
+Prompt files (``<prompts_dir>/<task>.jsonl``) are read by :mod:`canopy.prompts`.
 """
 
 from __future__ import annotations
@@ -35,10 +33,10 @@ from pathlib import Path
 from canopy import REPO_ROOT, cache_dir
 from canopy.preflight import (
     RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
-    prompt_records,
 )
+from canopy.prompts import read_prompts
 
-__all__ = ["read_prompts", "Experiment", "load_experiment", "resolve_experiment",
+__all__ = ["Experiment", "load_experiment", "resolve_experiment",
            "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
@@ -46,15 +44,6 @@ _TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "pr
              "ray", "workers"}
 _SAMPLING_KEYS = set(SAMPLING_KEYS) | {"prompts_per_task"}
 _RUNTIME_KEYS = set(RUNTIME_KEYS)
-
-
-def read_prompts(path, task: str | None = None) -> list:
-    """Prompts (:class:`canopy.sampling.Prompt`) of a JSONL file (format in the module
-    docstring), in file order. Parsed by :func:`canopy.preflight.prompt_records`."""
-    from canopy.sampling import Prompt
-
-    return [Prompt(task=name, prompt_id=pid, text=text)
-            for name, pid, text in prompt_records(path, task)]
 
 
 @dataclass
@@ -102,15 +91,6 @@ class Experiment:
                                         ray=self.ray, workers=self.workers)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
-
-    def sample(self, models=None, *, progress: bool = True):
-        """Sample (or reuse from ``self.out``) the rollouts of ``models`` (default: all of
-        the experiment's) on its prompts; returns the rollout DataFrame."""
-        from canopy.store import sample_to_store
-
-        return sample_to_store(models or self.models, self.prompts(), self.sampling,
-                               self.out, runtime=self.runtime, progress=progress,
-                               ray=self.ray, workers=self.workers)
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:

@@ -160,7 +160,7 @@ def read_report(name: str = "gemma-3-270m-sft") -> dict[str, Any]:
 
 
 def _read_pool(config: FinetuneConfig):
-    from canopy.experiment import read_prompts
+    from canopy.prompts import read_prompts
 
     path = config.pool_path()
     if not path.is_file():

@@ -12,7 +12,7 @@ import torch, transformers or :mod:`canopy.sampling`.
   :class:`canopy.sampling.SamplingConfig` plus upper bounds that would otherwise end in
   an allocator error after loading) and ``prompts_per_task``.
 - :func:`prompt_records`: the prompt-file parser (also used by
-  :func:`canopy.experiment.read_prompts`): every problem names the file and line.
+  :func:`canopy.prompts.read_prompts`): every problem names the file and line.
 - :func:`check_models`: every model resolves and is available offline, packaged and
   ``.gguf`` files are intact, ``max_new_tokens`` fits each model's context.
 - :func:`check_gguf`: a damaged or half-downloaded GGUF file is one line.

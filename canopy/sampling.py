@@ -1,4 +1,4 @@
-"""The decode loop: M rollouts per prompt with exact per-step entropies (METHOD §1–2).
+"""The decode loop: M rollouts per prompt with exact per-step entropies (Method §1–2).
 
 Read top to bottom:
 
@@ -49,10 +49,11 @@ import pandas as pd
 import torch
 
 from canopy.preflight import check_runtime
+from canopy.prompts import Prompt
 
 __all__ = [
-    "SamplingConfig", "Prompt", "process_logits", "entropy", "rollout_seed",
-    "rollout_uniforms", "sample_batch", "plan_batches", "sample_prompts", "sample",
+    "SamplingConfig", "process_logits", "entropy", "rollout_seed",
+    "rollout_uniforms", "sample_batch", "plan_batches", "sample_prompts",
     "ROLLOUT_SCHEMA_COLUMNS", "Runtime", "default_threads", "model_forward",
 ]
 
@@ -110,25 +111,6 @@ class SamplingConfig:
         d = asdict(self)
         d.pop("batch_size")
         return d
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt: ``task`` name, ``prompt_id`` (unique within the task), raw ``text``."""
-
-    task: str
-    prompt_id: str
-    text: str
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.text, str) or not self.text.strip():
-            raise ValueError(f"prompt {self.prompt_id!r}: the text must be a non-empty string")
-        if not isinstance(self.task, str) or not self.task:
-            raise ValueError(f"prompt {self.prompt_id!r}: the task must be a non-empty string")
-        object.__setattr__(self, "prompt_id", str(self.prompt_id))  # ids are strings
-
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
 # ------------------------------------------------------------------------ the runtime
@@ -622,45 +604,3 @@ def _rows(result: BatchResult, lo: int, hi: int, first_rollout: int, spec, promp
             "surprisal": float(-lp.astype(np.float64).sum()),
         })
     return rows
-
-
-def sample(models, prompts, *, rollouts: int = 8, max_new_tokens: int = 128,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-           batch_size: int = 16, out=None, progress: bool = True, engine: str = "hf",
-           device: str = "auto", dtype: str = "float32", threads: int | None = None,
-           runtime: Runtime | None = None) -> pd.DataFrame:
-    """Notebook entry point: sample rollouts of every prompt with every model.
-
-    ``models``: registry names, paths, specs or loaded models (one or a list).
-    ``prompts``: a JSONL path, a list of :class:`Prompt`, or a list of strings (task
-    ``"default"``, ids ``"0"``, ``"1"``, …). With ``out`` (a directory) the rollouts go
-    through the resumable store (:func:`canopy.store.sample_to_store`); without, they
-    are sampled in memory. ``engine``, ``device``, ``dtype``, ``threads``: see
-    :class:`Runtime` (or pass ``runtime=`` itself). Returns the rollout DataFrame of all
-    models.
-    """
-    from canopy.store import sample_to_store
-
-    config = SamplingConfig(rollouts=rollouts, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                            batch_size=batch_size)
-    if runtime is None:
-        runtime = Runtime(engine=engine, device=device, dtype=dtype, threads=threads)
-    return sample_to_store(models, prompts, config, out, runtime=runtime, progress=progress)
-
-
-def as_prompts(prompts) -> list[Prompt]:
-    """A JSONL path, :class:`Prompt` objects or plain strings → list of :class:`Prompt`."""
-    from pathlib import Path
-
-    if isinstance(prompts, (str, Path)) and Path(prompts).suffix == ".jsonl":
-        from canopy.experiment import read_prompts
-        return read_prompts(prompts)
-    if isinstance(prompts, (str, Prompt)):
-        prompts = [prompts]
-    out = []
-    for i, p in enumerate(prompts):
-        out.append(p if isinstance(p, Prompt) else Prompt("default", str(i), str(p)))
-    if not out:
-        raise ValueError("no prompts given")
-    return out

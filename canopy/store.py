@@ -44,8 +44,9 @@ import pandas as pd
 
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
+from canopy.prompts import Prompt, as_prompts
 from canopy.sampling import (
-    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, Runtime, SamplingConfig, as_prompts,
+    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Runtime, SamplingConfig,
     sample_prompts,
 )
 
@@ -473,7 +474,7 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
 
     ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
     or :class:`~canopy.models.LoadedModel` (loaded one at a time). ``prompts``: a JSONL
-    path, :class:`~canopy.sampling.Prompt` objects or strings. ``out``: the store
+    path, :class:`~canopy.prompts.Prompt` objects or strings. ``out``: the store
     directory; finished shards there are reused and new ones written as prompts
     complete, so an interrupted call resumes. ``out=None`` samples in memory only.
     ``runtime``: :class:`~canopy.sampling.Runtime` (engine, device, dtype, threads);

@@ -19,7 +19,8 @@ import pytest
 
 import canopy.cluster as cluster
 from canopy.models import resolve_spec
-from canopy.sampling import Prompt, Runtime, SamplingConfig, plan_batches
+from canopy.prompts import Prompt
+from canopy.sampling import Runtime, SamplingConfig, plan_batches
 from canopy.store import load_rollouts, sample_to_store
 from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 

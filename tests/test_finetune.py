@@ -83,7 +83,7 @@ def test_teacher_pairs_drop_or_trim_responses_that_hit_the_budget():
     import pandas as pd
 
     from canopy.finetune import teacher_pairs
-    from canopy.sampling import Prompt
+    from canopy.prompts import Prompt
 
     prompts = [Prompt("chat", str(i), f"question {i}") for i in range(4)]
     table = pd.DataFrame({  # deliberately not in prompt order
@@ -110,7 +110,8 @@ def test_chat_template_renders_gemma_turns():
 @pytest.mark.integration
 def test_quick_finetune_end_to_end_and_the_result_samples_with_the_chat_template():
     from canopy.models import load_model
-    from canopy.sampling import Prompt, SamplingConfig, sample_prompts
+    from canopy.prompts import Prompt
+    from canopy.sampling import SamplingConfig, sample_prompts
 
     path = finetune("quick", progress=False)
     report = json.loads((path / "report.json").read_text())

@@ -10,7 +10,8 @@ import torch
 
 from canopy import REPO_ROOT
 from canopy.cli import main
-from canopy.experiment import load_experiment, read_prompts
+from canopy.experiment import load_experiment
+from canopy.prompts import read_prompts
 from canopy.store import load_rollouts
 from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
@@ -95,8 +96,8 @@ def test_experiment_profiles_and_overrides(model_dir, tmp_path):
     flags = load_experiment(path, "quick", {"rollouts": 5, "models": ["x"], "seed": None})
     assert flags.sampling.rollouts == 5 and flags.models == ["x"] and flags.sampling.seed == 0
     table = load_experiment(path, "quick", {"rollouts": 2, "max_new_tokens": 4,
-                                            "out": str(tmp_path / "r")}).sample(
-        [str(model_dir)], progress=False)
+                                            "models": [str(model_dir)],
+                                            "out": str(tmp_path / "r")}).rollouts(progress=False)
     assert len(table) == 8 and (tmp_path / "r").is_dir()
     with pytest.raises(ValueError, match="no profile huge"):
         load_experiment(path, "huge")

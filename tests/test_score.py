@@ -15,7 +15,8 @@ import pytest
 from canopy.cli import main
 from canopy.entropy import prompt_metrics
 from canopy.models import LoadedModel, ModelSpec
-from canopy.sampling import Prompt, SamplingConfig, sample_prompts
+from canopy.prompts import Prompt
+from canopy.sampling import SamplingConfig, sample_prompts
 from canopy.score import prepare_rollouts, score_rollouts, score_to_store
 from canopy.store import load_rollouts
 from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)

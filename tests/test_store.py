@@ -12,7 +12,8 @@ import torch
 import canopy.store as store
 from canopy.entropy import prompt_metrics
 from canopy.models import resolve_spec
-from canopy.sampling import Prompt, SamplingConfig, sample
+from canopy.prompts import Prompt
+from canopy.sampling import SamplingConfig
 from canopy.store import load_rollouts, sample_to_store, shard_path
 from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
 
@@ -146,9 +147,9 @@ def test_changed_prompt_text_is_resampled(model_dir, tmp_path):
 
 
 def test_in_memory_sampling_equals_store(model_dir, tmp_path):
-    mem = sample(str(model_dir), PROMPTS, rollouts=3, max_new_tokens=8, top_k=10, seed=4,
-                 batch_size=4, progress=False)
+    mem = sample_to_store(str(model_dir), PROMPTS, CFG, None, progress=False)
     stored = sample_to_store(str(model_dir), PROMPTS, CFG, tmp_path / "r", progress=False)
+    assert [list(t) for t in mem["token_ids"]] == [list(t) for t in stored["token_ids"]]
     assert mem["variant"][0] == "base"  # a bare path is a base model …
     assert mem["prompt_text"][0] == "a b c"  # … given the raw prompt
     assert stored["variant"][0] == "base"

@@ -16,7 +16,8 @@ import pytest
 
 from canopy import REPO_ROOT
 from canopy.locks import Claims, remove_dead_temporaries
-from canopy.sampling import Prompt, SamplingConfig, plan_batches
+from canopy.prompts import Prompt
+from canopy.sampling import SamplingConfig, plan_batches
 from canopy.store import (
     ShardError, _fill_shards, load_rollouts, read_shard, sample_to_store, shard_path,
 )
