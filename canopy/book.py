@@ -45,7 +45,6 @@ __all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter"
 EXECUTED = REPO_ROOT / "_executed"
 STATIC = REPO_ROOT / "book" / "_static"
 BUILD = REPO_ROOT / "_build"
-PROFILES = ("default", "quick")
 
 
 def chapters() -> list[Path]:
@@ -220,16 +219,16 @@ def ensure_finetunes(profile: str, experiment_file=None, models=None, echo=print
     """Make (or find cached) every fine-tune the experiment's models need: a model named
     after a :data:`canopy.finetune.PROFILES` entry is made by that recipe."""
     from canopy.experiment import load_experiment
-    from canopy.finetune import PROFILES as RECIPES, finetune, published_dir
+    from canopy.finetune import finetune, published_dir, recipe_for
 
     experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-    recipes = {recipe.name: recipe for recipe in RECIPES.values()}
     for name in experiment.models:
-        if name in recipes:
+        recipe = recipe_for(name)
+        if recipe is not None:
             fresh = not (published_dir(name) / "canopy-finetune.json").is_file()
             if fresh:
                 echo(f"  making the fine-tuned model {name} (canopy finetune; cached)")
-            finetune(recipes[name], progress=fresh)
+            finetune(recipe, progress=fresh)
 
 
 def build(profile: str = "default", parameters: dict | None = None, *,
@@ -241,8 +240,6 @@ def build(profile: str = "default", parameters: dict | None = None, *,
     declares). ``only``: chapter stems or numbers to execute (others reuse their last
     output, which must exist). Returns ``_build/html`` (or ``None`` without ``html``).
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown book profile {profile!r}; choose from {', '.join(PROFILES)}")
     params = {"profile": profile, **(parameters or {})}
     sources = chapters()
     if not sources:

@@ -393,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")
-    p.add_argument("--profile", default="default", choices=["default", "quick"],
-                   help="experiment profile the chapters use (default: default)")
+    p.add_argument("--profile", default="default",
+                   help="profile of the experiment file the chapters use (default: default; "
+                        "data/experiments/default.yaml has quick, default and paper)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="override a chapter parameter (YAML value, e.g. -p n_boot 500 "
                         "-p models '[gemma-3-270m, gemma-3-270m-sft]'); repeatable")

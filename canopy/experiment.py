@@ -9,6 +9,7 @@ An experiment file::
                                  #   cache_dir()/rollouts/<file stem>-<profile>
     ray: null                    # optional: true (a local Ray instance) or a cluster
     workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
+    simulation_seeds: 200        # optional: simulated panels per scenario (chapter 6)
     sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
                seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
     runtime: {engine: hf, device: auto, dtype: float32, threads: null}   # optional;
@@ -17,8 +18,7 @@ An experiment file::
       quick: {sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 2}}
       default: {}
 
-A profile has the shape of the top level (any of ``models``, ``tasks``, ``prompts_dir``,
-``out``, ``sampling``, ``runtime``) and is merged over it (``sampling`` and ``runtime``
+A profile has the shape of the top level (any key but ``profiles``) and is merged over it (``sampling`` and ``runtime``
 key by key). Overrides passed
 by the caller (CLI flags) are applied last. Unknown keys are errors.
 
@@ -36,12 +36,14 @@ from canopy.preflight import (
 )
 from canopy.prompts import read_prompts
 
-__all__ = ["Experiment", "load_experiment", "resolve_experiment",
+__all__ = ["Experiment", "profile_names", "load_experiment", "resolve_experiment",
            "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
 _TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "profiles",
-             "ray", "workers"}
+             "ray", "workers", "simulation_seeds"}
+#: Simulated panels per scenario in chapter 6's coverage study, unless the file says.
+DEFAULT_SIMULATION_SEEDS = 200
 _SAMPLING_KEYS = set(SAMPLING_KEYS) | {"prompts_per_task"}
 _RUNTIME_KEYS = set(RUNTIME_KEYS)
 
@@ -63,6 +65,7 @@ class Experiment:
     runtime: Runtime = None  # canopy.sampling.Runtime; load_experiment always sets it
     ray: bool | str | None = None
     workers: int | None = None
+    simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
 
     def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
@@ -126,6 +129,19 @@ def load_experiment(path=None, profile: str = "default",
                       runtime=runtime)
 
 
+def profile_names(path=None) -> list[str]:
+    """The profiles an experiment file offers (``default`` always), without torch."""
+    import yaml
+
+    path = Path(path) if path is not None else DEFAULT_EXPERIMENT
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return ["default"]
+    profiles = raw.get("profiles") if isinstance(raw, dict) else None
+    return ["default"] + sorted(set(profiles or {}) - {"default"})
+
+
 def resolve_experiment(path=None, profile: str = "default",
                        overrides: dict | None = None) -> dict:
     """:func:`load_experiment` without torch: a dict of the fields of
@@ -178,6 +194,9 @@ def resolve_experiment(path=None, profile: str = "default",
         check_runtime(runtime)
     except ValueError as exc:
         raise ValueError(f"{path}: runtime: {exc}") from None
+    seeds = config.get("simulation_seeds", DEFAULT_SIMULATION_SEEDS)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"{path}: simulation_seeds must be a positive integer, got {seeds}")
     models, tasks = config.get("models"), config.get("tasks")
     for key, value in (("models", models), ("tasks", tasks)):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -193,4 +212,5 @@ def resolve_experiment(path=None, profile: str = "default",
     return dict(models=list(models), tasks=list(tasks), sampling=sampling,
                 prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
                 profile=profile, raw=raw, runtime=runtime, path=path,
-                ray=config.get("ray"), workers=config.get("workers"))
+                ray=config.get("ray"), workers=config.get("workers"),
+                simulation_seeds=seeds)

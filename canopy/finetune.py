@@ -44,7 +44,7 @@ import numpy as np
 from canopy import REPO_ROOT, cache_dir
 
 __all__ = ["FinetuneConfig", "PROFILES", "GEMMA_CHAT_TEMPLATE", "finetune", "published_dir",
-           "read_report", "teacher_pairs"]
+           "read_report", "recipe_for", "teacher_pairs"]
 
 #: Gemma's chat format, written for this project as a Jinja template: user and model
 #: turns, and the opening of the model turn as the generation prompt.
@@ -140,6 +140,13 @@ PROFILES = {
                             max_seq_len=160, batch_size=4, lr=1e-3, warmup_steps=2,
                             eval_max_new_tokens=64),
 }
+
+
+def recipe_for(model: str) -> FinetuneConfig | None:
+    """The recipe (a :data:`PROFILES` entry) that makes the model called ``model``, or
+    ``None`` when no recipe here makes it (the link from an experiment's models to the
+    fine-tunes it needs)."""
+    return next((recipe for recipe in PROFILES.values() if recipe.name == model), None)
 
 
 def published_dir(name: str) -> Path:

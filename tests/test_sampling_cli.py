@@ -223,3 +223,29 @@ def test_paper_profile_is_the_paper_design():
     assert (len(default.prompts()), default.sampling.rollouts, default.sampling.max_new_tokens) == (32, 8, 128)
     assert (len(quick.prompts()), quick.sampling.rollouts, quick.sampling.max_new_tokens) == (8, 6, 64)
     assert default.runtime == quick.runtime == Runtime()
+
+
+def test_a_new_profile_is_one_edit_of_the_experiment_file(tmp_path, capsys):
+    """Profiles are read in one place: a `classroom` profile added to a copy of the shipped
+    experiment file is offered, loads with its own sizes and simulation seeds, and the fine-
+    tunes it needs follow from its models; an unknown profile is a one-line error."""
+    from canopy.experiment import DEFAULT_EXPERIMENT, profile_names
+    from canopy.finetune import recipe_for
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(DEFAULT_EXPERIMENT.read_text() + (
+        "  classroom:\n"
+        "    models: [gemma-3-270m, gemma-3-270m-sft-quick]\n"
+        "    sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 1}\n"
+        "    simulation_seeds: 10\n"))
+    assert profile_names(path) == ["default", "classroom", "paper", "quick"]
+    exp = load_experiment(path, "classroom")
+    assert (exp.sampling.rollouts, len(exp.prompts()), exp.simulation_seeds) == (4, 4, 10)
+    assert [m for m in exp.models if recipe_for(m)] == ["gemma-3-270m-sft-quick"]
+    assert load_experiment(path).simulation_seeds == 200
+    assert load_experiment(path, "quick").simulation_seeds == 40
+    with pytest.raises(SystemExit) as info:
+        main(["book", "--profile", "nope", "-p", "experiment_file", str(path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no profile nope" in err and err.count("\n") == 1
