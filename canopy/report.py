@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from canopy.display import reader_table
 from canopy.entropy import entropy_rate
 from canopy.tables import matched_families, require_columns
 
@@ -30,6 +31,8 @@ __all__ = [
     # chapter 6
     "design_text", "main_slope_text", "ratio_text", "families_text", "curvature_text",
     "beta_fit_text", "simulation_design_text", "coverage_text",
+    # tables and the findings page
+    "reader_table", "VERDICTS", "claim_verdict", "prompts_to_resolve", "ratio_verdict",
 ]
 
 
@@ -471,3 +474,64 @@ def coverage_text(summaries: Mapping[str, pd.DataFrame], level: float) -> str:
             "coverage clearly below it means the real fit's intervals are too narrow "
             "and its p-values too small (the normal reference and the REML variance "
             "estimates are least accurate with few prompts).")
+
+
+# ------------------------------------------------------------------ findings page
+#: The verdicts a claim can get (:func:`claim_verdict`).
+VERDICTS = ("supported", "contradicted", "unresolved at this power", "undefined")
+
+
+def claim_verdict(lo, hi, expected: str) -> str:
+    """A claim about the sign of a difference, judged by its interval ``[lo, hi]``:
+    ``expected`` is ``"> 0"`` or ``"< 0"`` (the sign the paper reports).
+    ``"supported"`` when the interval lies on the expected side of 0, ``"contradicted"``
+    when it lies on the other side, ``"unresolved at this power"`` when it includes 0,
+    ``"undefined"`` when an end is NaN."""
+    if expected not in ("> 0", "< 0"):
+        raise ValueError(f"expected must be '> 0' or '< 0', not {expected!r}")
+    side = interval_side(lo, hi)[0]
+    if side == "undefined":
+        return "undefined"
+    if side == "includes 0":
+        return "unresolved at this power"
+    return "supported" if side == expected else "contradicted"
+
+
+def prompts_to_resolve(estimate, lo, hi, n_prompts: int) -> float:
+    """Prompts a rerun would need for the interval of ``estimate`` to exclude 0, if the
+    estimate stayed where it is.
+
+    The rule: a bootstrap (or Wald) interval over prompts narrows as 1/√P, so the
+    distance from the estimate to the interval's end on the side of 0,
+    w = |estimate − (lo if estimate > 0 else hi)|, becomes w·√(P/P′) with P′ prompts.
+    The interval excludes 0 once that is below |estimate|:
+    P′ = ⌈P · (w / |estimate|)²⌉. Returns ``n_prompts`` when the interval already
+    excludes 0 and NaN when the estimate is 0 or not finite (no number of prompts
+    resolves a zero effect). A planning figure, not a power analysis: the estimate
+    itself will move with new prompts."""
+    est, lo, hi = float(estimate), float(lo), float(hi)
+    if n_prompts < 1:
+        raise ValueError("n_prompts must be ≥ 1")
+    if not (np.isfinite(est) and np.isfinite(lo) and np.isfinite(hi)) or est == 0:
+        return float("nan")
+    if lo > 0 or hi < 0:
+        return float(n_prompts)
+    w = est - lo if est > 0 else hi - est
+    # (rounded to 9 digits first, so that floating-point noise does not add a prompt)
+    return float(np.ceil(round(n_prompts * (w / abs(est)) ** 2, 9)))
+
+
+def ratio_verdict(ratio, paper_ratio: float = 3.0, null_ratio: float = 1.0) -> str:
+    """The claim "the slope of D on R̄ is about ``paper_ratio`` times larger after
+    fine-tuning", judged by the Fieller set of (β+η)/β (``ratio``: a
+    :class:`canopy.stats.SlopeRatio`, or None): ``"supported"`` when the set is bounded,
+    holds ``paper_ratio`` and excludes ``null_ratio`` (no change); ``"contradicted"``
+    when it is bounded and excludes ``paper_ratio``; ``"unresolved at this power"``
+    otherwise (unbounded, or holding both); ``"undefined"`` without a ratio."""
+    if ratio is None or not np.isfinite(ratio.estimate):
+        return "undefined"
+    if not ratio.bounded:
+        return "unresolved at this power"
+    if not ratio.covers(paper_ratio):
+        return "contradicted"
+    return "supported" if not ratio.covers(null_ratio) else "unresolved at this power"
