@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["Column", "COLUMNS", "header", "reader_table", "ReaderTable", "notation_table",
+           "enable_reader_tables", "glue_values",
            "SNAKE_CASE"]
 
 #: A raw column name as the code writes it: lower-case words joined by underscores.
@@ -281,3 +282,31 @@ def notation_table() -> str:
         lines.append(f"| {md(col.symbol)} | `{name}` | {md(col.unit) or '—'} | "
                      f"{md(col.meaning)} |")
     return "\n".join(lines)
+
+
+def enable_reader_tables() -> bool:
+    """Show every DataFrame a notebook displays as a :func:`reader_table` (its HTML
+    form; the plain-text form is unchanged). Each chapter calls this once. Returns
+    False outside IPython (nothing to do)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with the book extra
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    shell.display_formatter.formatters["text/html"].for_type(
+        pd.DataFrame, lambda df: reader_table(df)._repr_html_())
+    return True
+
+
+def glue_values(**values) -> None:
+    """Glue each value under its name for the chapter's Markdown (MyST-NB ``glue``,
+    not displayed): numpy scalars become Python numbers so that a ``{glue:text}`` role
+    can apply a format spec (``{glue:text}`name:.2f```)."""
+    from myst_nb import glue
+
+    for name, value in values.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        glue(name, value, display=False)

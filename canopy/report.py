@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from canopy.display import reader_table
+from canopy.display import enable_reader_tables, glue_values, reader_table
 from canopy.entropy import entropy_rate
 from canopy.tables import matched_families, require_columns
 
@@ -32,7 +32,8 @@ __all__ = [
     "design_text", "main_slope_text", "ratio_text", "families_text", "curvature_text",
     "beta_fit_text", "simulation_design_text", "coverage_text",
     # tables and the findings page
-    "reader_table", "VERDICTS", "claim_verdict", "prompts_to_resolve", "ratio_verdict",
+    "reader_table", "enable_reader_tables", "glue_values", "VERDICTS", "claim_verdict", "prompts_to_resolve", "ratio_verdict",
+    "paired_claim", "ratio_claim", "findings_table",
 ]
 
 
@@ -535,3 +536,64 @@ def ratio_verdict(ratio, paper_ratio: float = 3.0, null_ratio: float = 1.0) -> s
     if not ratio.covers(paper_ratio):
         return "contradicted"
     return "supported" if not ratio.covers(null_ratio) else "unresolved at this power"
+
+
+def paired_claim(table: pd.DataFrame, metric: str, expected: str, task: str = "all",
+                 percent: bool = False, fmt: str = "+.3f") -> dict | None:
+    """One claim about a fine-tuned − base difference, from :func:`bootstrap_table`'s
+    rows of ``metric`` and ``task`` (the first family): ``estimate``, ``lo``, ``hi``
+    (the percent change when ``percent``), ``interval`` (text, :func:`format_interval`),
+    ``n_prompts``, ``verdict`` (:func:`claim_verdict` against ``expected``) and
+    ``prompts_needed`` (:func:`prompts_to_resolve`). None when the table has no such row
+    (no matched family in the run)."""
+    require_columns(table, ["metric", "task", "n_prompts", "delta", "delta_lo", "delta_hi"],
+                    "bootstrap table", hint="build it with canopy.report.bootstrap_table")
+    rows = table[(table["metric"] == metric) & (table["task"] == task)]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    key = "pct_delta" if percent else "delta"
+    est, lo, hi, n = (float(row[key]), float(row[f"{key}_lo"]), float(row[f"{key}_hi"]),
+                      int(row["n_prompts"]))
+    return {"estimate": est, "lo": lo, "hi": hi, "n_prompts": n,
+            "interval": format_interval(est, lo, hi, fmt, " %" if percent else ""),
+            "verdict": claim_verdict(lo, hi, expected),
+            "prompts_needed": prompts_to_resolve(est, lo, hi, n)}
+
+
+def ratio_claim(inter, paper_ratio: float = 3.0) -> dict | None:
+    """The slope-ratio claim from :func:`canopy.stats.interaction_regression`'s result:
+    ``estimate``, ``interval`` (the Fieller set as text), ``n_prompts`` (prompts in the
+    fit), ``verdict`` (:func:`ratio_verdict`) and ``prompts_needed``: the larger of the
+    prompts for β's and for η's Wald interval to exclude 0 (:func:`prompts_to_resolve`;
+    a bounded Fieller set needs β resolved, a change of slope needs η resolved).
+    None when the fit has no ratio."""
+    ratio = getattr(inter, "ratio", None)
+    if ratio is None or not inter.fitted:
+        return None
+    n = int(inter.n_groups)
+    need = [prompts_to_resolve(r["estimate"], r["ci_low"], r["ci_high"], n)
+            for r in (inter.coef("mean_entropy_rate"), inter.coef("mean_entropy_rate:fine_tuned"))]
+    need = [x for x in need if np.isfinite(x)]
+    return {"estimate": float(ratio.estimate), "interval": ratio.interval_text(),
+            "n_prompts": n, "verdict": ratio_verdict(ratio, paper_ratio),
+            "prompts_needed": float(max(need)) if need else float("nan")}
+
+
+def findings_table(claims: Mapping[str, tuple[str, dict | None]]) -> pd.DataFrame:
+    """The Findings page's table: one row per claim (``claims``: claim text → (what
+    was measured, the dict of :func:`paired_claim` or :func:`ratio_claim`, or None when
+    the run could not measure it)). Columns ``claim``, ``measured``, ``estimate``,
+    ``prompts``, ``verdict``, ``prompts to resolve``."""
+    rows = []
+    for claim, (measured, c) in claims.items():
+        if c is None:
+            rows.append({"claim": claim, "measured": measured, "estimate": "not measured",
+                         "prompts": "—", "verdict": "undefined", "prompts to resolve": "—"})
+            continue
+        need = c["prompts_needed"]
+        rows.append({"claim": claim, "measured": measured, "estimate": c["interval"],
+                     "prompts": str(c["n_prompts"]), "verdict": c["verdict"],
+                     "prompts to resolve": "—" if not np.isfinite(need) else
+                     ("resolved" if need <= c["n_prompts"] else f"about {int(need)}")})
+    return pd.DataFrame(rows)

@@ -242,3 +242,20 @@ def test_ratio_verdict():
     assert ratio_verdict(SlopeRatio(1.1, 0.9, 1.4, "bounded")) == "contradicted"
     assert ratio_verdict(SlopeRatio(5.0, -1.0, 2.0, "two rays")) == "unresolved at this power"
     assert ratio_verdict(None) == "undefined"
+
+
+def test_paired_claim_and_findings_table(rollouts):
+    from canopy.report import findings_table, paired_claim
+
+    prompts = prompt_metrics(rollouts)
+    table = bootstrap_table(paired_bootstrap(prompts, n_boot=200, seed=1))
+    row = table[(table["metric"] == "canopy_entropy") & (table["task"] == "all")].iloc[0]
+    c = paired_claim(table, "canopy_entropy", "< 0")
+    assert (c["estimate"], c["lo"], c["hi"]) == (row["delta"], row["delta_lo"], row["delta_hi"])
+    assert c["verdict"] == {"< 0": "supported", "> 0": "contradicted"}.get(
+        row["change"], "unresolved at this power")
+    assert c["interval"] == format_interval(row["delta"], row["delta_lo"], row["delta_hi"], "+.3f")
+    assert paired_claim(table, "canopy_entropy", "< 0", task="no such task") is None
+    out = findings_table({"lower CE*": ("Δ CE*", c), "missing": ("x", None)})
+    assert out.loc[1, "verdict"] == "undefined" and out.loc[0, "estimate"] == c["interval"]
+    assert out.loc[0, "prompts"] == str(c["n_prompts"])
