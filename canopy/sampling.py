@@ -1,4 +1,4 @@
-"""The decode loop: M rollouts per prompt with exact per-step entropies (METHOD §1–2).
+"""The decode loop: M rollouts per prompt with exact per-step entropies (Method §1–2, book/method.md).
 
 Read top to bottom:
 
