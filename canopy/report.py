@@ -563,7 +563,8 @@ def paired_claim(table: pd.DataFrame, metric: str, expected: str, task: str = "a
 
 def ratio_claim(inter, paper_ratio: float = 3.0) -> dict | None:
     """The slope-ratio claim from :func:`canopy.stats.interaction_regression`'s result:
-    ``estimate``, ``interval`` (the Fieller set as text), ``n_prompts`` (prompts in the
+    ``estimate``, ``interval`` (the Fieller set as text), ``summary`` (both),
+    ``n_prompts`` (prompts in the
     fit), ``verdict`` (:func:`ratio_verdict`) and ``prompts_needed``: the larger of the
     prompts for β's and for η's Wald interval to exclude 0 (:func:`prompts_to_resolve`;
     a bounded Fieller set needs β resolved, a change of slope needs η resolved).
@@ -576,6 +577,7 @@ def ratio_claim(inter, paper_ratio: float = 3.0) -> dict | None:
             for r in (inter.coef("mean_entropy_rate"), inter.coef("mean_entropy_rate:fine_tuned"))]
     need = [x for x in need if np.isfinite(x)]
     return {"estimate": float(ratio.estimate), "interval": ratio.interval_text(),
+            "summary": f"{ratio.estimate:.3g}, Fieller set {ratio.interval_text()}",
             "n_prompts": n, "verdict": ratio_verdict(ratio, paper_ratio),
             "prompts_needed": float(max(need)) if need else float("nan")}
 
@@ -592,7 +594,8 @@ def findings_table(claims: Mapping[str, tuple[str, dict | None]]) -> pd.DataFram
                          "prompts": "—", "verdict": "undefined", "prompts to resolve": "—"})
             continue
         need = c["prompts_needed"]
-        rows.append({"claim": claim, "measured": measured, "estimate": c["interval"],
+        rows.append({"claim": claim, "measured": measured,
+                     "estimate": c.get("summary", c["interval"]),
                      "prompts": str(c["n_prompts"]), "verdict": c["verdict"],
                      "prompts to resolve": "—" if not np.isfinite(need) else
                      ("resolved" if need <= c["n_prompts"] else f"about {int(need)}")})
