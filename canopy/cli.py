@@ -1,9 +1,10 @@
 """The ``canopy`` command.
 
-Subcommands: ``metrics`` (tree metrics from stored rollouts), and — as they are built —
-``models``, ``sample``, ``finetune``, ``book``. Parsers are cheap; each handler imports
-what it needs so that ``canopy --help`` stays fast. Errors a user can cause print one
-line (``canopy: error: …``) and exit with status 2.
+Subcommands: ``metrics`` (tree metrics from stored rollouts), ``models``, ``sample``,
+``score`` (exact statistics of generations made elsewhere), ``finetune``, ``book``. Parsers are cheap; each handler imports
+what it needs so that ``canopy --help`` stays fast. Errors a user can cause are checked
+first, before torch is imported or a model loaded (:mod:`canopy.preflight`), and print one
+line (``canopy: error: …``, no traceback) with exit status 2.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
+#: ``--top-k`` when no experiment file gives one: the default experiment's and the paper's.
+DEFAULT_TOP_K = 100
+
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
+    from canopy.preflight import check_metrics
+
+    check_metrics(args.rollouts, args.out, args.n_boot, args.seed)
     from canopy.entropy import prompt_metrics
     from canopy.pooling import paired_bootstrap, pool
     from canopy.store import load_rollouts
@@ -46,52 +53,85 @@ def _cmd_models(args: argparse.Namespace) -> None:
         print(f"{r['name']:<{width}}  {r['family']:<14} {r['variant']:<10} {prompt:<6} {status}")
 
 
-def _cmd_sample(args: argparse.Namespace) -> None:
+def _preflight_sample(args: argparse.Namespace):
+    """Everything ``canopy sample`` can check before torch is imported (see
+    :mod:`canopy.preflight`): returns (model specs, sampling settings, runtime settings,
+    a function giving the prompts, output directory)."""
     import dataclasses
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from canopy import cache_dir
-    from canopy.experiment import DEFAULT_EXPERIMENT, load_experiment, read_prompts
-    from canopy.models import resolve_spec
-    from canopy.sampling import SamplingConfig
-    from canopy.store import sample_to_store
+    from canopy import cache_dir, preflight
+    from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
 
     flags = {"rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-             "seed": args.seed, "batch_size": args.batch_size,
-             "prompts_per_task": args.prompts_per_task}
+             "seed": args.seed, "batch_size": args.batch_size}
+    runtime_flags = {"engine": args.engine, "device": args.device, "dtype": args.dtype,
+                     "threads": args.threads}
+    preflight.check_sampling(flags)
+    preflight.check_prompts_per_task(args.prompts_per_task)
+    preflight.check_threads(args.threads)
     if args.experiment or args.profile:
-        exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
-                              {**flags, "models": args.models, "out": args.out})
-        models, config, out = exp.models, exp.sampling, exp.out
-        prompts = exp.prompts() if not args.prompts else None
-        per_task = exp.prompts_per_task
+        exp = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
+                                 args.profile or "default",
+                                 {**flags, **runtime_flags,
+                                  "prompts_per_task": args.prompts_per_task,
+                                  "models": args.models, "out": args.out})
+        models, sampling, out = exp["models"], exp["sampling"], exp["out"]
+        runtime, per_task = exp["runtime"], exp["prompts_per_task"]
+        files = [(exp["prompts_dir"] / f"{task}.jsonl", task) for task in exp["tasks"]]
     else:
         if not args.models:
             raise ValueError("give --models NAME … (see `canopy models`) or --experiment FILE")
         if not args.prompts:
             raise ValueError("give --prompts FILE.jsonl or --experiment FILE")
         models = args.models
-        config = SamplingConfig(**{k: v for k, v in flags.items()
-                                   if v is not None and k != "prompts_per_task"})
+        sampling = {k: v for k, v in flags.items() if v is not None}
+        sampling.setdefault("top_k", DEFAULT_TOP_K)
         out = args.out or cache_dir() / "rollouts" / "cli"
-        prompts, per_task = None, args.prompts_per_task
+        runtime = {k: v for k, v in runtime_flags.items() if v is not None}
+        per_task, files = args.prompts_per_task, []
     if args.prompts:
-        prompts = []
-        for path in args.prompts:
-            found = read_prompts(path)
-            prompts.extend(found[:per_task] if per_task else found)
+        files = [(path, None) for path in args.prompts]
+    n_prompts = 0
+    for path, task in files:
+        found = preflight.prompt_records(path, task)
+        n_prompts += len(found[:per_task] if per_task else found)
+    preflight.check_sampling(sampling, n_prompts=n_prompts)
     specs = []
-    for name in models:
-        spec = resolve_spec(name, variant=args.variant or "base",
-                            chat_template=args.chat_template)
-        if args.dtype:
-            spec = dataclasses.replace(spec, dtype=args.dtype)
+    for spec in preflight.check_models(models, variant=args.variant or "base",
+                                       chat_template=args.chat_template,
+                                       max_new_tokens=sampling.get("max_new_tokens", 128)):
         if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
             spec = dataclasses.replace(spec, family=args.family)
         specs.append(spec)
-    table = sample_to_store(specs, prompts, config, out, progress=True)
+    # about 64 bytes per generated token in a shard (ids, four float32 statistics, text)
+    need = (len(specs) * n_prompts * sampling.get("rollouts", 8)
+            * sampling.get("max_new_tokens", 128) * 64)
+    out = preflight.check_out_dir(out, need_bytes=need)
+
+    def prompts():
+        from canopy.experiment import read_prompts
+
+        found = []
+        for path, task in files:
+            these = read_prompts(path, task)
+            found.extend(these[:per_task] if per_task else these)
+        return found
+
+    return specs, sampling, runtime, prompts, out
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    specs, sampling, runtime, read, out = _preflight_sample(args)
+    from canopy.sampling import Runtime, SamplingConfig
+    from canopy.store import sample_to_store
+
+    config = SamplingConfig(**sampling)
+    runtime = Runtime(**runtime)
+    prompts = read()
+    table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True)
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -101,13 +141,70 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
 
 
+def _cmd_score(args: argparse.Namespace) -> None:
+    import dataclasses
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy import cache_dir
+    from canopy.models import load_model, resolve_spec
+    from canopy.sampling import Runtime, SamplingConfig
+    from canopy.score import check_rows, read_rollouts_file, score_to_store
+
+    if len(args.models) != 1:
+        raise ValueError("canopy score takes one model (--models NAME); score another model "
+                         "in another run")
+    config = SamplingConfig(**{k: v for k, v in {
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "top_k": args.top_k, "top_p": args.top_p}.items() if v is not None})
+    batch_size = 16 if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be ≥ 1, got {batch_size}")
+    runtime = Runtime(**{k: v for k, v in {"device": args.device, "dtype": args.dtype,
+                                            "threads": args.threads}.items() if v is not None})
+    runtime.resolved()  # an unavailable device fails before anything is loaded
+    table = read_rollouts_file(args.rollouts)
+    check_rows(table)  # before the model is loaded
+    spec = resolve_spec(args.models[0], variant=args.variant or "base",
+                        chat_template=args.chat_template)
+    if args.family and spec.kind in ("gguf", "dir", "hub"):
+        spec = dataclasses.replace(spec, family=args.family)
+    out = args.out or cache_dir() / "rollouts" / "scored"
+    loaded = load_model(spec, runtime=runtime)
+    scored = score_to_store(loaded, table, config, out, batch_size=batch_size, progress=True)
+    info = scored.attrs["canopy"]
+    outside = int(scored["outside_support"].sum())
+    print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
+          f"({info['reused_prompts']} prompt shards reused, {info['scored_prompts']} scored), "
+          f"{outside} token(s) outside the support -> {out}")
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
+    if engine:
+        p.add_argument("--engine", choices=["hf", "vllm"],
+                       help="decode loop: hf (built in, default) or vllm (optional extra, "
+                            "install with `make env-vllm`)")
+    p.add_argument("--device",
+                   help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:N "
+                        "or mps")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default float32; statistics are always float32 from "
+                        "the model's logits, but bfloat16/float16 logits are slightly "
+                        "inexact)")
+    p.add_argument("--threads", type=_int,
+                   help="CPU threads (default: torch's own count, capped by the usable "
+                        "CPUs, with OpenMP's passive wait policy; on a machine whose cores "
+                        "are busy with other work --threads 1 can be faster). Part of the "
+                        "configuration: another count writes other shards")
+
+
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from canopy.finetune import PROFILES, finetune, with_overrides
 
     config = with_overrides(PROFILES["quick" if args.quick else "default"],
                             n_train=args.n_train, epochs=args.epochs, lr=args.lr,
                             seed=args.seed)
-    finetune(config, force=args.force)
+    finetune(config, force=args.force, device=args.device or "auto", threads=args.threads)
 
 
 def _parse_value(text: str):
@@ -121,26 +218,63 @@ def _parse_value(text: str):
 
 
 def _cmd_book(args: argparse.Namespace) -> None:
-    from canopy.book import build
+    from canopy import preflight
+    from canopy.experiment import resolve_experiment
 
     params = {}
     for pair in args.parameter or []:
         name, value = pair
         params[name] = _parse_value(value)
+    preflight.check_book(params, args.only, profile=args.profile)
+    experiment = resolve_experiment(params.get("experiment_file"), args.profile,
+                                    {"models": params.get("models")})
+    preflight.book_models(experiment["models"])
+    from canopy.book import build
+
     build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str) -> int:
+    """An integer argument; also accepts integral scientific notation (``1e6``), so that
+    a value beyond a bound gets the bound's message rather than a parse error."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text}")
+    return int(value)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="canopy", description="Canopy Entropy of language-model generation trees.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("metrics", help="per-prompt and pooled tree metrics from stored rollouts")
     p.add_argument("--rollouts", required=True, help="rollout directory written by `canopy sample`")
     p.add_argument("--out", required=True, help="output directory for the tables")
-    p.add_argument("--n-boot", type=int, default=2000,
+    p.add_argument("--n-boot", type=_int, default=2000, metavar="N",
                    help="paired bootstrap resamples base vs fine-tuned (0 = skip; default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(handler=_cmd_metrics)
 
     p = sub.add_parser("models", help="list registered models and whether they are available")
@@ -157,16 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry names, local directories, .gguf files or Hugging Face ids")
     p.add_argument("--prompts", nargs="+", metavar="FILE",
                    help="prompt JSONL file(s) (fields: prompt, optional id, task)")
-    p.add_argument("--prompts-per-task", type=int, help="use the first N prompts of each file/task")
-    p.add_argument("--rollouts", type=int, help="rollouts M per prompt (default 8)")
-    p.add_argument("--max-new-tokens", type=int, help="maximum generated tokens (default 128)")
-    p.add_argument("--temperature", type=float, help="temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=int, help="top-k, 0 = off (default 0)")
-    p.add_argument("--top-p", type=float, help="top-p in (0, 1], 1 = off (default 1.0)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"],
-                   help="model dtype (default float32; bfloat16 is slightly inexact)")
+    p.add_argument("--prompts-per-task", type=_int, help="use the first N prompts of each file/task")
+    p.add_argument("--rollouts", type=_int, help="rollouts M per prompt (default 8)")
+    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=_int,
+                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
+                        "the paper's setting)")
+    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--seed", type=_int, help="seed (default 0)")
+    p.add_argument("--batch-size", type=_int, help="rows per forward pass (default 16)")
+    _add_runtime_flags(p, engine=True)
     p.add_argument("--variant", choices=["base", "fine-tuned"],
                    help="variant of models given by path or id (default base)")
     p.add_argument("--family",
@@ -180,15 +315,54 @@ def build_parser() -> argparse.ArgumentParser:
                                  "$CANOPY_CACHE/rollouts/cli)")
     p.set_defaults(handler=_cmd_sample)
 
+    p = sub.add_parser(
+        "score", help="exact per-step statistics of generations made by any engine "
+                      "(teacher forcing) into the same resumable store",
+        description="Score existing rollouts: one teacher-forced pass per packed batch "
+                    "computes what `canopy sample` records, under the stated decoding "
+                    "settings. FILE: JSONL (one rollout per line) or Parquet with "
+                    "prompt_token_ids or prompt (raw text, rendered as canopy sample "
+                    "would), token_ids or completion (text), optional task (default "
+                    "'default'), prompt_id (default: order of the distinct prompts), "
+                    "rollout_id (default: order of the prompt's rows). A completion ends "
+                    "at its first stop token (tokens after it are an error); without one "
+                    "it is cut at --max-new-tokens and counted truncated. Tokens outside "
+                    "the support of q_t get step_logprob NaN and are counted in "
+                    "outside_support.")
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="the model that made (or is to score) the rollouts: a registry "
+                        "name, local directory, .gguf file or Hugging Face id")
+    p.add_argument("--rollouts", required=True, metavar="FILE",
+                   help="rollouts to score (.jsonl or .parquet)")
+    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=_int,
+                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
+                        "the paper's setting)")
+    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    p.add_argument("--batch-size", type=_int, help="rollouts per forward pass (default 16)")
+    _add_runtime_flags(p, engine=False)
+    p.add_argument("--variant", choices=["base", "fine-tuned"],
+                   help="variant of a model given by path or id (default base)")
+    p.add_argument("--family", help="family of a model given by path or id")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="render raw `prompt` fields with the chat template (default: as "
+                        "canopy sample)")
+    p.add_argument("--out", help="rollout directory (default $CANOPY_CACHE/rollouts/scored)")
+    p.set_defaults(handler=_cmd_score)
+
     p = sub.add_parser("finetune", help="make gemma-3-270m-sft by LoRA fine-tuning (cached)")
     p.add_argument("--quick", action="store_true",
                    help="the small configuration for tests and classrooms (~2 min); "
                         "its result is gemma-3-270m-sft-quick")
-    p.add_argument("--n-train", type=int, help="pool prompts to train on")
-    p.add_argument("--epochs", type=int, help="passes over the training examples")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int, help="seed of the teacher sampling and the training")
+    p.add_argument("--n-train", type=_int, help="pool prompts to train on")
+    p.add_argument("--epochs", type=_int, help="passes over the training examples")
+    p.add_argument("--lr", type=_float, help="peak learning rate")
+    p.add_argument("--seed", type=_int, help="seed of the teacher sampling and the training")
     p.add_argument("--force", action="store_true", help="retrain even when a result is cached")
+    p.add_argument("--device", help="auto (default: CUDA when available, else CPU), cpu, "
+                                    "cuda, cuda:N or mps")
+    p.add_argument("--threads", type=_int, help="CPU threads (default: as canopy sample)")
     p.set_defaults(handler=_cmd_finetune)
 
     p = sub.add_parser("book", help="execute the chapters and build the offline HTML book")
@@ -206,13 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message, without repr quotes."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"canopy: error: {str(exc).splitlines()[0] if str(exc) else exc!r}\n")
+    except (ValueError, OSError) as exc:  # bad input, missing or unwritable files
+        parser.exit(2, f"canopy: error: {_one_line(exc)}\n")
     except RuntimeError as exc:  # a failed chapter or book build: keep its details
         parser.exit(1, f"canopy: error: {exc}\n")
     except KeyboardInterrupt:

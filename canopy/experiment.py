@@ -9,12 +9,15 @@ An experiment file::
                                  #   cache_dir()/rollouts/<file stem>-<profile>
     sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
                seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
+    runtime: {engine: hf, device: auto, dtype: float32, threads: null}   # optional;
+               # these are the defaults (canopy.sampling.Runtime); threads null = default
     profiles:
       quick: {sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 2}}
       default: {}
 
 A profile has the shape of the top level (any of ``models``, ``tasks``, ``prompts_dir``,
-``out``, ``sampling``) and is merged over it (``sampling`` key by key). Overrides passed
+``out``, ``sampling``, ``runtime``) and is merged over it (``sampling`` and ``runtime``
+key by key). Overrides passed
 by the caller (CLI flags) are applied last. Unknown keys are errors.
 
 A prompt file holds one JSON object per line: ``prompt`` (non-empty string), optional
@@ -24,52 +27,30 @@ stem). Blank lines are skipped; any other malformed line is an error naming the 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
-from canopy.sampling import Prompt, SamplingConfig
+from canopy.preflight import (
+    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_sampling, prompt_records,
+)
 
-__all__ = ["read_prompts", "Experiment", "load_experiment", "DEFAULT_EXPERIMENT"]
+__all__ = ["read_prompts", "Experiment", "load_experiment", "resolve_experiment",
+           "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
-_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "profiles"}
-_SAMPLING_KEYS = {f.name for f in fields(SamplingConfig)} | {"prompts_per_task"}
+_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "profiles"}
+_SAMPLING_KEYS = set(SAMPLING_KEYS) | {"prompts_per_task"}
+_RUNTIME_KEYS = set(RUNTIME_KEYS)
 
 
-def read_prompts(path, task: str | None = None) -> list[Prompt]:
-    """Prompts of a JSONL file (format in the module docstring), in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    prompts, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object with a 'prompt' field")
-        text = obj.get("prompt")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: 'prompt' must be a non-empty string")
-        pid = obj.get("id", number)
-        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
-            raise ValueError(f"{where}: 'id' must be a non-empty string or an integer")
-        name = obj.get("task", task or path.stem)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}: 'task' must be a non-empty string")
-        if (name, str(pid)) in seen:
-            raise ValueError(f"{where}: duplicate id {pid!r} in task {name!r}")
-        seen.add((name, str(pid)))
-        prompts.append(Prompt(task=name, prompt_id=str(pid), text=text))
-    if not prompts:
-        raise ValueError(f"{path}: no prompts in the file")
-    return prompts
+def read_prompts(path, task: str | None = None) -> list:
+    """Prompts (:class:`canopy.sampling.Prompt`) of a JSONL file (format in the module
+    docstring), in file order. Parsed by :func:`canopy.preflight.prompt_records`."""
+    from canopy.sampling import Prompt
+
+    return [Prompt(task=name, prompt_id=pid, text=text)
+            for name, pid, text in prompt_records(path, task)]
 
 
 @dataclass
@@ -86,8 +67,9 @@ class Experiment:
     name: str = "experiment"
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
+    runtime: Runtime = None  # canopy.sampling.Runtime; load_experiment always sets it
 
-    def prompts(self) -> list[Prompt]:
+    def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
         out = []
         for task in self.tasks:
@@ -106,10 +88,11 @@ class Experiment:
 
         prompts, tables = self.prompts(), []
         for name in self.models:
-            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out)
+            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out,
+                                    self.runtime)
             if table is None:
                 table = sample_to_store([name], prompts, self.sampling, self.out,
-                                        progress=progress)
+                                        runtime=self.runtime, progress=progress)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
 
@@ -119,7 +102,7 @@ class Experiment:
         from canopy.store import sample_to_store
 
         return sample_to_store(models or self.models, self.prompts(), self.sampling,
-                               self.out, progress=progress)
+                               self.out, runtime=self.runtime, progress=progress)
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -128,10 +111,10 @@ def _merge(base: dict, over: dict, where: str) -> dict:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
     merged = dict(base)
     for key, value in over.items():
-        if key == "sampling":
+        if key in ("sampling", "runtime"):
             if not isinstance(value, dict):
-                raise ValueError(f"{where}: 'sampling' must be a mapping")
-            merged["sampling"] = {**(base.get("sampling") or {}), **value}
+                raise ValueError(f"{where}: '{key}' must be a mapping")
+            merged[key] = {**(base.get(key) or {}), **value}
         else:
             merged[key] = value
     return merged
@@ -140,8 +123,26 @@ def _merge(base: dict, over: dict, where: str) -> dict:
 def load_experiment(path=None, profile: str = "default",
                     overrides: dict | None = None) -> Experiment:
     """Read an experiment file (default ``data/experiments/default.yaml``), apply the
-    ``profile`` and then ``overrides`` (top-level keys, or sampling keys given flat,
-    e.g. ``{"models": [...], "rollouts": 4}``; ``None`` values are ignored)."""
+    ``profile`` and then ``overrides`` (top-level keys, or sampling and runtime keys given
+    flat, e.g. ``{"models": [...], "rollouts": 4, "device": "cpu"}``; ``None`` values are
+    ignored)."""
+    from canopy.sampling import Runtime, SamplingConfig
+
+    resolved = resolve_experiment(path, profile, overrides)
+    try:
+        runtime = Runtime(**resolved["runtime"])
+    except ValueError as exc:
+        raise ValueError(f"{resolved['path']}: runtime: {exc}") from None
+    fields = {k: v for k, v in resolved.items() if k not in ("path", "sampling", "runtime")}
+    return Experiment(**fields, sampling=SamplingConfig(**resolved["sampling"]),
+                      runtime=runtime)
+
+
+def resolve_experiment(path=None, profile: str = "default",
+                       overrides: dict | None = None) -> dict:
+    """:func:`load_experiment` without torch: a dict of the fields of
+    :class:`Experiment` (plus ``path``), with ``sampling`` and ``runtime`` plain dicts;
+    the sampling settings are checked by :func:`canopy.preflight.check_sampling`."""
     import yaml
 
     path = Path(path) if path is not None else DEFAULT_EXPERIMENT
@@ -159,12 +160,20 @@ def load_experiment(path=None, profile: str = "default",
                          f"allowed: {sorted(_TOP_KEYS)}")
     profiles = raw.get("profiles") or {}
     if profile not in profiles and profile != "default":
-        raise ValueError(f"{path}: no profile {profile!r}; profiles: {sorted(profiles)}")
+        raise ValueError(f"{path}: no profile {profile}; profiles: "
+                         f"{', '.join(sorted(profiles)) or 'none'}")
     config = _merge({k: v for k, v in raw.items() if k != "profiles"},
-                    profiles.get(profile) or {}, f"{path}: profile {profile!r}")
+                    profiles.get(profile) or {}, f"{path}: profile {profile}")
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
     sampling_over = {k: flat.pop(k) for k in list(flat) if k in _SAMPLING_KEYS}
-    config = _merge(config, {**flat, "sampling": sampling_over}, "overrides")
+    runtime_over = {k: flat.pop(k) for k in list(flat) if k in _RUNTIME_KEYS}
+    config = _merge(config, {**flat, "sampling": sampling_over, "runtime": runtime_over},
+                    "overrides")
+    runtime = dict(config.get("runtime") or {})
+    unknown = set(runtime) - _RUNTIME_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown runtime key(s) {sorted(unknown)}; "
+                         f"allowed: {sorted(_RUNTIME_KEYS)}")
 
     sampling = dict(config.get("sampling") or {})
     unknown = set(sampling) - _SAMPLING_KEYS
@@ -172,9 +181,11 @@ def load_experiment(path=None, profile: str = "default",
         raise ValueError(f"{path}: unknown sampling key(s) {sorted(unknown)}; "
                          f"allowed: {sorted(_SAMPLING_KEYS)}")
     per_task = sampling.pop("prompts_per_task", None)
-    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int)
-                                 or per_task < 1):
-        raise ValueError(f"{path}: prompts_per_task must be a positive integer or null")
+    try:
+        check_prompts_per_task(per_task)
+        check_sampling(sampling)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     models, tasks = config.get("models"), config.get("tasks")
     for key, value in (("models", models), ("tasks", tasks)):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -187,7 +198,6 @@ def load_experiment(path=None, profile: str = "default",
         prompts_dir = REPO_ROOT / "data" / "prompts"
     out = Path(config["out"]) if config.get("out") else \
         cache_dir() / "rollouts" / f"{path.stem}-{profile}"
-    return Experiment(models=list(models), tasks=list(tasks),
-                      sampling=SamplingConfig(**sampling), prompts_per_task=per_task,
-                      prompts_dir=prompts_dir, out=out, name=path.stem, profile=profile,
-                      raw=raw)
+    return dict(models=list(models), tasks=list(tasks), sampling=sampling,
+                prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
+                profile=profile, raw=raw, runtime=runtime, path=path)

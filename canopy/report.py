@@ -17,6 +17,7 @@ import pandas as pd
 
 from canopy.display import enable_reader_tables, glue_values, reader_table
 from canopy.entropy import entropy_rate
+from canopy.simulation import coverage_verdict
 from canopy.tables import matched_families, require_columns
 
 __all__ = [
@@ -454,8 +455,6 @@ def coverage_text(summaries: Mapping[str, pd.DataFrame], level: float) -> str:
     """One bullet per scenario: coverage, median estimates and the ratio's behaviour,
     with :func:`canopy.simulation.coverage_verdict`, then how to read coverage
     (``summaries``: scenario name → :func:`canopy.simulation.simulation_summary`)."""
-    from canopy.simulation import coverage_verdict
-
     pct = int(round(100 * level))
     lines = []
     for name, s in summaries.items():

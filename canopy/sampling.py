@@ -9,14 +9,18 @@ Read top to bottom:
    position ids), repeats each prompt's KV cache for its rollouts, then decodes one token
    per step for all live rows, recording per step ``h_t = H(q_t)`` (whole support),
    ``log q_t(y_t)``, the raw entropy (temperature 1, no truncation) and the raw
-   log-probability of stopping (log-sum-exp over the stop ids). Rows that stop are
-   dropped from the batch (and its cache) at once.
+   log-probability of stopping (log-sum-exp over the stop ids). Per-step work stays on
+   the model's device; stops are checked by the host every step on CPU and every 8
+   steps elsewhere, and finished rows are then dropped from the batch (and its cache).
 3. :func:`sample_prompts` packs (prompt, rollout) rows into batches of ``batch_size``
    rows, so several prompts share a batch when M is small, and returns the rollout
    DataFrame (format: :mod:`canopy.entropy`).
 
-All quantities are in nats; statistics are computed in float32 from float32 logits
-(``bfloat16`` models give bfloat16 logits, cast to float32: slightly inexact).
+All quantities are in nats; statistics are computed in float32 from the model's logits
+(``bfloat16``/``float16`` models give lower-precision logits, cast to float32: the
+recorded entropy is exact for the distribution those logits define). Where and how the
+model runs (engine, device, dtype, CPU threads) is a :class:`Runtime`; it is part of the
+store's configuration hash (:mod:`canopy.store`).
 
 Determinism. Each rollout draws its own uniforms ``u_1..u_T`` from a generator seeded
 by ``(seed, task, prompt_id, rollout_id)`` and samples ``y_t`` by inverting the CDF of
@@ -33,7 +37,10 @@ random numbers.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -45,7 +52,7 @@ import torch
 __all__ = [
     "SamplingConfig", "Prompt", "process_logits", "entropy", "rollout_seed",
     "rollout_uniforms", "sample_batch", "plan_batches", "sample_prompts", "sample",
-    "ROLLOUT_SCHEMA_COLUMNS",
+    "ROLLOUT_SCHEMA_COLUMNS", "Runtime", "default_threads", "model_forward",
 ]
 
 #: Bump when the sampling algorithm changes in a way that changes results.
@@ -121,6 +128,108 @@ class Prompt:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+# ------------------------------------------------------------------------ the runtime
+
+ENGINES = ("hf", "vllm")
+RUNTIME_DTYPES = ("float32", "bfloat16", "float16")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+#: torch's own intra-op thread count as found when canopy was imported (it honours
+#: ``OMP_NUM_THREADS``); the default of :attr:`Runtime.threads`, capped by the CPUs this
+#: process may use.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def default_threads() -> int:
+    """The CPU thread count used when none is given: what torch would use on an idle
+    machine (its default, which honours ``OMP_NUM_THREADS``), capped by the CPUs this
+    process may run on. Deterministic (it does not look at the load), so it can go into
+    the configuration hash. Robustness on a busy machine comes from OpenMP's passive
+    wait policy, set in :mod:`canopy` before torch is imported (see README, Threads)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(_TORCH_DEFAULT_THREADS, usable))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a model runs: settings that can change results by floating-point
+    rounding but do not define the sampled distribution.
+
+    ``engine``: ``"hf"`` (the built-in decode loop on transformers) or ``"vllm"``
+    (:mod:`canopy.vllm_engine`, optional). ``device``: ``auto`` (CUDA when available,
+    else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. ``dtype``: of the weights,
+    ``float32`` (default), ``bfloat16`` or ``float16``; statistics are always computed in
+    float32 from the logits the model produced. ``threads``: CPU threads (``None``:
+    :func:`default_threads`). Use :meth:`resolved` for the concrete device and threads.
+    """
+
+    engine: str = "hf"
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.dtype not in RUNTIME_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(RUNTIME_DTYPES)}, "
+                             f"got {self.dtype!r}")
+        if self.threads is not None and (isinstance(self.threads, bool)
+                                         or not isinstance(self.threads, (int, np.integer))
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be an integer ≥ 1 (or None for the default), "
+                             f"got {self.threads!r}")
+
+    def resolved(self) -> "Runtime":
+        """The same runtime with a concrete ``device`` (``auto`` resolved; an unavailable
+        device is a one-line ``ValueError``) and ``threads`` (the default filled in)."""
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device!r} requested but CUDA is not available "
+                                 "(torch.cuda.is_available() is False); use --device cpu")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device {device!r} requested but only "
+                                 f"{torch.cuda.device_count()} CUDA device(s) exist")
+        elif device == "mps" and not (getattr(torch.backends, "mps", None)
+                                      and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' requested but MPS is not available; use --device cpu")
+        threads = self.threads if self.threads is not None else default_threads()
+        return Runtime(engine=self.engine, device=device, dtype=self.dtype, threads=int(threads))
+
+    @property
+    def device_type(self) -> str:
+        """``cpu``, ``cuda`` or ``mps`` (``auto`` resolved)."""
+        return self.resolved().device.split(":")[0] if self.device == "auto" else self.device.split(":")[0]
+
+    def record(self) -> dict:
+        """What goes into the configuration hash: engine, device type, dtype and, on CPU,
+        the thread count (CPU kernels split reductions by thread, so results differ by
+        ~1e-5 nats between thread counts; on a GPU the CPU threads do not touch the math).
+        """
+        r = self.resolved()
+        kind = r.device.split(":")[0]
+        return {"engine": r.engine, "device_type": kind, "dtype": r.dtype,
+                "threads": r.threads if kind == "cpu" else None}
+
+    def apply(self) -> None:
+        """Set torch's intra-op thread count to the resolved ``threads``."""
+        threads = self.resolved().threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[self.dtype]
 
 
 # ------------------------------------------------------------------ the distribution
@@ -221,10 +330,14 @@ def _draw(logq: torch.Tensor, idx: torch.Tensor | None, u: torch.Tensor):
         inner = qb[torch.arange(rows, device=q.device), b[:, 0]].double().cumsum(-1) + before
         j_in = torch.searchsorted(inner, target[:, None], right=True).clamp(max=_BLOCK - 1)
         j = (b * _BLOCK + j_in).clamp(max=k - 1)
-    empty = q.gather(1, j)[:, 0] == 0
-    if bool(empty.any()):  # rounding ran past the last token of positive mass (rare)
-        positive = torch.arange(k, device=q.device) * (q[empty] > 0)
-        j[empty] = positive.argmax(-1, keepdim=True)
+    empty = q.gather(1, j)[:, 0] == 0  # rounding ran past the last token of positive mass
+    if q.device.type == "cpu":  # (rare) repair only the rows that need it: cheap on CPU
+        if bool(empty.any()):
+            positive = torch.arange(k, device=q.device) * (q[empty] > 0)
+            j[empty] = positive.argmax(-1, keepdim=True)
+    else:  # the same result without a host synchronisation
+        last = (torch.arange(k, device=q.device) * (q > 0)).argmax(-1, keepdim=True)
+        j = torch.where(empty[:, None], last, j)
     lp = logq.gather(1, j)[:, 0]
     token = (j if idx is None else idx.gather(1, j))[:, 0]
     return token, lp
@@ -251,20 +364,53 @@ class BatchResult:
     forward_tokens: int = 0
 
 
+def model_forward(model, **kwargs):
+    """``model(**kwargs)`` with the KV cache given under the name the installed
+    transformers expects (``cache`` since 5.x, ``past_key_values`` before; passing the old
+    name to a new version prints a ``FutureWarning`` on every call)."""
+    if "cache" in kwargs and not _takes_cache_kwarg(type(model)):
+        kwargs["past_key_values"] = kwargs.pop("cache")
+    return model(**kwargs)
+
+
+_CACHE_KWARG: dict[type, bool] = {}
+
+
+def _takes_cache_kwarg(cls) -> bool:
+    if cls not in _CACHE_KWARG:
+        _CACHE_KWARG[cls] = "cache" in inspect.signature(cls.forward).parameters
+    return _CACHE_KWARG[cls]
+
+
 @torch.no_grad()
 def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Sequence[int],
                  uniforms: torch.Tensor, stop_ids: Sequence[int], *, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, pad_id: int = 0) -> BatchResult:
+                 top_k: int = 0, top_p: float = 1.0, pad_id: int = 0,
+                 check_every: int | None = None) -> BatchResult:
     """Sample ``counts[i]`` rollouts of prompt ``i`` in one batch.
 
     ``prompt_token_ids``: P token-id lists (rendered prompts). ``uniforms`` [R, T]
     (R = Σ counts, T = max_new_tokens), one row per rollout, prompt-major. Each prompt is
     run once; its KV cache is repeated for its rollouts. Empty ``stop_ids``: rows never
     stop (all truncated; stop log-prob ``-inf``), used by the benchmarks.
+
+    Per-step work stays on the model's device: tokens and statistics go into device
+    buffers, stops are tracked on the device, and the host looks at the stop flags only
+    every ``check_every`` steps (default: 1 on CPU, where looking is free, 8 elsewhere),
+    then drops the finished rows from the batch and its cache. A row that stopped keeps
+    being fed until that check; what it computes after its stop is discarded. With
+    ``check_every=1`` the rollouts are bit-identical to dropping each row the step it
+    stops (tested). With a lag the batch holds a few more rows at some steps, which
+    changes the logits of the others by floating-point rounding only (as any other
+    batching does: same tokens except with probability ~1e-6 per token, statistics equal
+    to ~1e-6 nats; measured in tests/test_runtime.py); the lag is fixed per device type,
+    which is part of the configuration hash.
     """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 8
     n_prompts = len(prompt_token_ids)
     rows, steps = uniforms.shape
     if sum(counts) != rows or len(counts) != n_prompts:
@@ -281,9 +427,9 @@ def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Seque
     input_ids, mask = input_ids.to(device), mask.to(device)
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    forward_tokens = int(mask.sum())
+    out = model_forward(model, input_ids=input_ids, attention_mask=mask, position_ids=position,
+                        cache=cache, use_cache=True, logits_to_keep=1)
+    forward_tokens = sum(len(p) for p in prompt_token_ids)
 
     # repeat each prompt's cache, mask and logits for its rollouts
     owner = torch.repeat_interleave(torch.arange(n_prompts, device=device),
@@ -293,12 +439,12 @@ def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Seque
     next_position = mask.sum(-1, keepdim=True)  # [R, 1]: position of the next token
     logits = out.logits[:, -1, :].float()[owner]
 
-    tokens = torch.zeros(rows, steps, dtype=torch.long)
-    buffers = {k: torch.zeros(rows, steps, dtype=torch.float32)
+    tokens = torch.zeros(rows, steps, dtype=torch.long, device=device)
+    buffers = {k: torch.zeros(rows, steps, dtype=torch.float32, device=device)
                for k in ("entropy", "logprob", "entropy_raw", "stop_logprob")}
-    lengths = torch.full((rows,), steps, dtype=torch.long)
-    truncated = torch.ones(rows, dtype=torch.bool)
-    live = torch.arange(rows)  # original row index of each batch row
+    lengths = torch.full((rows,), steps, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    live = torch.arange(rows, device=device)  # original row index of each batch row
     u = uniforms.to(device)
     plain = temperature == 1.0 and top_p >= 1.0 and (top_k == 0 or top_k >= logits.shape[-1])
 
@@ -311,35 +457,39 @@ def sample_batch(model, prompt_token_ids: Sequence[Sequence[int]], counts: Seque
             logq, idx = process_logits(logits, temperature, top_k, top_p)
             h = entropy(logq)
         token, lp = _draw(logq, idx, u[live, t])
-        stats = {"entropy": h, "logprob": lp, "entropy_raw": h_raw,
-                 "stop_logprob": torch.logsumexp(logp_raw[:, stop], -1)}
-        tokens[live, t] = token.cpu()
-        for key, value in stats.items():
-            buffers[key][live, t] = value.float().cpu()
-
-        stopped = torch.isin(token, stop)
-        if bool(stopped.any()):
-            done = live[stopped.cpu()]
-            lengths[done] = t + 1
-            truncated[done] = False
+        tokens[live, t] = token
+        buffers["entropy"][live, t] = h.float()
+        buffers["logprob"][live, t] = lp.float()
+        buffers["entropy_raw"][live, t] = h_raw.float()
+        buffers["stop_logprob"][live, t] = torch.logsumexp(logp_raw[:, stop], -1).float()
+        was_finished = finished[live]
+        now = torch.isin(token, stop) & ~was_finished
+        lengths[live] = torch.where(now, t + 1, lengths[live])
+        finished[live] = was_finished | now
         if t == steps - 1:
             break
-        keep = ~stopped
-        if not bool(keep.any()):
-            break
-        if not bool(keep.all()):  # drop finished rows from the batch and its cache
-            sel = keep.nonzero()[:, 0]
-            cache.batch_select_indices(sel)
-            mask, next_position, token = mask[sel], next_position[sel], token[sel]
-            live = live[sel.cpu()]
+        if (t + 1) % check_every == 0:  # the only host synchronisation of the loop
+            keep = ~finished[live]
+            n_keep = int(keep.sum())
+            if n_keep == 0:
+                break
+            if n_keep < keep.shape[0]:  # drop finished rows from the batch and its cache
+                sel = keep.nonzero()[:, 0]
+                cache.batch_select_indices(sel)
+                mask, next_position, token = mask[sel], next_position[sel], token[sel]
+                live = live[sel]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
+        out = model_forward(model, input_ids=token[:, None], attention_mask=mask,
+                            position_ids=next_position, cache=cache, use_cache=True)
         forward_tokens += token.shape[0]
         next_position = next_position + 1
         logits = out.logits[:, -1, :].float()
 
-    return BatchResult(tokens=tokens, lengths=lengths, truncated=truncated,
+    # what rows computed after their stop (before a check dropped them) is discarded
+    after = torch.arange(steps, device=device)[None, :] >= lengths[:, None]
+    tokens = tokens.masked_fill(after, 0)
+    buffers = {k: v.masked_fill(after, 0.0).cpu() for k, v in buffers.items()}
+    return BatchResult(tokens=tokens.cpu(), lengths=lengths.cpu(), truncated=~finished.cpu(),
                        forward_tokens=forward_tokens, **buffers)
 
 
@@ -486,21 +636,27 @@ def _rows(result: BatchResult, lo: int, hi: int, first_rollout: int, spec, promp
 
 def sample(models, prompts, *, rollouts: int = 8, max_new_tokens: int = 128,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-           batch_size: int = 16, out=None, progress: bool = True) -> pd.DataFrame:
+           batch_size: int = 16, out=None, progress: bool = True, engine: str = "hf",
+           device: str = "auto", dtype: str = "float32", threads: int | None = None,
+           runtime: Runtime | None = None) -> pd.DataFrame:
     """Notebook entry point: sample rollouts of every prompt with every model.
 
     ``models``: registry names, paths, specs or loaded models (one or a list).
     ``prompts``: a JSONL path, a list of :class:`Prompt`, or a list of strings (task
     ``"default"``, ids ``"0"``, ``"1"``, …). With ``out`` (a directory) the rollouts go
     through the resumable store (:func:`canopy.store.sample_to_store`); without, they
-    are sampled in memory. Returns the rollout DataFrame of all models.
+    are sampled in memory. ``engine``, ``device``, ``dtype``, ``threads``: see
+    :class:`Runtime` (or pass ``runtime=`` itself). Returns the rollout DataFrame of all
+    models.
     """
     from canopy.store import sample_to_store
 
     config = SamplingConfig(rollouts=rollouts, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                             batch_size=batch_size)
-    return sample_to_store(models, prompts, config, out, progress=progress)
+    if runtime is None:
+        runtime = Runtime(engine=engine, device=device, dtype=dtype, threads=threads)
+    return sample_to_store(models, prompts, config, out, runtime=runtime, progress=progress)
 
 
 def as_prompts(prompts) -> list[Prompt]:

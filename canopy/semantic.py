@@ -89,9 +89,15 @@ _EMBEDDERS: dict[str, object] = {}
 def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL, device: str | None = None):
     """Load (once per process) a sentence-transformers model by short name, id or path.
 
-    Runs offline unless ``HF_HUB_OFFLINE`` is set otherwise; a model that is not available
-    locally raises a one-line ``ValueError``.
+    ``device``: ``None``/``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``. Runs offline unless ``HF_HUB_OFFLINE`` is set otherwise; a
+    model that is not available locally raises a one-line ``ValueError``.
     """
+    if device == "auto":  # sentence-transformers' own choice: CUDA, then MPS, then CPU
+        device = None
+    if device is not None:
+        from canopy.sampling import Runtime
+        device = Runtime(device=device).resolved().device  # one-line error if unavailable
     key = f"{model}|{device}"
     if key not in _EMBEDDERS:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

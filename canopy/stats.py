@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from canopy.entropy import prompt_metrics
+from canopy.semantic import semantic_metrics
 from canopy.tables import PROMPT_KEYS, matched_families, require_columns
 
 __all__ = [
@@ -287,8 +288,6 @@ def build_panel(rollouts: pd.DataFrame, embeddings, **semantic_kwargs) -> pd.Dat
     and ``reason`` (both tables' reasons joined). Raises when a (family, variant) has
     more than one model: a panel compares one base with one fine-tuned model per family.
     """
-    from .semantic import semantic_metrics
-
     tree = prompt_metrics(rollouts)
     per_fv = tree.groupby(["family", "variant"])["model"].nunique()
     if (per_fv > 1).any():

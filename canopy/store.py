@@ -7,13 +7,24 @@ Layout under an output directory ``out``::
     out/<model>/<hash12>/<task>/<prompt_id>.parquet
 
 ``hash12`` is the first 12 hex digits of the configuration hash: sampling settings
-(``batch_size`` excluded), model name/family/variant/dtype/chat template, the weights'
-fingerprint, the stop ids and the algorithm version. A changed configuration therefore
+(``batch_size`` excluded), the runtime (engine — ``hf``, ``vllm``, or ``score`` for
+rollouts scored by :mod:`canopy.score` —, device type, dtype, CPU thread count on CPU),
+model name/family/variant/chat template, the weights' fingerprint, the stop ids and the
+algorithm version. A changed configuration therefore
 writes a new directory and never mixes with old shards. Shards are written atomically
 (temporary file + ``os.replace``) as soon as a prompt's rollouts are complete; the
 Parquet metadata of each shard repeats the configuration hash and the prompt text's
 sha256. A rerun reuses every valid shard; a corrupt, partial or stale shard (other
 prompt text) is reported with a warning and resampled.
+
+Integrity and sharing (see :mod:`canopy.locks`): shards carry Parquet page checksums
+(CRC-32, verified on every read) and a sha256 of their content in their metadata, so a
+flipped bit is detected rather than read as other numbers; :func:`load_rollouts`
+refuses a store with damaged shards (naming them) instead of dropping prompts. Two runs
+into the same store split the prompts: each prompt is claimed (an OS file lock, free
+again when its process dies) before it is sampled, and a run waits for the prompts
+another live run is sampling. Temporary files of killed runs are removed on the next
+run.
 """
 
 from __future__ import annotations
@@ -31,14 +42,15 @@ from typing import Sequence
 
 import pandas as pd
 
+from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
 from canopy.sampling import (
-    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, SamplingConfig, as_prompts,
+    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Prompt, Runtime, SamplingConfig, as_prompts,
     sample_prompts,
 )
 
 __all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "config_record", "config_hash", "shard_path",
-           "read_shard", "write_shard", "ShardError"]
+           "read_shard", "write_shard", "ShardError", "content_sha256", "damaged_shards"]
 
 _META_KEY = b"canopy"
 
@@ -50,14 +62,37 @@ class ShardError(Exception):
 # ------------------------------------------------------------------------ configuration
 
 
-def config_record(loaded, config: SamplingConfig) -> dict:
-    """The dict whose hash names a configuration directory (see the module docstring)."""
+def _runtime_of(loaded, runtime: Runtime | None = None) -> Runtime:
+    """The runtime a loaded model runs under: ``runtime`` if given, else the one it was
+    loaded for, else (a model built by hand) CPU, the spec's dtype and torch's current
+    thread count."""
+    found = runtime or getattr(loaded, "runtime", None)
+    if found is None:
+        import torch
+        found = Runtime(device="cpu", dtype=getattr(loaded.spec, "dtype", "float32"),
+                        threads=torch.get_num_threads())
+    return found.resolved()
+
+
+def config_record(loaded, config: SamplingConfig, runtime: Runtime | None = None, *,
+                  engine: str | None = None) -> dict:
+    """The dict whose hash names a configuration directory (see the module docstring).
+
+    ``runtime`` (default: the one the model was loaded for) adds ``{"engine",
+    "device_type", "dtype", "threads"}`` (threads on CPU only), so runs on another
+    engine, device type, dtype or CPU thread count never share shards. ``engine``
+    overrides the recorded engine (``"score"`` for :mod:`canopy.score`).
+    """
     spec, tok = loaded.spec, loaded.tokenizer
+    record_runtime = _runtime_of(loaded, runtime).record()
+    if engine is not None:
+        record_runtime["engine"] = engine
     template = getattr(tok, "chat_template", None) if spec.chat_template else None
     return {
         "algorithm_version": ALGORITHM_VERSION,
+        "runtime": record_runtime,
         "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
-                  "dtype": spec.dtype, "chat_template": spec.chat_template},
+                  "dtype": record_runtime["dtype"], "chat_template": spec.chat_template},
         "fingerprint": loaded.fingerprint,
         "tokenizer": {"vocab": len(tok), "chat_template_sha256": hashlib.sha256(
             (template or "").encode()).hexdigest()},
@@ -115,10 +150,11 @@ def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = {**meta, "content_sha256": content_sha256(arrow)}
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
                                            _META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(arrow, tmp)
+    pq.write_table(arrow, tmp, write_page_checksum=True)
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -131,12 +167,18 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
-        arrow = pq.read_table(path)
+        arrow = pq.read_table(path, page_checksum_verification=True)
         meta = json.loads((arrow.schema.metadata or {})[_META_KEY])
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a mapping")
+        intact = meta.get("content_sha256") in (None, content_sha256(arrow))
+        names = arrow.column_names
     except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
-        raise ShardError(f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
-                         ) from None
-    missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in arrow.column_names]
+        first = (str(exc).splitlines() or [""])[0][:80]
+        raise ShardError(f"unreadable ({type(exc).__name__}: {first})") from None
+    if not intact:
+        raise ShardError("damaged: its content differs from the sha256 written with it")
+    missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in names]
     if missing:
         raise ShardError(f"missing columns {missing}")
     if arrow.num_rows != meta.get("rollouts"):
@@ -145,22 +187,52 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
             raise ShardError(f"stale: {key} differs")
-    table = arrow.to_pandas()
-    if sorted(table["rollout_id"].tolist()) != list(range(arrow.num_rows)):
+    try:
+        table = arrow.to_pandas()
+        ids = sorted(table["rollout_id"].tolist())
+    except Exception as exc:  # noqa: BLE001 - e.g. damaged pandas metadata of an old shard
+        raise ShardError(f"unreadable ({type(exc).__name__})") from None
+    if ids != list(range(arrow.num_rows)):
         raise ShardError("rollout ids are not 0..M-1")
     return table
+
+
+def _type_name(arrow_type) -> str:
+    """An Arrow type's name without the child field names (Arrow says ``list<item: …>``
+    and Parquet gives back ``list<element: …>`` for the same values)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"list<{_type_name(arrow_type.value_type)}>"
+    return str(arrow_type)
+
+
+def content_sha256(arrow) -> str:
+    """sha256 (hex) of a shard's content: column names, types and values, and the
+    schema metadata other than canopy's own. Independent of how Parquet lays the data
+    out (values are compared as Python objects: floats exactly, NaN as NaN)."""
+    digest = hashlib.sha256()
+    extra = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+             for k, v in (arrow.schema.metadata or {}).items() if k != _META_KEY}
+    digest.update(json.dumps(extra, sort_keys=True).encode())
+    for name, column in zip(arrow.column_names, arrow.columns):
+        digest.update(json.dumps([name, _type_name(column.type)]).encode())
+        digest.update(json.dumps(column.to_pylist(), default=str).encode())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- sampling
 
 
-def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) -> pd.DataFrame | None:
+def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
+                    runtime: Runtime | None = None) -> pd.DataFrame | None:
     """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
     or ``None`` unless every shard is there and valid.
 
     Trusts the latest configuration directory of the model (``current.json``) when its
     manifest has the same spec, sampling settings and :func:`~canopy.models.source_signature`
-    (the weights' files unchanged) — a cheap check in place of the weights fingerprint.
+    (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
+    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
     """
     model_dir = Path(out) / _safe(spec.name)
     try:
@@ -173,6 +245,12 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) ->
             or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
             or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
         return None
+    try:
+        wanted = (runtime or Runtime(dtype=spec.dtype)).record()
+    except ValueError:  # e.g. a device that is not here
+        return None
+    if manifest.get("config", {}).get("runtime") != wanted:
+        return None
     tables = []
     for p in prompts:
         try:
@@ -184,74 +262,167 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out) ->
     return pd.concat(tables, ignore_index=True)
 
 
-def _as_loaded(model):
-    from canopy.models import LoadedModel, ModelSpec, load_model
+def _vllm_engine():
+    try:
+        import canopy.vllm_engine as engine
+    except ImportError as exc:
+        raise ValueError(f"engine 'vllm' is not available ({exc}); install it with "
+                         "`make env-vllm`, or use --engine hf") from None
+    return engine
 
-    if isinstance(model, LoadedModel):
+
+def _as_loaded(model, runtime: Runtime | None = None):
+    """A loaded model for ``runtime`` (``None``: the default runtime for its spec)."""
+    from canopy.models import LoadedModel, ModelSpec, load_model, resolve_spec
+
+    if isinstance(model, LoadedModel) or (not isinstance(model, (ModelSpec, str))
+                                          and hasattr(model, "stop_ids")):
         return model
-    if isinstance(model, (ModelSpec, str)):
-        return load_model(model)
-    raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
-                     f"{type(model).__name__}")
+    if not isinstance(model, (ModelSpec, str)):
+        raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
+                         f"{type(model).__name__}")
+    spec = resolve_spec(model) if isinstance(model, str) else model
+    runtime = runtime or Runtime(dtype=spec.dtype)
+    if runtime.engine == "vllm":
+        return _vllm_engine().load(spec, runtime.resolved())
+    return load_model(spec, runtime=runtime)
+
+
+def _sampler(runtime: Runtime):
+    """The ``sample_prompts`` function of the runtime's engine."""
+    if runtime.engine == "vllm":
+        return _vllm_engine().sample_prompts
+    return sample_prompts
 
 
 def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
-                  progress) -> tuple[pd.DataFrame, int]:
-    record = config_record(loaded, config)
+                  progress, runtime: Runtime) -> tuple[pd.DataFrame, int]:
+    record = config_record(loaded, config, runtime)
     digest = config_hash(record)
     model_dir = out / _safe(loaded.spec.name)
     config_dir = model_dir / digest[:12]
     config_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = config_dir / "manifest.json"
-    manifest = {}
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except ValueError:
-            warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
-    manifest.update({"config_hash": digest, "config": record,
-                     "spec": loaded.spec.describe(), "batch_size": config.batch_size,
-                     "source_signature": source_signature(loaded.spec),
-                     "package_versions": _versions(), "updated": _now()})
-    manifest.setdefault("created", manifest["updated"])
-    manifest.setdefault("prompts", {})
-    manifest["prompts"].update({f"{p.task}/{p.prompt_id}": p.sha256() for p in prompts})
-    _write_json(manifest_path, manifest)
-    _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
+    remove_dead_temporaries(model_dir)
+    remove_dead_temporaries(config_dir, recursive=True)
+    with store_lock(config_dir / ".manifest.lock"):  # runs sharing the store
+        manifest_path = config_dir / "manifest.json"
+        manifest = {}
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except ValueError:
+                warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
+        manifest.update({"config_hash": digest, "config": record,
+                         "spec": loaded.spec.describe(), "batch_size": config.batch_size,
+                         "source_signature": source_signature(loaded.spec),
+                         "package_versions": _versions(), "updated": _now()})
+        manifest.setdefault("created", manifest["updated"])
+        manifest.setdefault("prompts", {})
+        manifest["prompts"].update({f"{p.task}/{p.prompt_id}": p.sha256() for p in prompts})
+        _write_json(manifest_path, manifest)
+        _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
 
     def expect(p: Prompt) -> dict:
         return {"config_hash": digest, "prompt_sha256": p.sha256(), "rollouts": config.rollouts}
 
+    done, sampled = _fill_shards(loaded, prompts, config, config_dir, expect,
+                                 _sampler(runtime), progress)
+    table = pd.concat([done[i] for i in range(len(prompts))], ignore_index=True)
+    return table, len(prompts) - sampled
+
+
+# ------------------------------------------------------------ claims: runs sharing a store
+
+
+def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_dir: Path,
+                 expect, sampler, progress, poll: float = 1.0) -> tuple[dict, int]:
+    """Make sure every prompt has a valid shard in ``config_dir``; returns ({prompt
+    index: its rollout table}, how many prompts this process sampled).
+
+    Valid shards are reused; damaged ones are reported and resampled. A prompt is
+    sampled only by the process that holds its claim (:class:`canopy.locks.Claims`),
+    taken lazily as ``sampler`` reaches the prompt's batch, so concurrent runs split the
+    prompts; this process then waits for the prompts other live runs hold, and takes
+    over those whose run died. ``sampler`` has the signature of
+    :func:`canopy.sampling.sample_prompts`.
+    """
+    from canopy.sampling import _progress_bar
+
+    claims = Claims()
     done: dict[int, pd.DataFrame] = {}
-    for i, p in enumerate(prompts):
-        path = shard_path(config_dir, p.task, p.prompt_id)
-        if not path.exists():
-            continue
+    sampled = 0
+    paths = [shard_path(config_dir, p.task, p.prompt_id) for p in prompts]
+
+    def reuse(i: int) -> bool:
+        if not paths[i].exists():
+            return False
         try:
-            done[i] = read_shard(path, expect(p))
+            done[i] = read_shard(paths[i], expect(prompts[i]))
+            return True
         except ShardError as exc:
-            warnings.warn(f"resampling shard {path}: {exc}", stacklevel=3)
-            path.unlink()
+            warnings.warn(f"resampling shard {paths[i]}: {exc}", stacklevel=4)
+            paths[i].unlink(missing_ok=True)
+            return False
+
+    for i in range(len(prompts)):
+        reuse(i)
+    bar, own_bar = _progress_bar(progress, len(prompts), loaded.spec.name)
+    if bar is not None:
+        bar.update(len(done))
+
+    def skip(i: int) -> bool:
+        if i in done:
+            return True
+        if paths[i] in claims.held:
+            return False
+        if not claims.take(paths[i]):
+            return True  # another run samples it now
+        if reuse(i):  # another run finished it meanwhile
+            claims.release(paths[i])
+            if bar is not None:
+                bar.update(1)
+            return True
+        return False
 
     def write(i: int, table: pd.DataFrame) -> None:
+        nonlocal sampled
         p = prompts[i]
-        write_shard(shard_path(config_dir, p.task, p.prompt_id), table,
-                    {**expect(p), "task": p.task, "prompt_id": p.prompt_id,
-                     "written": _now()})
+        write_shard(paths[i], table, {**expect(p), "task": p.task, "prompt_id": p.prompt_id,
+                                      "written": _now()})
+        claims.release(paths[i])
+        done[i] = table
+        sampled += 1
+        rate[0] += len(table)
+        rate[1] += int(table["length"].sum())
+        if bar is not None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{rate[0] / elapsed:.1f} rollouts/s, "
+                                f"{rate[1] / elapsed:.0f} tok/s")
+            bar.update(1)
 
-    fresh = sample_prompts(loaded, prompts, config, skip=lambda i: i in done,
-                           on_prompt=write, progress=progress)
-    reused = len(done)
-    tables = [done[i] for i in sorted(done)] + ([fresh] if len(fresh) else [])
-    table = pd.concat(tables, ignore_index=True)
-    order = {(p.task, p.prompt_id): i for i, p in enumerate(prompts)}
-    table["_order"] = [order[(t, str(q))] for t, q in zip(table["task"], table["prompt_id"])]
-    table = table.sort_values(["_order", "rollout_id"], kind="stable").drop(columns="_order")
-    return table.reset_index(drop=True), reused
+    announced, started, rate = False, time.perf_counter(), [0, 0]
+    try:
+        while len(done) < len(prompts):
+            before = len(done)
+            # progress=False: the bar is ours (sample_prompts would ask skip() for every
+            # prompt up front to count the finished ones, claiming them all at once)
+            sampler(loaded, prompts, config, skip=skip, on_prompt=write, progress=False)
+            if len(done) < len(prompts) and len(done) == before:
+                if not announced:
+                    message = (f"waiting for {len(prompts) - len(done)} prompt(s) that another "
+                               f"run is sampling into {config_dir}")
+                    (bar.write if bar is not None and hasattr(bar, "write") else print)(message)
+                    announced = True
+                time.sleep(poll)
+    finally:
+        claims.release_all()
+        if own_bar:
+            bar.close()
+    return done, sampled
 
 
 def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
-                    progress: bool = True) -> pd.DataFrame:
+                    runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
     """Sample ``config.rollouts`` rollouts of every prompt with every model.
 
     ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
@@ -259,25 +430,37 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     path, :class:`~canopy.sampling.Prompt` objects or strings. ``out``: the store
     directory; finished shards there are reused and new ones written as prompts
     complete, so an interrupted call resumes. ``out=None`` samples in memory only.
+    ``runtime``: :class:`~canopy.sampling.Runtime` (engine, device, dtype, threads);
+    ``None`` = the default (``hf``, CUDA if available else CPU, the spec's dtype). Each
+    model is loaded for it and sampled by its engine: ``hf`` →
+    :func:`canopy.sampling.sample_prompts`, ``vllm`` → :mod:`canopy.vllm_engine`
+    (imported only then). An already loaded model keeps the runtime it was loaded for.
     Returns the rollout DataFrame (all models, prompts in the given order);
     ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``.
     """
     if not isinstance(config, SamplingConfig):
         raise ValueError("config must be a canopy.sampling.SamplingConfig")
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ValueError("runtime must be a canopy.sampling.Runtime")
     prompts = as_prompts(prompts)
     if isinstance(models, (str, Path)) or not isinstance(models, Sequence):
         models = [models]
     if not models:
         raise ValueError("no models given")
     models = [str(m) if isinstance(m, Path) else m for m in models]
+    if runtime is not None:
+        runtime.resolved()  # an unavailable device fails before any model is loaded
     started = time.perf_counter()
     tables, reused, sampled = [], 0, 0
     for model in models:
-        loaded = _as_loaded(model)
+        loaded = _as_loaded(model, runtime)
+        used = _runtime_of(loaded, runtime if getattr(loaded, "runtime", None) is None else None)
+        used.apply()  # the recorded thread count is the one used
         if out is None:
-            table, n_reused = sample_prompts(loaded, prompts, config, progress=progress), 0
+            table = _sampler(used)(loaded, prompts, config, progress=progress)
+            n_reused = 0
         else:
-            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress)
+            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress, used)
         reused += n_reused
         sampled += len(prompts) - n_reused
         tables.append(table)
@@ -321,14 +504,15 @@ def load_rollouts(directory) -> pd.DataFrame:
 
     ``directory``: the ``out`` of :func:`sample_to_store`, one model's directory, or one
     configuration directory. Per model only the configuration of the latest run is read
-    (a warning names any other). Corrupt shards are skipped with a warning. Raises a
-    one-line ``ValueError`` when there are no rollouts.
+    (a warning names any other). Raises a one-line ``ValueError`` when there are no
+    rollouts, or when any shard is damaged (naming the shards and the command that
+    resamples them: reading the rest would silently drop those prompts).
     """
     root = Path(directory)
     if not root.is_dir():
         raise ValueError(f"no rollouts: {root} is not a directory (write one with "
                          f"`canopy sample --out {root}`)")
-    tables, samplings = [], {}
+    tables, samplings, damaged = [], {}, []
     for config_dir in _config_dirs(root):
         try:
             manifest = json.loads((config_dir / "manifest.json").read_text())
@@ -340,8 +524,9 @@ def load_rollouts(directory) -> pd.DataFrame:
             try:
                 tables.append(read_shard(path, {"config_hash": manifest["config_hash"]}))
             except ShardError as exc:
-                warnings.warn(f"skipping shard {path}: {exc} (a rerun of `canopy sample` "
-                              "resamples it)", stacklevel=2)
+                damaged.append((path, exc))
+    if damaged:
+        raise ValueError(_damaged_message(root, damaged))
     if len(set(samplings.values())) > 1:
         warnings.warn(f"{root}: models were sampled with different settings; comparisons "
                       "across them mix decoding effects", stacklevel=2)
@@ -349,3 +534,37 @@ def load_rollouts(directory) -> pd.DataFrame:
         raise ValueError(f"no rollouts under {root}; write some with "
                          f"`canopy sample --out {root}`")
     return pd.concat(tables, ignore_index=True)
+
+
+def _damaged_message(root: Path, damaged: list) -> str:
+    """One line naming the damaged shards under ``root`` and how to repair them."""
+    def name(path: Path) -> str:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            return str(path)
+
+    shown = ", ".join(f"{name(path)} ({exc})" for path, exc in damaged[:3])
+    more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+    return (f"{len(damaged)} damaged shard(s) under {root}: {shown}{more}; refusing to "
+            f"compute metrics without their prompts. Repair: rerun the `canopy sample ... "
+            f"--out {root}` command that wrote them (it keeps the valid shards and "
+            f"resamples only these)")
+
+
+def damaged_shards(directory) -> list[tuple[Path, str]]:
+    """(path, reason) of every damaged shard under a store directory (see
+    :func:`load_rollouts` for which configuration directories are read)."""
+    found = []
+    for config_dir in _config_dirs(Path(directory)):
+        try:
+            digest = json.loads((config_dir / "manifest.json").read_text())["config_hash"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for path in sorted(config_dir.glob("*/*.parquet")):
+            try:
+                read_shard(path, {"config_hash": digest})
+            except ShardError as exc:
+                found.append((path, str(exc)))
+    return found
+

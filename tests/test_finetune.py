@@ -75,7 +75,7 @@ def test_bad_settings_and_inputs_give_clear_errors(tmp_path):
         finetune(FinetuneConfig(pool=str(empty)), progress=False)
     with pytest.raises(FileNotFoundError, match="fine-tuning pool not found"):
         finetune(FinetuneConfig(pool=str(tmp_path / "missing.jsonl")), progress=False)
-    with pytest.raises(ValueError, match="unknown model 'no-such-base'"):
+    with pytest.raises(ValueError, match="unknown model no-such-base"):
         finetune(FinetuneConfig(base="no-such-base"), progress=False)
 
 

@@ -50,10 +50,11 @@ def test_default_registry():
 
 
 def test_unknown_name_is_one_line_error():
-    with pytest.raises(ValueError, match="unknown model 'nope'") as info:
+    with pytest.raises(ValueError, match="unknown model nope;") as info:
         get_spec("nope")
     assert "smollm2-135m-instruct" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="model nope is not registered .*not available "
+                                         "offline: set HF_HUB_OFFLINE=0 or give a local path"):
         resolve_spec("nope")
 
 
@@ -63,7 +64,7 @@ def test_bad_specs_rejected():
     with pytest.raises(ValueError, match="kind must be"):
         ModelSpec("x", "x", "base", "zip", "/x", False)
     with pytest.raises(ValueError, match="dtype must be"):
-        ModelSpec("x", "x", "base", "dir", "/x", False, dtype="float16")
+        ModelSpec("x", "x", "base", "dir", "/x", False, dtype="float8")
     with pytest.raises(ValueError, match="adapter spec needs base"):
         ModelSpec("x", "x", "fine-tuned", "adapter", "/x", True)
 

@@ -6,7 +6,13 @@ Near-duplicate detection: two prompts are near-duplicates when, after normalisin
 * the normalised texts are identical;
 * one normalised text contains the other (e.g. "Continue this scene: <eval prompt>");
 * the Jaccard similarity of their word sets is >= 0.75;
+* the Jaccard similarity of their character-trigram sets is >= 0.70;
 * their difflib.SequenceMatcher ratio is >= 0.85.
+
+The thresholds leave a margin above the committed data (measured with these
+definitions, 100 prompts per task): the highest word-set Jaccard is 0.53 between
+two evaluation prompts and 0.67 between an evaluation and a pool prompt; the
+highest trigram Jaccard 0.50 and 0.60; the highest difflib ratio 0.71 and 0.80.
 
 ``test_detector_catches_real_near_duplicates`` shows that these thresholds flag a
 one-word edit (substitution, insertion, deletion, swap) of every evaluation prompt,
@@ -16,6 +22,7 @@ so the near-duplicate tests cannot pass because the detector is too lax.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
 import json
 import math
@@ -34,9 +41,20 @@ GENERATOR = FINETUNE / "make_pool.py"
 TASKS = ("coding", "math", "stories", "completion")
 POOL_TASKS = {"chat", "coding", "math", "stories", "completion"}
 
-MIN_PER_TASK = 40
+PER_TASK = 100  # the paper's count per task
+# The first 52 prompts of each task (all there were before the files grew to 100) feed
+# the quick and default profiles (the first N prompts of each file), so they are frozen:
+# sha256 of those 52 lines, newlines included.
+FROZEN_PREFIX = 52
+FROZEN_SHA256 = {
+    "coding": "56558e665e5330746c97bab4129e04b727193620751137f5561cf7c529c01caf",
+    "math": "350b8502ea7499f1261690db28516d0ba2dbbe2923211d97391d8d07486526c1",
+    "stories": "9347d95b4bd4588b72dba1cdcaf9f124906824d78999fa72b051f6ab547d8005",
+    "completion": "545518d66f512c420543919d2ef061bf379e0fde486c31965f87fce582912f5c",
+}
 MIN_POOL = 400
 JACCARD_THRESHOLD = 0.75
+TRIGRAM_THRESHOLD = 0.70
 RATIO_THRESHOLD = 0.85
 MAX_PROMPT_CHARS = 400
 
@@ -63,13 +81,20 @@ def squash(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def trigrams(norm: str) -> frozenset[str]:
+    """Character trigrams of a normalised text, padded with one space at each end."""
+    padded = f" {norm} "
+    return frozenset(padded[i:i + 3] for i in range(len(padded) - 2))
+
+
 class Prepared:
-    __slots__ = ("text", "norm", "tokens")
+    __slots__ = ("text", "norm", "tokens", "trigrams")
 
     def __init__(self, text: str):
         self.text = text
         self.norm = normalise(text)
         self.tokens = frozenset(self.norm.split())
+        self.trigrams = trigrams(self.norm)
 
 
 def near_duplicate(a: Prepared, b: Prepared) -> str | None:
@@ -82,6 +107,9 @@ def near_duplicate(a: Prepared, b: Prepared) -> str | None:
     jaccard = len(a.tokens & b.tokens) / len(a.tokens | b.tokens)
     if jaccard >= JACCARD_THRESHOLD:
         return f"word-set Jaccard {jaccard:.2f}"
+    tri = len(a.trigrams & b.trigrams) / len(a.trigrams | b.trigrams)
+    if tri >= TRIGRAM_THRESHOLD:
+        return f"trigram Jaccard {tri:.2f}"
     la, lb = len(a.norm), len(b.norm)
     if 2 * min(la, lb) / (la + lb) < RATIO_THRESHOLD:  # upper bound on the ratio
         return None
@@ -112,7 +140,9 @@ def eval_rows(eval_sets) -> list[dict]:
 @pytest.mark.parametrize("task", TASKS)
 def test_eval_file_fields_and_size(task, eval_sets):
     rows = eval_sets[task]
-    assert len(rows) >= MIN_PER_TASK
+    assert len(rows) == PER_TASK
+    # ids run task-001 ... task-100 in file order (so they are unique and gap-free)
+    assert [row["id"] for row in rows] == [f"{task}-{i:03d}" for i in range(1, PER_TASK + 1)]
     for i, row in enumerate(rows, 1):
         for field in ("id", "task", "prompt"):
             assert isinstance(row.get(field), str) and row[field].strip(), (task, i, field)
@@ -120,6 +150,14 @@ def test_eval_file_fields_and_size(task, eval_sets):
         assert re.fullmatch(rf"{task}-\d{{3}}", row["id"]), row["id"]
         assert row["prompt"] == row["prompt"].strip(), row["id"]
         assert len(row["prompt"]) <= MAX_PROMPT_CHARS, row["id"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_profile_prompts_frozen(task):
+    """Appending prompts must not change the first 52, which the quick and default profiles use."""
+    lines = (PROMPTS / f"{task}.jsonl").read_bytes().splitlines(keepends=True)
+    digest = hashlib.sha256(b"".join(lines[:FROZEN_PREFIX])).hexdigest()
+    assert digest == FROZEN_SHA256[task], f"{task}.jsonl: one of the first {FROZEN_PREFIX} lines changed"
 
 
 def test_math_answers_are_numbers(eval_sets, pool):

@@ -98,7 +98,7 @@ def test_experiment_profiles_and_overrides(model_dir, tmp_path):
                                             "out": str(tmp_path / "r")}).sample(
         [str(model_dir)], progress=False)
     assert len(table) == 8 and (tmp_path / "r").is_dir()
-    with pytest.raises(ValueError, match="no profile 'huge'"):
+    with pytest.raises(ValueError, match="no profile huge"):
         load_experiment(path, "huge")
     with pytest.raises(ValueError, match="rollouts must be ≥ 1"):
         load_experiment(path, overrides={"rollouts": 0})
@@ -177,7 +177,7 @@ def test_cli_family_pairs_a_base_and_a_fine_tuned_model(model_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("args, message", [
-    (["sample", "--models", "nope", "--prompts", "P"], "unknown model 'nope'"),
+    (["sample", "--models", "nope", "--prompts", "P"], "model nope is not registered"),
     (["sample", "--prompts", "P"], "give --models"),
     (["sample", "--models", "M"], "give --prompts"),
     (["sample", "--models", "M", "--prompts", "P", "--rollouts", "0"], "rollouts must be"),
@@ -194,3 +194,31 @@ def test_cli_sample_errors_are_one_line(model_dir, tmp_path, capsys, args, messa
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("canopy: error:") and message in err[0]
+
+
+def test_paper_profile_is_the_paper_design():
+    """The `paper` profile of the shipped experiment file: three families, each with a
+    base and a fine-tuned model (Hugging Face ids), 4 tasks x 100 prompts x 100 rollouts,
+    at most 4,000 new tokens, the paper's decoding settings, vLLM on a GPU. Running it needs
+    network and a GPU, so this only validates it; the other profiles keep their sizes."""
+    from canopy.models import get_spec
+    from canopy.sampling import Runtime
+
+    paper = load_experiment(None, "paper")
+    specs = [get_spec(name) for name in paper.models]
+    assert all(s.kind == "hub" and s.source.count("/") == 1 for s in specs)
+    variants = {}
+    for s in specs:
+        variants.setdefault(s.family, set()).add(s.variant)
+        assert s.chat_template == (s.variant == "fine-tuned")
+    assert variants == {f: {"base", "fine-tuned"} for f in ("qwen3-8b", "llama-3.1-8b", "gemma-3-12b")}
+    assert paper.tasks == ["coding", "math", "stories", "completion"]
+    prompts = paper.prompts()
+    assert len(prompts) == 400 and len({(p.task, p.prompt_id) for p in prompts}) == 400
+    s = paper.sampling
+    assert (s.rollouts, s.max_new_tokens, s.temperature, s.top_k, s.top_p) == (100, 4000, 1.0, 100, 1.0)
+    assert paper.runtime == Runtime(engine="vllm", device="cuda", dtype="bfloat16")
+    default, quick = load_experiment(None, "default"), load_experiment(None, "quick")
+    assert (len(default.prompts()), default.sampling.rollouts, default.sampling.max_new_tokens) == (32, 8, 128)
+    assert (len(quick.prompts()), quick.sampling.rollouts, quick.sampling.max_new_tokens) == (8, 6, 64)
+    assert default.runtime == quick.runtime == Runtime()

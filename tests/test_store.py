@@ -107,8 +107,11 @@ def test_corrupt_shard_is_detected_and_resampled(model_dir, tmp_path, damage):
         import pyarrow.parquet as pq
         table = pq.read_table(victim)
         pq.write_table(table.slice(0, 2), victim)  # metadata still says 3 rollouts
-    with pytest.warns(UserWarning, match="skipping shard"):
-        assert len(load_rollouts(out)) == 9
+    # reading refuses, naming the shard and the repair, instead of dropping the prompt
+    with pytest.raises(ValueError, match=r"1 damaged shard.*t/p1\.parquet.*rerun the `canopy "
+                                         r"sample") as info:
+        load_rollouts(out)
+    assert "\n" not in str(info.value)
     with pytest.warns(UserWarning, match="resampling shard"):
         again = sample_to_store(spec(model_dir), PROMPTS, CFG, out, progress=False)
     assert again.attrs["canopy"]["sampled_prompts"] == 1
@@ -174,7 +177,7 @@ def test_bad_arguments(model_dir, tmp_path):
         sample_to_store(spec(model_dir), PROMPTS, {"rollouts": 2}, tmp_path)
     with pytest.raises(ValueError, match="no prompts"):
         sample_to_store(spec(model_dir), [], CFG, tmp_path)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="model no-such-model is not registered"):
         sample_to_store("no-such-model", PROMPTS, CFG, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
