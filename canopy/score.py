@@ -1,4 +1,4 @@
-"""Exact statistics for generations made anywhere: teacher-forced scoring (METHOD §1–2).
+"""Exact statistics for generations made anywhere: teacher-forced scoring (Method §1–2).
 
 Given rollouts (a rendered prompt and the completion's token ids) made by any engine or
 API, :func:`score_rollouts` runs the model once over each packed batch of (prompt +

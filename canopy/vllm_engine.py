@@ -9,7 +9,7 @@ processor (:class:`canopy.vllm_capture.ExactCapture`) sees the float32 logits of
 before vLLM's temperature/top-k/top-p and records ``step_entropy`` — the entropy, over its
 whole support, of the distribution vLLM samples from (the support comes from vLLM's own
 top-k/top-p masking function, so it is the sampler's) —, ``step_entropy_raw`` and
-``step_stop_logprob``, in float32 (METHOD §1–2). ``step_logprob`` is vLLM's log q of the
+``step_stop_logprob``, in float32 (Method §1–2). ``step_logprob`` is vLLM's log q of the
 sampled token (``logprobs_mode="processed_logprobs"``, ``logprobs=0``): the log-probability
 under the same masked, renormalised distribution. Settings that would make these inexact
 (penalties, min-p, logit bias, ...) are refused; Canopy's :class:`SamplingConfig` has none
