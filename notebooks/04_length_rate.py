@@ -111,7 +111,7 @@ boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=co
 paired = report.bootstrap_table(boot, correlations) if len(boot) else boot
 paired.drop(columns=[c for c in paired.columns if c.startswith("pct_")])
 
-# %%
+# %% tags=["remove-input"]
 if len(paired):
     p = paired[paired["metric"] == "length_rate_pearson"].set_index("task")
     display(Markdown(
