@@ -71,14 +71,16 @@ def _preflight_sample(args: argparse.Namespace):
                      "threads": args.threads}
     preflight.check_sampling(flags)
     preflight.check_prompts_per_task(args.prompts_per_task)
-    preflight.check_threads(args.threads)
+    preflight.check_runtime(runtime_flags)
     if args.experiment or args.profile:
         exp = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
                                  args.profile or "default",
                                  {**flags, **runtime_flags,
                                   "prompts_per_task": args.prompts_per_task,
-                                  "models": args.models, "out": args.out})
+                                  "models": args.models, "out": args.out,
+                                  "ray": args.ray, "workers": args.workers})
         models, sampling, out = exp["models"], exp["sampling"], exp["out"]
+        args.ray, args.workers = exp["ray"], exp["workers"]  # flags win over the file
         runtime, per_task = exp["runtime"], exp["prompts_per_task"]
         files = [(exp["prompts_dir"] / f"{task}.jsonl", task) for task in exp["tasks"]]
     else:
@@ -131,7 +133,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     config = SamplingConfig(**sampling)
     runtime = Runtime(**runtime)
     prompts = read()
-    table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True)
+    table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
+                            ray=args.ray, workers=args.workers)
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -162,7 +165,9 @@ def _cmd_score(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be ≥ 1, got {batch_size}")
     runtime = Runtime(**{k: v for k, v in {"device": args.device, "dtype": args.dtype,
                                             "threads": args.threads}.items() if v is not None})
-    runtime.resolved()  # an unavailable device fails before anything is loaded
+    on_ray = args.ray is not None or args.workers is not None
+    if not on_ray:  # on Ray the device is resolved on the workers
+        runtime.resolved()  # an unavailable device fails before anything is loaded
     table = read_rollouts_file(args.rollouts)
     check_rows(table)  # before the model is loaded
     spec = resolve_spec(args.models[0], variant=args.variant or "base",
@@ -170,8 +175,17 @@ def _cmd_score(args: argparse.Namespace) -> None:
     if args.family and spec.kind in ("gguf", "dir", "hub"):
         spec = dataclasses.replace(spec, family=args.family)
     out = args.out or cache_dir() / "rollouts" / "scored"
-    loaded = load_model(spec, runtime=runtime)
-    scored = score_to_store(loaded, table, config, out, batch_size=batch_size, progress=True)
+    if on_ray:
+        from canopy.cluster import score_on_ray
+        from canopy.store import _ray_arguments
+
+        _ray_arguments([spec], out, args.ray, args.workers)
+        scored = score_on_ray(spec, table, config, out, batch_size=batch_size,
+                              address=args.ray, workers=args.workers, runtime=runtime)
+    else:
+        loaded = load_model(spec, runtime=runtime)
+        scored = score_to_store(loaded, table, config, out, batch_size=batch_size,
+                                progress=True)
     info = scored.attrs["canopy"]
     outside = int(scored["outside_support"].sum())
     print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
@@ -196,6 +210,17 @@ def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
                         "CPUs, with OpenMP's passive wait policy; on a machine whose cores "
                         "are busy with other work --threads 1 can be faster). Part of the "
                         "configuration: another count writes other shards")
+
+
+def _add_ray_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const=True, metavar="ADDRESS",
+                   help="spread the shards over Ray workers (pip install canopy[ray]): "
+                        "without ADDRESS on a local Ray instance, with HOST:PORT, "
+                        "ray://HOST:PORT or auto on that cluster (the store must be a "
+                        "directory every node shares)")
+    p.add_argument("--workers", type=_int,
+                   help="Ray workers, each loading the model once (default: one per GPU, "
+                        "else the CPUs // 4); needs --ray")
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -313,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fine-tuned, off for base; registered models keep theirs)")
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
+    _add_ray_flags(p)
     p.set_defaults(handler=_cmd_sample)
 
     p = sub.add_parser(
@@ -349,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render raw `prompt` fields with the chat template (default: as "
                         "canopy sample)")
     p.add_argument("--out", help="rollout directory (default $CANOPY_CACHE/rollouts/scored)")
+    _add_ray_flags(p)
     p.set_defaults(handler=_cmd_score)
 
     p = sub.add_parser("finetune", help="make gemma-3-270m-sft by LoRA fine-tuning (cached)")

@@ -7,6 +7,8 @@ An experiment file::
     prompts_dir: ../prompts      # optional; relative to this file; default <repo>/data/prompts
     out: null                    # optional rollout directory; default
                                  #   cache_dir()/rollouts/<file stem>-<profile>
+    ray: null                    # optional: true (a local Ray instance) or a cluster
+    workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
     sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
                seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
     runtime: {engine: hf, device: auto, dtype: float32, threads: null}   # optional;
@@ -32,14 +34,16 @@ from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
 from canopy.preflight import (
-    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_sampling, prompt_records,
+    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
+    prompt_records,
 )
 
 __all__ = ["read_prompts", "Experiment", "load_experiment", "resolve_experiment",
            "DEFAULT_EXPERIMENT"]
 
 DEFAULT_EXPERIMENT = REPO_ROOT / "data" / "experiments" / "default.yaml"
-_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "profiles"}
+_TOP_KEYS = {"models", "tasks", "prompts_dir", "out", "sampling", "runtime", "profiles",
+             "ray", "workers"}
 _SAMPLING_KEYS = set(SAMPLING_KEYS) | {"prompts_per_task"}
 _RUNTIME_KEYS = set(RUNTIME_KEYS)
 
@@ -68,6 +72,8 @@ class Experiment:
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
     runtime: Runtime = None  # canopy.sampling.Runtime; load_experiment always sets it
+    ray: bool | str | None = None
+    workers: int | None = None
 
     def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
@@ -92,7 +98,8 @@ class Experiment:
                                     self.runtime)
             if table is None:
                 table = sample_to_store([name], prompts, self.sampling, self.out,
-                                        runtime=self.runtime, progress=progress)
+                                        runtime=self.runtime, progress=progress,
+                                        ray=self.ray, workers=self.workers)
             tables.append(table)
         return pd.concat(tables, ignore_index=True)
 
@@ -102,7 +109,8 @@ class Experiment:
         from canopy.store import sample_to_store
 
         return sample_to_store(models or self.models, self.prompts(), self.sampling,
-                               self.out, runtime=self.runtime, progress=progress)
+                               self.out, runtime=self.runtime, progress=progress,
+                               ray=self.ray, workers=self.workers)
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -186,6 +194,10 @@ def resolve_experiment(path=None, profile: str = "default",
         check_sampling(sampling)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    try:
+        check_runtime(runtime)
+    except ValueError as exc:
+        raise ValueError(f"{path}: runtime: {exc}") from None
     models, tasks = config.get("models"), config.get("tasks")
     for key, value in (("models", models), ("tasks", tasks)):
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -200,4 +212,5 @@ def resolve_experiment(path=None, profile: str = "default",
         cache_dir() / "rollouts" / f"{path.stem}-{profile}"
     return dict(models=list(models), tasks=list(tasks), sampling=sampling,
                 prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
-                profile=profile, raw=raw, runtime=runtime, path=path)
+                profile=profile, raw=raw, runtime=runtime, path=path,
+                ray=config.get("ray"), workers=config.get("workers"))

@@ -33,7 +33,7 @@ import struct
 from pathlib import Path
 
 __all__ = ["SAMPLING_KEYS", "RUNTIME_KEYS", "MAX_NEW_TOKENS", "MAX_ROLLOUTS", "check_sampling",
-           "check_prompts_per_task", "prompt_records", "check_prompt_files", "check_models",
+           "check_prompts_per_task", "check_runtime", "prompt_records", "check_prompt_files", "check_models",
            "check_gguf", "context_length", "check_out_dir", "chapter_parameters",
            "check_book", "check_metrics"]
 
@@ -42,6 +42,11 @@ SAMPLING_KEYS = ("rollouts", "max_new_tokens", "temperature", "top_k", "top_p", 
                  "batch_size")
 #: The fields of :class:`canopy.sampling.Runtime` (a test keeps them equal).
 RUNTIME_KEYS = ("engine", "device", "dtype", "threads")
+#: Engines, weight dtypes and device names of :class:`canopy.sampling.Runtime` (defined
+#: here, torch-free, so that the CLI checks them before torch is imported).
+ENGINES = ("hf", "vllm")
+RUNTIME_DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 #: Upper bounds: beyond them a run cannot finish (memory, time) on any machine here.
 MAX_NEW_TOKENS = 1 << 20
 MAX_ROLLOUTS = 1 << 20
@@ -61,9 +66,22 @@ def _integer(name: str, value, low: int, high: int | None = None) -> None:
         raise ValueError(f"{name} must be ≤ {high}, got {value}")
 
 
-def check_threads(value) -> None:
-    """``--threads``: ``None`` (the default) or an integer ≥ 1."""
-    _integer("threads", value, 1)
+def check_runtime(settings: dict) -> None:
+    """Runtime settings (``engine``, ``device``, ``dtype``, ``threads``; a missing or
+    ``None`` value means the default). Whether the device exists is checked later, by
+    :meth:`canopy.sampling.Runtime.resolved` (it needs torch)."""
+    engine, device, dtype = (settings.get(k) for k in ("engine", "device", "dtype"))
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if device is not None and (not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device)):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if dtype is not None and dtype not in RUNTIME_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(RUNTIME_DTYPES)}, got {dtype!r}")
+    threads = settings.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f"threads must be an integer ≥ 1 (or None for the default), "
+                         f"got {threads!r}")
 
 
 def check_prompts_per_task(value) -> None:

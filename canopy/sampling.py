@@ -40,7 +40,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
@@ -48,6 +47,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+
+from canopy.preflight import check_runtime
 
 __all__ = [
     "SamplingConfig", "Prompt", "process_logits", "entropy", "rollout_seed",
@@ -132,9 +133,6 @@ class Prompt:
 
 # ------------------------------------------------------------------------ the runtime
 
-ENGINES = ("hf", "vllm")
-RUNTIME_DTYPES = ("float32", "bfloat16", "float16")
-_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 #: torch's own intra-op thread count as found when canopy was imported (it honours
 #: ``OMP_NUM_THREADS``); the default of :attr:`Runtime.threads`, capped by the CPUs this
 #: process may use.
@@ -173,18 +171,10 @@ class Runtime:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if self.dtype not in RUNTIME_DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(RUNTIME_DTYPES)}, "
-                             f"got {self.dtype!r}")
-        if self.threads is not None and (isinstance(self.threads, bool)
-                                         or not isinstance(self.threads, (int, np.integer))
-                                         or self.threads < 1):
-            raise ValueError(f"threads must be an integer ≥ 1 (or None for the default), "
-                             f"got {self.threads!r}")
+        threads = self.threads
+        if isinstance(threads, np.integer):
+            object.__setattr__(self, "threads", threads := int(threads))
+        check_runtime(asdict(self))
 
     def resolved(self) -> "Runtime":
         """The same runtime with a concrete ``device`` (``auto`` resolved; an unavailable

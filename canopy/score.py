@@ -41,6 +41,7 @@ from canopy.sampling import (
 )
 
 __all__ = ["score_rollouts", "read_rollouts_file", "check_rows", "prepare_rollouts",
+           "rows_per_batch", "score_record", "plan_scoring", "score_shards",
            "score_to_store"]
 
 #: floats of kept logits per forward pass (512 MB in float32)
@@ -289,7 +290,7 @@ def score_rollouts(loaded, rollouts: pd.DataFrame, config: SamplingConfig, *,
         prompts.append([int(t) for t in row["prompt_token_ids"]])
         completions.append(tokens[:length])
         ends.append((length, truncated))
-    per_batch = max(1, min(batch_size, _LOGIT_BUDGET // (config.max_new_tokens * vocab)))
+    per_batch = rows_per_batch(loaded, config, batch_size)
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -353,24 +354,37 @@ def _prompt_digest(group: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def score_to_store(loaded, rollouts: pd.DataFrame, config: SamplingConfig, out, *,
-                   batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
-    """Score ``rollouts`` and write them to the resumable store under ``out`` (same
-    layout as :func:`canopy.store.sample_to_store`, engine ``"score"`` in the
-    configuration record, one shard per (task, prompt) keyed by its prompt and
-    completions). Finished shards are reused. Returns the scored table;
-    ``attrs["canopy"]`` holds ``{"reused_prompts", "scored_prompts"}``."""
-    from canopy.store import (
-        ShardError, _now, _safe, _versions, _write_json, config_hash, config_record,
-        read_shard, shard_path, source_signature, write_shard,
-    )
+def rows_per_batch(loaded, config: SamplingConfig, batch_size: int) -> int:
+    """Rows per teacher-forced pass: ``batch_size``, capped so the kept logits stay under
+    :data:`_LOGIT_BUDGET` floats. :func:`score_rollouts` packs consecutive rows."""
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    return max(1, min(batch_size, _LOGIT_BUDGET // (config.max_new_tokens * vocab)))
 
-    table = prepare_rollouts(loaded, rollouts)
+
+def score_record(loaded, config: SamplingConfig) -> dict:
+    """The configuration record of scored rollouts: engine ``"score"``, without the
+    sampling keys scoring does not use (``rollouts``, ``seed``)."""
+    from canopy.store import config_record
+
     record = config_record(loaded, config, engine="score")
     for key in ("rollouts", "seed"):  # not used by scoring
         record["sampling"].pop(key, None)
+    return record
+
+
+def plan_scoring(record: dict, spec, table: pd.DataFrame, out) -> tuple[list, list]:
+    """Open the configuration directory of ``record`` under ``out`` (manifest, the
+    model's ``current.json``) and split the prepared ``table`` by (task, prompt) into
+    ``done`` (valid shards already there, as tables) and ``todo`` (``(task, prompt_id,
+    group, expect, path)`` in table order). Shared by :func:`score_to_store` and the Ray
+    workers (:mod:`canopy.cluster`)."""
+    from canopy.store import (
+        ShardError, _now, _safe, _versions, _write_json, config_hash, read_shard, shard_path,
+        source_signature,
+    )
+
     digest = config_hash(record)
-    model_dir = Path(out) / _safe(loaded.spec.name)
+    model_dir = Path(out) / _safe(spec.name)
     config_dir = model_dir / digest[:12]
     config_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = config_dir / "manifest.json"
@@ -380,8 +394,8 @@ def score_to_store(loaded, rollouts: pd.DataFrame, config: SamplingConfig, out, 
         manifest = {}
     groups = list(table.groupby(["task", "prompt_id"], sort=False))
     keys = {(t, p): _prompt_digest(g) for (t, p), g in groups}
-    manifest.update({"config_hash": digest, "config": record, "spec": loaded.spec.describe(),
-                     "source_signature": source_signature(loaded.spec),
+    manifest.update({"config_hash": digest, "config": record, "spec": spec.describe(),
+                     "source_signature": source_signature(spec),
                      "package_versions": _versions(), "updated": _now()})
     manifest.setdefault("created", manifest["updated"])
     manifest.setdefault("prompts", {}).update({f"{t}/{p}": k for (t, p), k in keys.items()})
@@ -397,19 +411,42 @@ def score_to_store(loaded, rollouts: pd.DataFrame, config: SamplingConfig, out, 
                 done.append(read_shard(path, expect))
                 continue
             except ShardError as exc:
-                warnings.warn(f"rescoring shard {path}: {exc}", stacklevel=2)
+                warnings.warn(f"rescoring shard {path}: {exc}", stacklevel=3)
         todo.append((task, pid, group, expect, path))
+    return done, todo
+
+
+def score_shards(loaded, todo: list, config: SamplingConfig, *, batch_size: int = 16,
+                 progress: bool | object = False) -> list[pd.DataFrame]:
+    """Score the ``todo`` shards of :func:`plan_scoring` in one :func:`score_rollouts`
+    call (rows packed in ``todo`` order) and write each shard atomically; returns their
+    tables."""
+    from canopy.store import _now, write_shard
+
+    if not todo:
+        return []
+    pending = pd.concat([g for _, _, g, _, _ in todo], ignore_index=True)
+    scored = score_rollouts(loaded, pending, config, batch_size=batch_size, progress=progress)
     fresh = []
-    if todo:
-        pending = pd.concat([g for _, _, g, _, _ in todo], ignore_index=True)
-        scored = score_rollouts(loaded, pending, config, batch_size=batch_size,
-                                progress=progress)
-        for task, pid, _, expect, path in todo:
-            part = scored[(scored["task"] == task) & (scored["prompt_id"] == pid)]
-            part = part.sort_values("rollout_id").reset_index(drop=True)
-            write_shard(path, part, {**expect, "task": task, "prompt_id": pid,
-                                     "written": _now()})
-            fresh.append(part)
+    for task, pid, _, expect, path in todo:
+        part = scored[(scored["task"] == task) & (scored["prompt_id"] == pid)]
+        part = part.sort_values("rollout_id").reset_index(drop=True)
+        write_shard(path, part, {**expect, "task": task, "prompt_id": pid, "written": _now()})
+        fresh.append(part)
+    return fresh
+
+
+def score_to_store(loaded, rollouts: pd.DataFrame, config: SamplingConfig, out, *,
+                   batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Score ``rollouts`` and write them to the resumable store under ``out`` (same
+    layout as :func:`canopy.store.sample_to_store`, engine ``"score"`` in the
+    configuration record, one shard per (task, prompt) keyed by its prompt and
+    completions). Finished shards are reused. Returns the scored table;
+    ``attrs["canopy"]`` holds ``{"reused_prompts", "scored_prompts"}``. On Ray workers:
+    :func:`canopy.cluster.score_on_ray` (``canopy score --ray``)."""
+    table = prepare_rollouts(loaded, rollouts)
+    done, todo = plan_scoring(score_record(loaded, config), loaded.spec, table, out)
+    fresh = score_shards(loaded, todo, config, batch_size=batch_size, progress=progress)
     result = pd.concat(done + fresh, ignore_index=True)
     result.attrs["canopy"] = {"reused_prompts": len(done), "scored_prompts": len(todo)}
     return result

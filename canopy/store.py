@@ -50,7 +50,8 @@ from canopy.sampling import (
 )
 
 __all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "config_record", "config_hash", "shard_path",
-           "read_shard", "write_shard", "ShardError", "content_sha256", "damaged_shards"]
+           "read_shard", "write_shard", "ShardError", "content_sha256", "damaged_shards",
+           "open_config", "shard_expectation", "finished_shards", "gather"]
 
 _META_KEY = b"canopy"
 
@@ -295,11 +296,18 @@ def _sampler(runtime: Runtime):
     return sample_prompts
 
 
-def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
-                  progress, runtime: Runtime) -> tuple[pd.DataFrame, int]:
-    record = config_record(loaded, config, runtime)
+# The steps of sampling one model into the store, shared by the local path
+# (:func:`_sample_model`) and the Ray workers (:mod:`canopy.cluster`): open the
+# configuration directory, find the shards still to do, fill the missing shards.
+
+
+def open_config(out: Path, spec, record: dict, prompts: list[Prompt],
+                config: SamplingConfig) -> tuple[Path, str]:
+    """Create (or update) the configuration directory of ``record`` under ``out``: its
+    ``manifest.json`` and the model's ``current.json``. Returns ``(config_dir, digest)``
+    (``digest``: the full configuration hash)."""
     digest = config_hash(record)
-    model_dir = out / _safe(loaded.spec.name)
+    model_dir = Path(out) / _safe(spec.name)
     config_dir = model_dir / digest[:12]
     config_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(model_dir)
@@ -313,8 +321,8 @@ def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Pa
             except ValueError:
                 warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
         manifest.update({"config_hash": digest, "config": record,
-                         "spec": loaded.spec.describe(), "batch_size": config.batch_size,
-                         "source_signature": source_signature(loaded.spec),
+                         "spec": spec.describe(), "batch_size": config.batch_size,
+                         "source_signature": source_signature(spec),
                          "package_versions": _versions(), "updated": _now()})
         manifest.setdefault("created", manifest["updated"])
         manifest.setdefault("prompts", {})
@@ -322,9 +330,46 @@ def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Pa
         _write_json(manifest_path, manifest)
         _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
 
+    return config_dir, digest
+
+
+def shard_expectation(digest: str, config: SamplingConfig):
+    """``expect(prompt)``: the metadata a valid shard of ``prompt`` carries."""
     def expect(p: Prompt) -> dict:
         return {"config_hash": digest, "prompt_sha256": p.sha256(), "rollouts": config.rollouts}
+    return expect
 
+
+def finished_shards(config_dir: Path, prompts: list[Prompt], expect) -> set[int]:
+    """Indices of the prompts whose shard in ``config_dir`` is valid (the rest are still
+    to do; damaged shards are reported and deleted, as :func:`_fill_shards` does)."""
+    done = set()
+    for i, p in enumerate(prompts):
+        path = shard_path(config_dir, p.task, p.prompt_id)
+        if path.exists():
+            try:
+                read_shard(path, expect(p))
+                done.add(i)
+            except ShardError as exc:
+                warnings.warn(f"resampling shard {path}: {exc}", stacklevel=3)
+                path.unlink(missing_ok=True)
+    return done
+
+
+def gather(prompts: list[Prompt], tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate rollout tables into the given prompt order (rollouts in order)."""
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    order = {(p.task, p.prompt_id): i for i, p in enumerate(prompts)}
+    table["_order"] = [order[(t, str(q))] for t, q in zip(table["task"], table["prompt_id"])]
+    table = table.sort_values(["_order", "rollout_id"], kind="stable").drop(columns="_order")
+    return table.reset_index(drop=True)
+
+
+def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
+                  progress, runtime: Runtime) -> tuple[pd.DataFrame, int]:
+    record = config_record(loaded, config, runtime)
+    config_dir, digest = open_config(out, loaded.spec, record, prompts, config)
+    expect = shard_expectation(digest, config)
     done, sampled = _fill_shards(loaded, prompts, config, config_dir, expect,
                                  _sampler(runtime), progress)
     table = pd.concat([done[i] for i in range(len(prompts))], ignore_index=True)
@@ -422,7 +467,8 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
 
 
 def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
-                    runtime: Runtime | None = None, progress: bool = True) -> pd.DataFrame:
+                    runtime: Runtime | None = None, progress: bool = True, ray=None,
+                    workers: int | None = None) -> pd.DataFrame:
     """Sample ``config.rollouts`` rollouts of every prompt with every model.
 
     ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
@@ -435,8 +481,13 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     model is loaded for it and sampled by its engine: ``hf`` →
     :func:`canopy.sampling.sample_prompts`, ``vllm`` → :mod:`canopy.vllm_engine`
     (imported only then). An already loaded model keeps the runtime it was loaded for.
+    ``ray``: ``True`` (a local Ray instance) or a cluster ADDRESS spreads the shards
+    still to do over ``workers`` Ray workers (:mod:`canopy.cluster`, imported only then);
+    the store is the same, and so are the rollouts on the same device type, thread count
+    and batch plan. ``None`` (default): this process only.
     Returns the rollout DataFrame (all models, prompts in the given order);
-    ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``.
+    ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``
+    (and ``"workers"``, one summary line per Ray worker, with ``ray``).
     """
     if not isinstance(config, SamplingConfig):
         raise ValueError("config must be a canopy.sampling.SamplingConfig")
@@ -448,9 +499,22 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     if not models:
         raise ValueError("no models given")
     models = [str(m) if isinstance(m, Path) else m for m in models]
+    started = time.perf_counter()
+    # ---- Ray (canopy.cluster): the same steps, on workers (the device is resolved there)
+    if ray not in (None, False) or workers is not None:
+        specs = _ray_arguments(models, out, ray, workers)
+        from canopy.cluster import sample_on_ray
+
+        tables, reused, sampled, lines = sample_on_ray(
+            specs, prompts, config, Path(out), address=ray, workers=workers,
+            runtime=runtime, progress=progress)
+        result = pd.concat(tables, ignore_index=True)
+        result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
+                                  "seconds": time.perf_counter() - started, "workers": lines}
+        return result
+    # ---- this process
     if runtime is not None:
         runtime.resolved()  # an unavailable device fails before any model is loaded
-    started = time.perf_counter()
     tables, reused, sampled = [], 0, 0
     for model in models:
         loaded = _as_loaded(model, runtime)
@@ -469,6 +533,31 @@ def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
     result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
                               "seconds": time.perf_counter() - started}
     return result
+
+
+def _ray_arguments(models, out, ray, workers) -> list:
+    """Check the Ray arguments of :func:`sample_to_store` (one-line errors, before Ray is
+    imported or a model loaded); returns the models as specs."""
+    from canopy.models import LoadedModel, ModelSpec, resolve_spec
+
+    if ray in (None, False):
+        raise ValueError("workers=N needs ray (--ray [ADDRESS]): workers are Ray workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"workers must be an integer ≥ 1 (Ray workers), got {workers!r}")
+    if ray is not True and not (isinstance(ray, str) and ray):
+        raise ValueError(f"ray must be True (a local instance) or an address HOST:PORT, got "
+                         f"{ray!r}")
+    if out is None:
+        raise ValueError("sampling on Ray needs a store directory (out / --out) that every "
+                         "worker can write")
+    specs = []
+    for m in models:
+        if isinstance(m, LoadedModel) or not isinstance(m, (str, ModelSpec)):
+            raise ValueError("with ray, give models as names, paths or ModelSpec (each "
+                             "worker loads its own copy), not loaded models")
+        specs.append(resolve_spec(m) if isinstance(m, str) else m)
+    return specs
 
 
 # ----------------------------------------------------------------------------- reading

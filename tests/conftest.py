@@ -1,8 +1,14 @@
-"""Fixtures shared by the analysis tests (the tables come from ``analysis_data.py``)."""
+"""Fixtures shared by the analysis tests (the tables come from ``analysis_data.py``), and
+the offline setting every test runs under (no model hub, as in the book build)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from analysis_data import finetune_report as _finetune_report
 from analysis_data import toy_rollouts

@@ -17,7 +17,7 @@ from canopy.experiment import load_experiment
 from canopy.models import LoadedModel, ModelSpec, load_model
 from canopy.sampling import (
     Prompt, Runtime, SamplingConfig, _draw, default_threads, entropy, process_logits,
-    rollout_uniforms, sample_batch, sample_prompts,
+    model_forward, rollout_uniforms, sample_batch, sample_prompts,
 )
 from canopy.store import config_hash, config_record, sample_to_store
 from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
@@ -46,8 +46,9 @@ def reference_loop(model, prompts, counts, u, stop_ids, s):
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    logits = model_forward(model, input_ids=ids, attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0), cache=cache,
+                           use_cache=True, logits_to_keep=1).logits[:, -1].float()
     owner = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts))
     cache.batch_select_indices(owner)
     mask, logits = mask[owner], logits[owner]
@@ -74,9 +75,9 @@ def reference_loop(model, prompts, counts, u, stop_ids, s):
         cache.batch_select_indices(sel)
         live = [live[i] for i in keep]
         mask = torch.cat([mask[sel], torch.ones(len(keep), 1, dtype=mask.dtype)], -1)
-        logits = model(input_ids=token[sel][:, None], attention_mask=mask,
-                       position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache,
-                       use_cache=True).logits[:, -1].float()
+        logits = model_forward(model, input_ids=token[sel][:, None], attention_mask=mask,
+                               position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache,
+                               use_cache=True).logits[:, -1].float()
     return out
 
 
@@ -202,7 +203,12 @@ def test_vllm_engine_missing_is_one_line_error(monkeypatch, tmp_path):
 def test_cli_runtime_errors(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a b"}\n')
-    base = ["sample", "--models", str(tmp_path), "--prompts", str(prompts)]
+    model = tmp_path / "tiny"
+    tiny_model("llama", scale=8.0, eos=[1, 15]).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    base = ["sample", "--models", str(model), "--prompts", str(prompts),
+            "--out", str(tmp_path / "out")]
+    capsys.readouterr()  # the model's save progress bar
     for extra, message in [(["--threads", "0"], "threads must be"),
                            (["--device", "tpu"], "device must be auto")]:
         with pytest.raises(SystemExit) as info:
