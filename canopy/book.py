@@ -171,9 +171,22 @@ def _mathjax_root() -> Path:
 
 
 #: Page style added to the theme's: long lines of a chapter's code cells wrap instead of
-#: running past the page width.
+#: running past the page width; reader tables (canopy.display) fit the page width, wrap
+#: their cells and scroll vertically (sticky header) when long, never sideways.
 BOOK_CSS = """\
 div.cell_input pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+.canopy-table-wrap { max-height: 36em; overflow-y: auto; overflow-x: hidden; margin: 0.5em 0; }
+table.canopy-table { width: 100%; table-layout: auto; border-collapse: collapse;
+  font-size: 0.85em; }
+table.canopy-table th, table.canopy-table td { white-space: normal; overflow-wrap: anywhere;
+  padding: 0.2em 0.45em; text-align: right; vertical-align: top; }
+table.canopy-table td:first-child, table.canopy-table th:first-child { text-align: left; }
+table.canopy-table thead th { position: sticky; top: 0; background: var(--pst-color-background, #fff);
+  border-bottom: 1px solid var(--pst-color-border, #ccc); }
+table.canopy-table tbody tr:nth-child(odd) { background: var(--pst-color-surface, #f7f7f7); }
+details.canopy-data { font-size: 0.8em; margin-bottom: 1em; }
+details.canopy-data summary { cursor: pointer; color: var(--pst-color-text-muted, #666); }
+.canopy-raw-wrap { max-height: 24em; overflow: auto; }
 """
 
 

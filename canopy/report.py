@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from canopy.display import enable_reader_tables, glue_values, reader_table
 from canopy.entropy import entropy_rate
 from canopy.simulation import coverage_verdict
 from canopy.tables import matched_families, require_columns
@@ -31,6 +32,9 @@ __all__ = [
     # chapter 6
     "design_text", "main_slope_text", "ratio_text", "families_text", "curvature_text",
     "beta_fit_text", "simulation_design_text", "coverage_text",
+    # tables and the findings page
+    "reader_table", "enable_reader_tables", "glue_values", "VERDICTS", "claim_verdict", "prompts_to_resolve", "ratio_verdict",
+    "paired_claim", "ratio_claim", "findings_table",
 ]
 
 
@@ -470,3 +474,128 @@ def coverage_text(summaries: Mapping[str, pd.DataFrame], level: float) -> str:
             "coverage clearly below it means the real fit's intervals are too narrow "
             "and its p-values too small (the normal reference and the REML variance "
             "estimates are least accurate with few prompts).")
+
+
+# ------------------------------------------------------------------ findings page
+#: The verdicts a claim can get (:func:`claim_verdict`).
+VERDICTS = ("supported", "contradicted", "unresolved at this power", "undefined")
+
+
+def claim_verdict(lo, hi, expected: str) -> str:
+    """A claim about the sign of a difference, judged by its interval ``[lo, hi]``:
+    ``expected`` is ``"> 0"`` or ``"< 0"`` (the sign the paper reports).
+    ``"supported"`` when the interval lies on the expected side of 0, ``"contradicted"``
+    when it lies on the other side, ``"unresolved at this power"`` when it includes 0,
+    ``"undefined"`` when an end is NaN."""
+    if expected not in ("> 0", "< 0"):
+        raise ValueError(f"expected must be '> 0' or '< 0', not {expected!r}")
+    side = interval_side(lo, hi)[0]
+    if side == "undefined":
+        return "undefined"
+    if side == "includes 0":
+        return "unresolved at this power"
+    return "supported" if side == expected else "contradicted"
+
+
+def prompts_to_resolve(estimate, lo, hi, n_prompts: int) -> float:
+    """Prompts a rerun would need for the interval of ``estimate`` to exclude 0, if the
+    estimate stayed where it is.
+
+    The rule: a bootstrap (or Wald) interval over prompts narrows as 1/√P, so the
+    distance from the estimate to the interval's end on the side of 0,
+    w = |estimate − (lo if estimate > 0 else hi)|, becomes w·√(P/P′) with P′ prompts.
+    The interval excludes 0 once that is below |estimate|:
+    P′ = ⌈P · (w / |estimate|)²⌉. Returns ``n_prompts`` when the interval already
+    excludes 0 and NaN when the estimate is 0 or not finite (no number of prompts
+    resolves a zero effect). A planning figure, not a power analysis: the estimate
+    itself will move with new prompts."""
+    est, lo, hi = float(estimate), float(lo), float(hi)
+    if n_prompts < 1:
+        raise ValueError("n_prompts must be ≥ 1")
+    if not (np.isfinite(est) and np.isfinite(lo) and np.isfinite(hi)) or est == 0:
+        return float("nan")
+    if lo > 0 or hi < 0:
+        return float(n_prompts)
+    w = est - lo if est > 0 else hi - est
+    # (rounded to 9 digits first, so that floating-point noise does not add a prompt)
+    return float(np.ceil(round(n_prompts * (w / abs(est)) ** 2, 9)))
+
+
+def ratio_verdict(ratio, paper_ratio: float = 3.0, null_ratio: float = 1.0) -> str:
+    """The claim "the slope of D on R̄ is about ``paper_ratio`` times larger after
+    fine-tuning", judged by the Fieller set of (β+η)/β (``ratio``: a
+    :class:`canopy.stats.SlopeRatio`, or None): ``"supported"`` when the set is bounded,
+    holds ``paper_ratio`` and excludes ``null_ratio`` (no change); ``"contradicted"``
+    when it is bounded and excludes ``paper_ratio``; ``"unresolved at this power"``
+    otherwise (unbounded, or holding both); ``"undefined"`` without a ratio."""
+    if ratio is None or not np.isfinite(ratio.estimate):
+        return "undefined"
+    if not ratio.bounded:
+        return "unresolved at this power"
+    if not ratio.covers(paper_ratio):
+        return "contradicted"
+    return "supported" if not ratio.covers(null_ratio) else "unresolved at this power"
+
+
+def paired_claim(table: pd.DataFrame, metric: str, expected: str, task: str = "all",
+                 percent: bool = False, fmt: str = "+.3f") -> dict | None:
+    """One claim about a fine-tuned − base difference, from :func:`bootstrap_table`'s
+    rows of ``metric`` and ``task`` (the first family): ``estimate``, ``lo``, ``hi``
+    (the percent change when ``percent``), ``interval`` (text, :func:`format_interval`),
+    ``n_prompts``, ``verdict`` (:func:`claim_verdict` against ``expected``) and
+    ``prompts_needed`` (:func:`prompts_to_resolve`). None when the table has no such row
+    (no matched family in the run)."""
+    require_columns(table, ["metric", "task", "n_prompts", "delta", "delta_lo", "delta_hi"],
+                    "bootstrap table", hint="build it with canopy.report.bootstrap_table")
+    rows = table[(table["metric"] == metric) & (table["task"] == task)]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    key = "pct_delta" if percent else "delta"
+    est, lo, hi, n = (float(row[key]), float(row[f"{key}_lo"]), float(row[f"{key}_hi"]),
+                      int(row["n_prompts"]))
+    return {"estimate": est, "lo": lo, "hi": hi, "n_prompts": n,
+            "interval": format_interval(est, lo, hi, fmt, " %" if percent else ""),
+            "verdict": claim_verdict(lo, hi, expected),
+            "prompts_needed": prompts_to_resolve(est, lo, hi, n)}
+
+
+def ratio_claim(inter, paper_ratio: float = 3.0) -> dict | None:
+    """The slope-ratio claim from :func:`canopy.stats.interaction_regression`'s result:
+    ``estimate``, ``interval`` (the Fieller set as text), ``summary`` (both),
+    ``n_prompts`` (prompts in the
+    fit), ``verdict`` (:func:`ratio_verdict`) and ``prompts_needed``: the larger of the
+    prompts for β's and for η's Wald interval to exclude 0 (:func:`prompts_to_resolve`;
+    a bounded Fieller set needs β resolved, a change of slope needs η resolved).
+    None when the fit has no ratio."""
+    ratio = getattr(inter, "ratio", None)
+    if ratio is None or not inter.fitted:
+        return None
+    n = int(inter.n_groups)
+    need = [prompts_to_resolve(r["estimate"], r["ci_low"], r["ci_high"], n)
+            for r in (inter.coef("mean_entropy_rate"), inter.coef("mean_entropy_rate:fine_tuned"))]
+    need = [x for x in need if np.isfinite(x)]
+    return {"estimate": float(ratio.estimate), "interval": ratio.interval_text(),
+            "summary": f"{ratio.estimate:.3g}, Fieller set {ratio.interval_text()}",
+            "n_prompts": n, "verdict": ratio_verdict(ratio, paper_ratio),
+            "prompts_needed": float(max(need)) if need else float("nan")}
+
+
+def findings_table(claims: Mapping[str, tuple[str, dict | None]]) -> pd.DataFrame:
+    """The Findings page's table: one row per claim (``claims``: claim text → (what
+    was measured, the dict of :func:`paired_claim` or :func:`ratio_claim`, or None when
+    the run could not measure it)). Columns ``claim``, ``measured``, ``estimate``,
+    ``prompts``, ``verdict``, ``prompts to resolve``."""
+    rows = []
+    for claim, (measured, c) in claims.items():
+        if c is None:
+            rows.append({"claim": claim, "measured": measured, "estimate": "not measured",
+                         "prompts": "—", "verdict": "undefined", "prompts to resolve": "—"})
+            continue
+        need = c["prompts_needed"]
+        rows.append({"claim": claim, "measured": measured,
+                     "estimate": c.get("summary", c["interval"]),
+                     "prompts": str(c["n_prompts"]), "verdict": c["verdict"],
+                     "prompts to resolve": "—" if not np.isfinite(need) else
+                     ("resolved" if need <= c["n_prompts"] else f"about {int(need)}")})
+    return pd.DataFrame(rows)

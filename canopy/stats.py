@@ -85,7 +85,14 @@ def _notes_html(notes: list[str]) -> str:
 
 
 def _fmt_table(table: pd.DataFrame) -> str:
-    return table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="—")
+    """A fit's table for a reader (symbols first, merged intervals; canopy.display)."""
+    from canopy.display import reader_table
+
+    if table.empty:
+        return "<p>(no table)</p>"
+    cols = [c for c in ["symbol", "estimate", "se", "z", "p"] if c in table.columns]
+    view = table[cols + [c for c in table.columns if c not in cols]]
+    return reader_table(view, name="fit")._repr_html_()
 
 
 @dataclass

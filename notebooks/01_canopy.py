@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,7 +15,16 @@
 
 # %% [markdown]
 # # The canopy
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - The {glue:text}`ch1_toy` toy's tree has {glue:text}`ch1_leaves` complete rollouts (leaves). Its Canopy Entropy, enumerated exactly, is $CE^* =$ {glue:text}`ch1_ce:.4f` nats, and the chain rule $\mathbb{E}[\sum_t h_t]$ gives the same number to within {glue:text}`ch1_diff:.0e` nats.
+# - Sampled estimates converge at the $1/\sqrt{M}$ rate: the standard error of $\widehat{CE}^*_H$ falls from {glue:text}`ch1_se_first:.3f` to {glue:text}`ch1_se_last:.4f` nats as $M$ grows from {glue:text}`ch1_m_first` to {glue:text}`ch1_m_last` rollouts.
+# :::
+
+# %% [markdown]
 # **Question.** A language model answering a prompt can produce many different
 # rollouts. How do we measure how many it *effectively* has — counting both *what* it
 # says and *how long* it talks — and what is that number made of?
@@ -35,8 +46,11 @@ from IPython.display import Markdown, display
 
 from canopy import charts
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy.entropy import prompt_metrics
 from canopy.toy import MarkovToy, convergence_table, entropy, examples
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 model = examples()[toy]
 tree = model.enumerate()
@@ -54,7 +68,7 @@ tree = model.enumerate()
 # %%
 rows = [*model.tokens[:-1], "start"]
 pd.DataFrame(model.state_probs, index=pd.Index(rows, name="previous"),
-             columns=model.tokens).round(3)
+             columns=model.tokens)
 
 # %% [markdown]
 # Every prefix branches into the tokens that may follow; every branch ends at a stop
@@ -62,12 +76,14 @@ pd.DataFrame(model.state_probs, index=pd.Index(rows, name="previous"),
 # **canopy**. In the icicle drawing below, each row is a step, each rectangle a prefix,
 # and its width the probability that a rollout starts with it (hover for details).
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(
     f"The `{toy}` toy has {len(model.tokens) - 1} ordinary tokens, the stop token "
     f"`{model.tokens[-1]}` and $T_{{\\max}} = {model.max_length}$: its tree has "
     f"**{len(tree.leaves)} leaves**, of which a fraction "
     f"{tree.truncation_rate:.3f} (by probability) is truncated."))
+
+# %%
 charts.canopy_chart(tree.leaves, title=f"The tree of the '{toy}' toy")
 
 # %% [markdown]
@@ -77,7 +93,7 @@ charts.canopy_chart(tree.leaves, title=f"The tree of the '{toy}' toy")
 
 # %%
 tree.leaves.sort_values("probability", ascending=False).head(8).assign(
-    sequence=lambda d: d["sequence"].map(" ".join)).round(4)
+    sequence=lambda d: d["sequence"].map(" ".join))
 
 # %% [markdown]
 # Length is random too. Its distribution:
@@ -104,7 +120,7 @@ charts.length_distribution_chart(tree.length_distribution,
 # $-\sum_{\text{leaves}} P \log P$, and the probability-weighted mean of the leaves'
 # summed step entropies.
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(
     f"- $-\\sum P \\log P$ over the {len(tree.leaves)} leaves: **{tree.leaf_entropy:.12f}** nats\n"
     f"- $\\mathbb{{E}}[\\sum_t h_t]$ (chain rule): **{tree.canopy_entropy:.12f}** nats\n"
@@ -128,13 +144,19 @@ charts.convergence_chart(study, tree.canopy_entropy)
 
 # %%
 wide = study.pivot(index="n_rollouts", columns="estimator", values=["estimate", "se"])
+
+# %% tags=["remove-input"]
 wide.columns = [f"{a}_{b}" for a, b in wide.columns]
+
+# %%
 wide["error_H_in_se"] = (wide["estimate_summed_entropy"] - tree.canopy_entropy) / wide["se_summed_entropy"]
 wide["error_S_in_se"] = (wide["estimate_surprisal"] - tree.canopy_entropy) / wide["se_surprisal"]
-wide.round(4)
+wide
 
 # %%
 first, last = wide.iloc[0], wide.iloc[-1]
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"From $M = {wide.index[0]}$ to $M = {wide.index[-1]}$ the standard error of "
     f"$\\widehat{{CE}}^*_H$ falls from {first['se_summed_entropy']:.3f} to "
@@ -181,7 +203,7 @@ for name, m in examples().items():
                  "Cov / E[N]": t.length_rate_cov / t.mean_length,
                  "P(truncated)": t.truncation_rate})
 exact = pd.DataFrame(rows).set_index("toy")
-exact.round(4)
+exact
 
 # %%
 charts.decomposition_chart(
@@ -214,7 +236,7 @@ h1 = entropy([0.75, 0.25])
 pd.DataFrame({"by hand": [h1, 7 / 4, 5 / 8 * h1, -3 / 32 * h1],
               "enumerated": [two.canopy_entropy, two.mean_length, two.mean_entropy_rate,
                              two.length_rate_cov]},
-             index=["CE*", "E[N]", "E[r]", "Cov(N, r)"]).round(6)
+             index=["CE*", "E[N]", "E[r]", "Cov(N, r)"])
 
 # %% [markdown]
 # ### The same identity on a sample
@@ -224,6 +246,8 @@ pd.DataFrame({"by hand": [h1, 7 / 4, 5 / 8 * h1, -3 / 32 * h1],
 
 # %%
 sample = prompt_metrics(model.sample(2000, seed=seed)).iloc[0]
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"$\\widehat{{CE}}^*_H$ = {sample['canopy_entropy']:.6f}; "
     f"$\\bar N \\bar r$ = {sample['length_term']:.6f}; "
@@ -242,5 +266,12 @@ display(Markdown(
 #
 # ## Rerun this chapter
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("01_canopy", profile=profile, toy=toy, sample_sizes=sample_sizes, seed=seed)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+glue_values(ch1_toy=toy, ch1_leaves=len(tree.leaves), ch1_ce=tree.canopy_entropy,
+            ch1_diff=abs(tree.leaf_entropy - tree.canopy_entropy),
+            ch1_m_first=int(wide.index[0]), ch1_m_last=int(wide.index[-1]),
+            ch1_se_first=first["se_summed_entropy"], ch1_se_last=last["se_summed_entropy"])

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,7 +15,16 @@
 
 # %% [markdown]
 # # Sampling rollouts
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - {glue:text}`ch2_rollouts` rollouts from {glue:text}`ch2_models` models ({glue:text}`ch2_tokens` generated tokens) on {glue:text}`ch2_prompts` prompts.
+# - Between {glue:text}`ch2_trunc_min:.0%` and {glue:text}`ch2_trunc_max:.0%` of the rollouts of a (model, task) cell hit $T_{\max} =$ {glue:text}`ch2_tmax` tokens without a stop token; where that share is high, every entropy in the later chapters is a lower bound.
+# :::
+
+# %% [markdown]
 # **Question.** What did the models actually generate? Before any entropy is computed,
 # this chapter looks at the raw material: for every prompt of the experiment, $M$
 # rollouts per model, sampled token by token with the exact step entropies recorded
@@ -38,9 +49,12 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, pooling, report
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 pd.set_option("display.max_colwidth", None)
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
@@ -63,7 +77,7 @@ model_table["prompting"] = model_table["chat_template"].map({True: "chat templat
                                                              False: "raw text"})
 model_table[["name", "family", "variant", "kind", "prompting", "dtype"]]
 
-# %%
+# %% tags=["remove-input"]
 measured = {
     "experiment": f"{experiment.name} (profile {experiment.profile})",
     "tasks": ", ".join(experiment.tasks),
@@ -76,6 +90,8 @@ measured = {
     "rollouts in total": len(rollouts),
     "generated tokens in total": int(rollouts["length"].sum()),
 }
+
+# %%
 pd.Series(measured, name="value").to_frame()
 
 # %% [markdown]
@@ -99,8 +115,12 @@ examples = report.example_rollouts(rollouts, example_task, example_prompt,
                                     rollout_ids=range(example_rollouts),
                                     max_chars=max_chars)
 prompt_text = {(p.task, p.prompt_id): p.text for p in prompt_list}
+
+# %% tags=["remove-input"]
 display(Markdown(f"**Prompt** `{examples.attrs['task']}/{examples.attrs['prompt_id']}`: "
                  f"{prompt_text[(examples.attrs['task'], examples.attrs['prompt_id'])]}"))
+
+# %%
 examples
 
 # %% [markdown]
@@ -122,7 +142,7 @@ charts.rollout_length_chart(rollouts)
 # %%
 summary = pooling.length_summary(rollouts)
 summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_length",
-         "min_length", "max_length", "truncation_rate", "n_prompts_flagged"]].round(3)
+         "min_length", "max_length", "truncation_rate", "n_prompts_flagged"]]
 
 # %% [markdown]
 # ## Truncation
@@ -137,6 +157,8 @@ charts.truncation_chart(summary)
 
 # %%
 overall = summary[summary["task"] == "all"].set_index("model")
+
+# %% tags=["remove-input"]
 lines = [f"- `{m}`: {row.truncation_rate:.0%} of {row.n_rollouts} rollouts truncated; "
          f"{row.n_prompts_flagged} of {row.n_prompts} prompts flagged (> 5 %); "
          f"mean length {row.mean_length:.1f} tokens"
@@ -167,5 +189,12 @@ display(Markdown(
 # The parameters used for this page, and the commands that regenerate it (the rollouts
 # are cached under `$CANOPY_CACHE`, so a rerun with the same settings reads them back).
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("02_sampling", profile=profile, experiment_file=experiment_file, models=models, example_task=example_task, example_prompt=example_prompt, example_rollouts=example_rollouts, max_chars=max_chars)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+glue_values(ch2_rollouts=len(rollouts), ch2_models=len(experiment.models),
+            ch2_tokens=int(rollouts["length"].sum()), ch2_prompts=len(prompt_list),
+            ch2_trunc_min=summary["truncation_rate"].min(),
+            ch2_trunc_max=summary["truncation_rate"].max(), ch2_tmax=settings.max_new_tokens)

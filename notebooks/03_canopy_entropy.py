@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,7 +15,16 @@
 
 # %% [markdown]
 # # Canopy Entropy and its decomposition
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - Over all tasks, $CE^*$ ranges from {glue:text}`ch3_ce_min:.2f` nats ({glue:text}`ch3_ce_min_model`) to {glue:text}`ch3_ce_max:.2f` nats ({glue:text}`ch3_ce_max_model`); the covariance term's share of it lies between {glue:text}`ch3_cov_min:.1%` and {glue:text}`ch3_cov_max:.1%` across (model, task) cells.
+# - Fine-tuned − base, percent change of $CE^*$ over all tasks: {glue:text}`ch3_pct` — the paper's "fine-tuning lowers $CE^*$" is **{glue:text}`ch3_verdict`** here.
+# :::
+
+# %% [markdown]
 # **Question.** How large is the canopy of each model — the effective number of
 # complete rollouts it can produce for a prompt — and is that size carried by *length*
 # (many tokens at a typical rate) or by the *co-movement* of length and entropy rate?
@@ -41,15 +52,20 @@ confidence = 0.95          # level of the bootstrap percentile intervals
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, entropy, pooling, report
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 rollouts = experiment.rollouts(progress=False)
 prompts = entropy.prompt_metrics(rollouts)       # one row per (model, task, prompt)
 pooled = pooling.pool(prompts)                   # one row per (model, task), task "all" too
 keys = ["model", "task"]
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"Measured: {len(experiment.models)} models ({', '.join(experiment.models)}), "
     f"{prompts.groupby(['task', 'prompt_id']).ngroups} prompts in "
@@ -73,9 +89,9 @@ display(Markdown(
 check = pooling.estimator_check(prompts)
 check[keys + ["n_prompts", "canopy_entropy", "canopy_entropy_se", "canopy_entropy_surprisal",
               "canopy_entropy_surprisal_se", "estimator_gap", "estimator_gap_se", "gap_z",
-              "estimators_agree", "n_prompts_agree"]].round(3)
+              "estimators_agree", "n_prompts_agree"]]
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(report.estimator_check_text(check, experiment.sampling.rollouts)))
 
 # %% [markdown]
@@ -90,7 +106,7 @@ display(Markdown(report.estimator_check_text(check, experiment.sampling.rollouts
 
 # %%
 pooled[keys + ["n_prompts", "canopy_entropy", "canopy_entropy_se", "mean_length",
-               "mean_entropy_rate", "gen_ppl", "branching_factor", "truncation_rate"]].round(3)
+               "mean_entropy_rate", "gen_ppl", "branching_factor", "truncation_rate"]]
 
 # %% [markdown]
 # ## The decomposition: length term and covariance term
@@ -106,9 +122,9 @@ charts.decomposition_share_chart(pooled)
 
 # %%
 pooled[keys + ["canopy_entropy", "length_term", "cov_residual", "length_share",
-               "cov_share"]].round(4)
+               "cov_share"]]
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(report.cov_share_text(pooled)))
 
 # %% [markdown]
@@ -142,6 +158,8 @@ charts.covariance_split_chart(pooled)
 identities = pooling.decomposition_identities(pooled)
 display(identities[keys + ["log_genppl_minus_log_bf", "cov_over_length", "identity_error",
                            "split_error"]])
+
+# %% tags=["remove-input"]
 display(Markdown(report.identities_text(identities)))
 
 # %% [markdown]
@@ -157,12 +175,16 @@ display(Markdown(report.identities_text(identities)))
 
 # %%
 boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence)
+
+# %% tags=["remove-input"]
 display(Markdown(report.pairs_text(
     boot, {m: resolve_spec(m).name for m in experiment.models})))
+
+# %%
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",
          "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share"]
 table = report.bootstrap_table(boot, shown) if len(boot) else boot
-table.round(3)
+table
 
 # %%
 if len(boot):
@@ -198,5 +220,16 @@ else:
 # %% [markdown]
 # ## Rerun this chapter
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("03_canopy_entropy", profile=profile, experiment_file=experiment_file, models=models, n_boot=n_boot, seed=seed, confidence=confidence)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+allrows = pooled[pooled["task"] == "all"].set_index("model")["canopy_entropy"]
+ce_claim = report.paired_claim(table, "canopy_entropy", "< 0", percent=True, fmt="+.0f") \
+    if len(boot) else None
+glue_values(ch3_ce_min=allrows.min(), ch3_ce_min_model=allrows.idxmin(),
+            ch3_ce_max=allrows.max(), ch3_ce_max_model=allrows.idxmax(),
+            ch3_cov_min=pooled["cov_share"].min(), ch3_cov_max=pooled["cov_share"].max(),
+            ch3_pct=ce_claim["interval"] if ce_claim else "not measured (no matched pair)",
+            ch3_verdict=ce_claim["verdict"] if ce_claim else "undefined")

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,7 +15,16 @@
 
 # %% [markdown]
 # # Length and entropy rate
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - Pooled within-prompt Pearson $\rho(N, r)$ over all tasks ranges from {glue:text}`ch4_rho_min:+.3f` ({glue:text}`ch4_rho_min_model`) to {glue:text}`ch4_rho_max:+.3f` ({glue:text}`ch4_rho_max_model`).
+# - Fine-tuned − base difference of $\rho(N, r)$ over all tasks: {glue:text}`ch4_delta` — the paper's "fine-tuning strengthens $\rho(N, r)$" is **{glue:text}`ch4_verdict`** here.
+# :::
+
+# %% [markdown]
 # **Question.** Within the rollouts of one prompt, do the longer ones carry more entropy
 # per token, or less? The correlation $\rho(N, r)$ between length $N_i$ and entropy rate
 # $r_i = H_i/N_i$ is the normalised version of the covariance term of chapter 3
@@ -38,13 +49,18 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, entropy, pooling, report
 from canopy.experiment import load_experiment
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 rollouts = experiment.rollouts(progress=False)
 prompts = entropy.prompt_metrics(rollouts)
 correlations = ["length_rate_pearson", "length_rate_spearman", "length_rate_kendall"]
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"Measured: {', '.join(experiment.models)}; "
     f"{prompts.groupby(['task', 'prompt_id']).ngroups} prompts, "
@@ -68,10 +84,12 @@ rho["side"] = report.interval_side(rho["lo"], rho["hi"], rho["n_defined"])
 charts.interval_chart(rho, title=f"Pooled ρ(N, r) with {confidence:.0%} bootstrap intervals")
 
 # %%
-rho.round(3)
+rho
 
 # %%
 pear = rho[(rho["metric"] == "length_rate_pearson") & (rho["task"] == "all")].set_index("model")
+
+# %% tags=["remove-input"]
 display(Markdown("Pooled Pearson $\\rho(N, r)$ over all tasks: " + "; ".join(
     f"`{m}` {report.format_interval(row.estimate, row.lo, row.hi)} ({row.n_defined} of "
     f"{row.n_prompts} prompts with a defined correlation; {row.side})"
@@ -91,9 +109,9 @@ display(Markdown("Pooled Pearson $\\rho(N, r)$ over all tasks: " + "; ".join(
 boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence,
                                 metrics=correlations)
 paired = report.bootstrap_table(boot, correlations) if len(boot) else boot
-paired.drop(columns=[c for c in paired.columns if c.startswith("pct_")]).round(3)
+paired.drop(columns=[c for c in paired.columns if c.startswith("pct_")])
 
-# %%
+# %% tags=["remove-input"]
 if len(paired):
     p = paired[paired["metric"] == "length_rate_pearson"].set_index("task")
     display(Markdown(
@@ -172,6 +190,8 @@ stops = profile_table[profile_table["task"] == profile_task]
 first = stops.groupby("model").first()
 total = stops.groupby("model")[["n_stopped"]].sum()
 started = first["n_active"]
+
+# %% tags=["remove-input"]
 display(Markdown("Rollouts that emitted a stop token within $T_{\\max}$: " + "; ".join(
     f"`{m}` {int(total.loc[m, 'n_stopped'])} of {int(started[m])}"
     for m in started.index) + ". A model whose stop probability stays near 0 until "
@@ -195,5 +215,14 @@ display(Markdown("Rollouts that emitted a stop token within $T_{\\max}$: " + "; 
 # %% [markdown]
 # ## Rerun this chapter
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("04_length_rate", profile=profile, experiment_file=experiment_file, models=models, n_boot=n_boot, seed=seed, confidence=confidence, profile_task=profile_task, min_active=min_active)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+rho_all = pear["estimate"]
+rho_claim = report.paired_claim(paired, "length_rate_pearson", "> 0") if len(paired) else None
+glue_values(ch4_rho_min=rho_all.min(), ch4_rho_min_model=rho_all.idxmin(),
+            ch4_rho_max=rho_all.max(), ch4_rho_max_model=rho_all.idxmax(),
+            ch4_delta=rho_claim["interval"] if rho_claim else "not measured (no matched pair)",
+            ch4_verdict=rho_claim["verdict"] if rho_claim else "undefined")

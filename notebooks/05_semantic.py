@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,7 +15,16 @@
 
 # %% [markdown]
 # # Semantic diversity
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - Over all tasks, semantic diversity $D$ is highest for {glue:text}`ch5_top` ({glue:text}`ch5_top_d:.3f`) and lowest for {glue:text}`ch5_bottom` ({glue:text}`ch5_bottom_d:.3f`).
+# - The Vendi score — the effective number of distinct rollouts out of $M =$ {glue:text}`ch5_m` — ranges from {glue:text}`ch5_vs_min:.2f` to {glue:text}`ch5_vs_max:.2f` across models.
+# :::
+
+# %% [markdown]
 # Canopy Entropy counts how many *token sequences* a model can produce for a prompt. Two
 # rollouts can differ in every token and still say the same thing. **Do the rollouts of a
 # prompt differ in meaning, does fine-tuning change that, and do longer rollouts say
@@ -38,9 +48,12 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, report, semantic
 from canopy.experiment import load_experiment
 from canopy.stats import build_panel
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 120)
@@ -48,6 +61,8 @@ pd.set_option("display.max_colwidth", 120)
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 rollouts = experiment.rollouts(progress=False)
 n_rollouts = int(experiment.sampling.rollouts)
+
+# %% tags=["remove-stderr", "remove-input"]
 display(Markdown(
     f"**Parameters.** profile `{profile}`, experiment `{experiment.name}`, "
     f"embedding model `{embedding_model}`, similarity threshold {similarity_threshold}. "
@@ -69,6 +84,8 @@ display(Markdown(
 
 # %% tags=["remove-stderr"]
 embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
+
+# %% tags=["remove-stderr", "remove-input"]
 display(Markdown(f"Embedded {embeddings.shape[0]:,} rollouts into {embeddings.shape[1]} dimensions."))
 
 # %% [markdown]
@@ -129,8 +146,10 @@ display(pooled.pivot(index="model", columns="task", values="diversity")
 display(charts.semantic_bar_chart(pooled, "diversity", "Semantic diversity D by model and task",
                                   "D (mean pairwise cosine dissimilarity)"))
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(report.diversity_extremes_text(pooled)))
+
+# %%
 display(charts.prompt_strip_chart(per_prompt, "diversity", "D per prompt (one tick per prompt)",
                                   "D"))
 
@@ -153,6 +172,8 @@ buckets = pooled[["model", "task", "diversity_short", "diversity_medium", "diver
 display(buckets.set_index(["model", "task"]))
 display(charts.bucket_diversity_chart(pooled, "all"))
 missing = report.missing_buckets_text(pooled, n_rollouts)
+
+# %% tags=["remove-input"]
 if missing:
     display(Markdown(missing))
 
@@ -163,6 +184,8 @@ if missing:
 display(pooled[["model", "task", "length_diversity_pearson", "length_diversity_spearman",
                 "length_diversity_kendall", "reason"]].set_index(["model", "task"]))
 display(charts.length_diversity_chart(pooled, correlation))
+
+# %% tags=["remove-input"]
 display(Markdown(report.length_diversity_text(pooled, correlation, n_rollouts)))
 
 # %% [markdown]
@@ -183,6 +206,8 @@ display(charts.semantic_bar_chart(pooled, "semantic_entropy",
 display(charts.semantic_bar_chart(pooled, "semantic_entropy_norm",
                                   f"Normalised semantic entropy (cosine ≥ {similarity_threshold})",
                                   "SE / log M"))
+
+# %% tags=["remove-input"]
 display(Markdown(report.clusters_text(per_prompt, n_rollouts)))
 
 # %% [markdown]
@@ -196,7 +221,11 @@ task = example_task or experiment.tasks[0]
 example = rollouts.assign(d_i=semantic.rollout_diversity(rollouts, embeddings))
 first_prompt = sorted(example.loc[example["task"] == task, "prompt_id"].unique())[0]
 example = example[(example["task"] == task) & (example["prompt_id"] == first_prompt)]
+
+# %% tags=["remove-input"]
 display(Markdown(f"Task `{task}`, prompt `{first_prompt}`."))
+
+# %%
 display(example[["model", "rollout_id", "length", "d_i", "text"]]
         .assign(text=example["text"].str.replace(r"\s+", " ", regex=True).str.slice(0, 160))
         .sort_values(["model", "rollout_id"]).set_index(["model", "rollout_id"]))
@@ -234,5 +263,12 @@ display(charts.rate_diversity_chart(panel, color="model"))
 # %% [markdown]
 # ## Rerun this chapter
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("05_semantic", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, similarity_threshold=similarity_threshold, correlation=correlation, example_task=example_task)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+d_all = pooled[pooled["task"] == "all"].set_index("model")
+glue_values(ch5_top=d_all["diversity"].idxmax(), ch5_top_d=d_all["diversity"].max(),
+            ch5_bottom=d_all["diversity"].idxmin(), ch5_bottom_d=d_all["diversity"].min(),
+            ch5_m=n_rollouts, ch5_vs_min=d_all["vendi"].min(), ch5_vs_max=d_all["vendi"].max())

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,7 +15,16 @@
 
 # %% [markdown]
 # # Confound-controlled regressions
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - Slope of $D$ on $\bar R$ with length, task and family held fixed: {glue:text}`ch6_slope` per nat/token ({glue:text}`ch6_pct`% interval).
+# - Slope ratio $(\beta+\eta)/\beta$ = {glue:text}`ch6_ratio`, Fieller set {glue:text}`ch6_ratio_set`: the paper's "the slope nearly triples under fine-tuning" is **{glue:text}`ch6_verdict`** here.
+# :::
+
+# %% [markdown]
 # Chapter 5 put semantic diversity $D$ next to the entropy rate $\bar R$. But prompts
 # differ, tasks differ, models write texts of different lengths, and length alone changes
 # both quantities. **Once length, task, model family and prompt are held fixed, does a
@@ -40,9 +50,12 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy import beta, charts, report, semantic, simulation, stats
 from canopy.experiment import load_experiment
 from canopy.tables import matched_families
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 pd.set_option("display.precision", 4)
 pct = int(round(100 * level))
@@ -51,6 +64,8 @@ experiment = load_experiment(experiment_file, profile, overrides={"models": mode
 rollouts = experiment.rollouts(progress=False)
 embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
 panel = stats.build_panel(rollouts, embeddings)
+
+# %% tags=["remove-stderr", "remove-input"]
 display(Markdown(
     f"**Parameters.** profile `{profile}`, experiment `{experiment.name}`, embedding model "
     f"`{embedding_model}`, level {level}."))
@@ -72,7 +87,11 @@ design = panel.groupby(["family", "variant"]).agg(
     mean_length=("mean_length", "mean"))
 display(design)
 matched = matched_families(panel)[0]
+
+# %% tags=["remove-input"]
 display(Markdown(report.design_text(panel)))
+
+# %%
 display(charts.rate_diversity_chart(panel, color="model",
                                     title="The raw relation: D against R̄, one point per prompt"))
 
@@ -96,6 +115,8 @@ display(charts.rate_diversity_chart(panel, color="model",
 # %%
 main = stats.main_regression(panel, level=level)
 display(main)
+
+# %% tags=["remove-input"]
 display(Markdown(report.main_slope_text(main, level)))
 
 # %% [markdown]
@@ -170,6 +191,8 @@ if len(coef):
 # %%
 curv = stats.curvature_check(panel, level=level)
 display(curv)
+
+# %% tags=["remove-input"]
 display(Markdown(report.curvature_text(curv)))
 
 # %% [markdown]
@@ -192,6 +215,8 @@ display(Markdown(report.curvature_text(curv)))
 # %%
 beta_fit = beta.beta_regression(panel, level=level)
 display(beta_fit)
+
+# %% tags=["remove-input"]
 if report.beta_fit_text(beta_fit):
     display(Markdown(report.beta_fit_text(beta_fit)))
 
@@ -239,7 +264,11 @@ studies, summaries = simulation.run_scenarios(designs, seeds, level=level,
                                               first_seed=sim_first_seed)
 summary = pd.concat(summaries, names=["scenario"])
 truth = next(iter(studies.values())).attrs["truth"]
+
+# %% tags=["remove-stderr", "remove-input"]
 display(Markdown(report.simulation_design_text(truth, seeds, designs)))
+
+# %% tags=["remove-stderr"]
 display(summary[["symbol", "truth", "n_fits", "median", "bias", "sd", "median_abs_error",
                  "coverage", "coverage_se", "coverage_check", "bounded_share"]])
 
@@ -248,7 +277,7 @@ for name, study in studies.items():
     display(charts.simulation_chart(study, title=f"Scenario {name}: {pct} % intervals, sorted by "
                                                  "estimate; dashed = truth"))
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(report.coverage_text(summaries, level)))
 
 # %% [markdown]
@@ -272,5 +301,15 @@ display(Markdown(report.coverage_text(summaries, level)))
 # %% [markdown]
 # ## Rerun this chapter
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("06_regressions", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, level=level, run_r=run_r, n_sim_seeds=n_sim_seeds, sim_scale_up=sim_scale_up, sim_first_seed=sim_first_seed)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+slope = main.coef("mean_entropy_rate") if main.fitted else None
+ratio_claim = report.ratio_claim(inter)
+glue_values(ch6_slope=report.format_interval(slope["estimate"], slope["ci_low"], slope["ci_high"], "+.3f")
+            if slope is not None else "not fitted", ch6_pct=pct,
+            ch6_ratio=round(ratio_claim["estimate"], 2) if ratio_claim else "undefined",
+            ch6_ratio_set=ratio_claim["interval"] if ratio_claim else "undefined",
+            ch6_verdict=ratio_claim["verdict"] if ratio_claim else "undefined")

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,7 +15,16 @@
 
 # %% [markdown]
 # # Appendix: making the fine-tuned model
+
+# %% [markdown]
+# :::{admonition} What this chapter finds
+# :class: tip
 #
+# - On held-out responses the fine-tune moves the response loss from {glue:text}`ch7_loss_base:.3f` to {glue:text}`ch7_loss_ft:.3f` nats per token.
+# - Within {glue:text}`ch7_budget` tokens, {glue:text}`ch7_stop_base:.0%` of the base model's and {glue:text}`ch7_stop_ft:.0%` of the fine-tuned model's held-out rollouts stopped.
+# :::
+
+# %% [markdown]
 # The book compares a base model with a fine-tuned version of *the same* model. No such
 # pair of small models can be downloaded here (everything runs offline), so the project
 # makes one: `gemma-3-270m-sft` is `gemma-3-270m` after a short LoRA fine-tune.
@@ -33,10 +43,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
 from canopy import charts
 from canopy.experiment import load_experiment
 from canopy.finetune import PROFILES, finetune, read_report
 from canopy.report import finetune_config_table, finetune_summary
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 80)
@@ -55,6 +68,8 @@ except FileNotFoundError:
     finetune(recipe, progress=False)
     report = read_report(finetune_name)
 config = report["config"]
+
+# %% tags=["remove-stderr", "remove-input"]
 display(Markdown(
     f"**Parameters.** profile `{profile}`, fine-tune `{finetune_name}`. The experiment's models: "
     + ", ".join(f"`{m}`" for m in experiment.models) + "."))
@@ -129,6 +144,8 @@ loss = charts.finetune_loss_data(report, window=smoothing_window)
 display(charts.loss_curve_chart(loss, report["heldout_response_loss"],
                                 "Training loss on response tokens (dashed: held-out losses)"))
 first, last = loss["smoothed"].iloc[min(smoothing_window, len(loss)) - 1], loss["smoothed"].iloc[-1]
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"{len(loss)} optimiser steps ({config['epochs']} epoch(s) of "
     f"{report.get('n_train_examples')} examples in batches of {config['batch_size']}). "
@@ -160,6 +177,8 @@ display(charts.heldout_loss_chart(report))
 held, stop = report["heldout_response_loss"], report["stop_fraction"]
 rollouts = stop.get("rollouts_per_prompt", 1)
 drop = held["base"] - held["fine_tuned"]
+
+# %% tags=["remove-input"]
 display(Markdown(
     f"On {report.get('n_heldout_examples')} held-out responses the loss "
     + (f"falls by {drop:.3f} nats per token ({held['base']:.3f} → {held['fine_tuned']:.3f}), "
@@ -190,13 +209,17 @@ display(Markdown(
 # %%
 seconds = pd.Series(report.get("seconds", {}), name="seconds").rename_axis("stage")
 display(seconds.to_frame())
+
+# %% tags=["remove-input"]
 display(Markdown(f"Measured with {report.get('torch_threads', '?')} CPU thread(s)."))
+
+# %%
 display(finetune_config_table(report))
 
 # %% [markdown]
 # ## What this fine-tune is, and is not
 
-# %%
+# %% tags=["remove-input"]
 display(Markdown(
     f"- It is a **small distillation-style SFT**: {report.get('n_train_examples')} examples, "
     f"{config['epochs']} epoch(s), rank-{config['lora_r']} adapters, and a teacher "
@@ -217,5 +240,11 @@ display(Markdown(
 # %% [markdown]
 # ## Rerun this chapter
 
-# %%
+# %% tags=["remove-input"]
 rerun_note("07_appendix_finetune", profile=profile, experiment_file=experiment_file, models=models, finetune_name=finetune_name, smoothing_window=smoothing_window)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+glue_values(ch7_loss_base=held["base"], ch7_loss_ft=held["fine_tuned"],
+            ch7_budget=stop["max_new_tokens"], ch7_stop_base=stop["base"],
+            ch7_stop_ft=stop["fine_tuned"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from canopy import REPO_ROOT, book, render
+from canopy.display import SNAKE_CASE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROME_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -165,11 +166,19 @@ def test_quick_book_pages_render_offline_in_chromium(built_book):
                 if has_math:
                     page.wait_for_function("document.querySelectorAll('mjx-container').length > 0",
                                            timeout=20_000)
-                report[path.name] = {"errors": errors, "remote": remote, "drawn": drawn}
+                # Table headers a reader sees (the raw data inside a collapsed toggle
+                # excepted) must be symbols or words, never snake_case column names.
+                headers = page.evaluate(
+                    "Array.from(document.querySelectorAll('th'))"
+                    ".filter(th => !th.closest('details')).map(th => th.textContent.trim())")
+                snake = [h for h in headers if SNAKE_CASE.match(h)]
+                report[path.name] = {"errors": errors, "remote": remote, "drawn": drawn,
+                                     "headers": snake}
                 page.close()
         finally:
             browser.close()
     for name, r in report.items():
+        assert r["headers"] == [], (name, "raw column names as table headers", r["headers"])
         assert r["errors"] == [], (name, r["errors"])
         assert r["remote"] == [], (name, r["remote"])
         assert all(n > 0 for n in r["drawn"]), (name, r["drawn"])
@@ -202,3 +211,30 @@ def test_key_numbers_on_the_pages_equal_the_stored_results(built_book):
     for value in report["heldout_response_loss"].values():
         assert f"{value:.3f}" in page
     json.dumps(report)  # the report is plain JSON
+
+
+@pytest.mark.integration
+def test_findings_page_shows_its_verdicts_and_every_chapter_opens_with_its_findings(built_book):
+    from canopy.experiment import load_experiment
+    from canopy.entropy import prompt_metrics
+    from canopy.pooling import paired_bootstrap
+    from canopy.report import bootstrap_table, paired_claim
+
+    executed = built_book / "_executed"
+    page = (executed / "08_findings.html").read_text()
+    assert "What this page finds" in page
+    # The CE* claim, recomputed here from the stored rollouts with the page's settings.
+    prompts = prompt_metrics(load_experiment(None, "quick").rollouts(progress=False))
+    boot = paired_bootstrap(prompts, n_boot=2000, seed=0, confidence=0.95,
+                            metrics=["canopy_entropy", "length_rate_pearson"])
+    claim = paired_claim(bootstrap_table(boot), "canopy_entropy", "< 0", percent=True,
+                         fmt="+.0f")
+    assert claim is not None, "the quick experiment should have a matched family"
+    assert claim["interval"] in page and claim["verdict"] in page
+    for source in book.chapters():
+        html = (executed / f"{source.stem}.html").read_text()
+        head = html.split("What this", 1)
+        assert len(head) == 2, f"{source.stem} has no findings box"
+        # the box comes before the first table or chart of the page
+        assert "<table" not in head[0] and "canopy-chart" not in head[0], source.stem
+        assert "pasted-text" in head[1].split("</div>", 3)[-1] or "pasted-text" in head[1][:6000]

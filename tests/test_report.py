@@ -211,3 +211,51 @@ def test_chapter6_sentences_for_ratios_failed_fits_and_the_simulation():
         "panels; the typical (median) error of the ratio estimate was 1.23. Coverage of β is "
         "consistent with the nominal level; of η, below the nominal level (intervals too "
         "narrow).\n\nCoverage within about two binomial standard errors")
+
+
+def test_claim_verdict_and_prompts_to_resolve():
+    from canopy.report import claim_verdict, prompts_to_resolve
+
+    assert claim_verdict(-2.0, -0.5, "< 0") == "supported"
+    assert claim_verdict(0.5, 2.0, "< 0") == "contradicted"
+    assert claim_verdict(-1.0, 1.0, "> 0") == "unresolved at this power"
+    assert claim_verdict(np.nan, 1.0, "> 0") == "undefined"
+    with pytest.raises(ValueError, match="expected"):
+        claim_verdict(0, 1, "positive")
+    # estimate 0.1, interval [-0.1, 0.3] from 20 prompts: w = 0.2 = 2·|est| → 4 × 20
+    assert prompts_to_resolve(0.1, -0.1, 0.3, 20) == 80
+    assert prompts_to_resolve(-0.1, -0.25, 0.2, 10) == np.ceil(10 * (0.3 / 0.1) ** 2)
+    assert prompts_to_resolve(0.5, 0.1, 0.9, 12) == 12          # already resolved
+    assert np.isnan(prompts_to_resolve(0.0, -1, 1, 12))
+    # the rule itself: an interval narrowed by sqrt(P/P') just excludes 0
+    est, lo, n = 0.3, -0.6, 7
+    need = prompts_to_resolve(est, lo, 1.0, n)
+    assert est - (est - lo) * np.sqrt(n / need) >= 0 > est - (est - lo) * np.sqrt(n / (need - 1))
+
+
+def test_ratio_verdict():
+    from canopy.report import ratio_verdict
+    from canopy.stats import SlopeRatio
+
+    assert ratio_verdict(SlopeRatio(2.8, 1.5, 4.0, "bounded")) == "supported"
+    assert ratio_verdict(SlopeRatio(2.8, 0.5, 4.0, "bounded")) == "unresolved at this power"
+    assert ratio_verdict(SlopeRatio(1.1, 0.9, 1.4, "bounded")) == "contradicted"
+    assert ratio_verdict(SlopeRatio(5.0, -1.0, 2.0, "two rays")) == "unresolved at this power"
+    assert ratio_verdict(None) == "undefined"
+
+
+def test_paired_claim_and_findings_table(rollouts):
+    from canopy.report import findings_table, paired_claim
+
+    prompts = prompt_metrics(rollouts)
+    table = bootstrap_table(paired_bootstrap(prompts, n_boot=200, seed=1))
+    row = table[(table["metric"] == "canopy_entropy") & (table["task"] == "all")].iloc[0]
+    c = paired_claim(table, "canopy_entropy", "< 0")
+    assert (c["estimate"], c["lo"], c["hi"]) == (row["delta"], row["delta_lo"], row["delta_hi"])
+    assert c["verdict"] == {"< 0": "supported", "> 0": "contradicted"}.get(
+        row["change"], "unresolved at this power")
+    assert c["interval"] == format_interval(row["delta"], row["delta_lo"], row["delta_hi"], "+.3f")
+    assert paired_claim(table, "canopy_entropy", "< 0", task="no such task") is None
+    out = findings_table({"lower CE*": ("Δ CE*", c), "missing": ("x", None)})
+    assert out.loc[1, "verdict"] == "undefined" and out.loc[0, "estimate"] == c["interval"]
+    assert out.loc[0, "prompts"] == str(c["n_prompts"])

@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Findings: the paper's claims, measured here
+
+# %% [markdown]
+# :::{admonition} What this page finds
+# :class: tip
+#
+# - **Fine-tuning lowers $CE^*$**: over all tasks the fine-tuned model's $CE^*$ differs
+#   from its base by {glue:text}`f_ce` (percent change, {glue:text}`f_pct`% bootstrap
+#   interval, {glue:text}`f_ce_n` prompts): **{glue:text}`f_ce_verdict`**.
+# - **…but strengthens $\rho(N, r)$**: the pooled within-prompt correlation changes by
+#   {glue:text}`f_rho`: **{glue:text}`f_rho_verdict`**.
+# - **The slope of $D$ on $\bar R$ nearly triples**: $(\beta+\eta)/\beta$ =
+#   {glue:text}`f_ratio`, Fieller set {glue:text}`f_ratio_set`:
+#   **{glue:text}`f_ratio_verdict`**.
+# :::
+#
+# Cheng, Tian & Xu (2026) report, for released base and instruction-tuned models, that
+# fine-tuning lowers the Canopy Entropy $CE^*$ while strengthening the within-prompt
+# correlation of length and entropy rate $\rho(N, r)$, and that the slope of semantic
+# diversity $D$ on the mean entropy rate $\bar R$ nearly triples. This page puts each
+# claim beside what this book's experiment measured, with its interval, and says in
+# words what the interval allows:
+#
+# - **supported**: the interval lies on the side of 0 the paper reports (for the ratio:
+#   a bounded Fieller set that holds 3 and excludes 1, no change);
+# - **contradicted**: the interval lies on the other side (the ratio's set excludes 3);
+# - **unresolved at this power**: the interval holds both possibilities — not "no
+#   effect", but too few prompts to tell.
+#
+# **Prompts to resolve** is a planning figure, not a power analysis. An interval over
+# prompts narrows as $1/\sqrt{P}$; if the estimate stayed where it is, the interval would
+# exclude 0 with $P' = \lceil P\,(w/|\hat\theta|)^2 \rceil$ prompts, where $w$ is the
+# distance from the estimate $\hat\theta$ to the interval's end on the side of 0
+# (`canopy.report.prompts_to_resolve`). For the slope ratio it is the larger of the
+# figures for $\beta$ and $\eta$: a bounded set needs $\beta$ resolved, a change of slope
+# needs $\eta$ resolved. The estimates are recomputed here from the same cached rollouts
+# and settings as chapters 3, 4 and 6.
+
+# %% tags=["parameters"]
+profile = "default"            # experiment profile: "default" or "quick"
+experiment_file = None         # None: data/experiments/default.yaml
+models = None                  # None: the experiment's models; or a list of names/paths
+embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
+n_boot = 2000                  # bootstrap resamples of the prompts
+seed = 0                       # bootstrap seed
+confidence = 0.95              # level of the bootstrap and regression intervals
+
+# %% tags=["remove-stderr"]
+from canopy.book import rerun_note
+from canopy.display import enable_reader_tables, glue_values
+from canopy import charts, entropy, pooling, report, semantic, stats
+from canopy.experiment import load_experiment
+
+enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
+
+experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+rollouts = experiment.rollouts(progress=False)
+prompts = entropy.prompt_metrics(rollouts)
+boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence,
+                                metrics=["canopy_entropy", "length_rate_pearson"])
+paired = report.bootstrap_table(boot) if len(boot) else boot
+embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
+panel = stats.build_panel(rollouts, embeddings)
+inter = stats.interaction_regression(panel, level=confidence)
+
+# %%
+ce = report.paired_claim(paired, "canopy_entropy", "< 0", percent=True, fmt="+.0f") \
+    if len(paired) else None
+rho = report.paired_claim(paired, "length_rate_pearson", "> 0") if len(paired) else None
+ratio = report.ratio_claim(inter)
+report.findings_table({
+    "fine-tuning lowers CE*": ("Δ CE* (%), all tasks, paired bootstrap", ce),
+    "fine-tuning strengthens ρ(N, r)": ("Δ ρ(N, r), all tasks, paired bootstrap", rho),
+    "the slope of D on R̄ nearly triples": ("(β+η)/β, interaction regression", ratio),
+})
+
+# %% [markdown]
+# The intervals behind the first two rows, per task (the chapters show every quantity):
+
+# %%
+if len(boot):
+    display(charts.bootstrap_delta_chart(boot, ["canopy_entropy"],
+                                         title="CE*: fine-tuned vs base (%), paired bootstrap"))
+    display(charts.bootstrap_delta_chart(boot, ["length_rate_pearson"], percent=False,
+                                         title="ρ(N, r): fine-tuned − base, paired bootstrap"))
+
+# %% [markdown]
+# Where each number comes from: $CE^*$ and its paired bootstrap in
+# {doc}`chapter 3 <03_canopy_entropy>`, $\rho(N, r)$ in {doc}`chapter 4 <04_length_rate>`, the
+# interaction regression and its Fieller set in {doc}`chapter 6 <06_regressions>`. The
+# fine-tuned model is this book's own small LoRA fine-tune ({doc}`Appendix <07_appendix_finetune>`),
+# not the instruction tuning of released chat models, so a verdict here is about this
+# fine-tune of this model.
+
+# %% [markdown]
+# ## Rerun this page
+
+# %% tags=["remove-input"]
+rerun_note("08_findings", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, n_boot=n_boot, seed=seed, confidence=confidence)
+
+# %% tags=["remove-cell"]
+# Numbers for the box at the top of the page (MyST-NB glue).
+glue_values(
+    f_pct=int(round(100 * confidence)),
+    f_ce=ce["interval"] if ce else "not measured (no matched pair)",
+    f_ce_n=ce["n_prompts"] if ce else 0,
+    f_ce_verdict=ce["verdict"] if ce else "undefined",
+    f_rho=rho["interval"] if rho else "not measured (no matched pair)",
+    f_rho_verdict=rho["verdict"] if rho else "undefined",
+    f_ratio=round(ratio["estimate"], 2) if ratio else "undefined",
+    f_ratio_set=ratio["interval"] if ratio else "undefined",
+    f_ratio_verdict=ratio["verdict"] if ratio else "undefined")
