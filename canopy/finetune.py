@@ -44,7 +44,7 @@ import numpy as np
 from canopy import REPO_ROOT, cache_dir
 
 __all__ = ["FinetuneConfig", "PROFILES", "GEMMA_CHAT_TEMPLATE", "finetune", "published_dir",
-           "read_report", "recipe_for", "teacher_pairs"]
+           "read_report", "recipe_for", "experiment_report", "teacher_pairs"]
 
 #: Gemma's chat format, written for this project as a Jinja template: user and model
 #: turns, and the opening of the model turn as the generation prompt.
@@ -147,6 +147,28 @@ def recipe_for(model: str) -> FinetuneConfig | None:
     ``None`` when no recipe here makes it (the link from an experiment's models to the
     fine-tunes it needs)."""
     return next((recipe for recipe in PROFILES.values() if recipe.name == model), None)
+
+
+def experiment_report(models, name: str | None = None, *, progress: bool = False
+                      ) -> tuple[str, dict[str, Any]]:
+    """(name, held-out report) of the fine-tune an experiment uses: ``name``, or the first of
+    ``models`` that a recipe makes. A missing result is made first (cached, resumable): the
+    fine-tune is a dependency of the experiment. One-line ``ValueError`` when no recipe
+    makes the model and no report exists."""
+    if name is None:
+        name = next((m for m in models if recipe_for(m) is not None), None)
+        if name is None:
+            raise ValueError("none of the experiment's models is made by `canopy finetune` "
+                             f"({', '.join(models)}); pass finetune_name")
+    try:
+        return name, read_report(name)
+    except FileNotFoundError:
+        recipe = recipe_for(name)
+        if recipe is None:
+            raise ValueError(f"no fine-tune report for {name} and no built-in recipe makes "
+                             "it; run `canopy finetune` for it first") from None
+    finetune(recipe, progress=progress)
+    return name, read_report(name)
 
 
 def published_dir(name: str) -> Path:

@@ -34,7 +34,7 @@
 # process.
 
 # %% tags=["parameters"]
-profile = "default"        # experiment profile: "default" or "quick"
+profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None = data/experiments/default.yaml
 models = None              # None = the experiment's models; or a list of names/paths
 example_task = "stories"   # task of the side-by-side examples

@@ -41,7 +41,7 @@
 # $C = CE^* - E[N]E[r]$ splits into a within-prompt and a between-prompt part.
 
 # %% tags=["parameters"]
-profile = "default"        # experiment profile: "default" or "quick"
+profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None = data/experiments/default.yaml
 models = None              # None = the experiment's models; or a list of names/paths
 n_boot = 2000              # bootstrap resamples of the prompts

@@ -35,7 +35,7 @@
 # and follow entropy and stopping token by token.
 
 # %% tags=["parameters"]
-profile = "default"        # experiment profile: "default" or "quick"
+profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None = data/experiments/default.yaml
 models = None              # None = the experiment's models; or a list of names/paths
 n_boot = 2000              # bootstrap resamples of the prompts

@@ -34,7 +34,7 @@
 # entropy rate once length, task and prompt are held fixed.
 
 # %% tags=["parameters"]
-profile = "default"            # experiment profile: "default" or "quick"
+profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of registry names
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path

@@ -35,13 +35,13 @@
 # simulated data where the answer is known.
 
 # %% tags=["parameters"]
-profile = "default"            # experiment profile: "default" or "quick"
+profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of registry names
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
 level = 0.95                   # confidence level of every interval
 run_r = True                   # also fit the paper's glmmTMB model when R and glmmTMB exist
-n_sim_seeds = None             # simulated panels per scenario; None: 200 (40 with profile "quick")
+n_sim_seeds = None             # simulated panels per scenario; None: the experiment's simulation_seeds
 sim_scale_up = 4               # second scenario: this many times more prompts (0: skip it)
 sim_first_seed = 0             # seed of the first simulated panel
 
@@ -258,7 +258,7 @@ if len(coef):
 # uncertainty shrinks.
 
 # %% tags=["remove-stderr"]
-seeds = n_sim_seeds if n_sim_seeds is not None else (40 if profile == "quick" else 200)
+seeds = n_sim_seeds if n_sim_seeds is not None else experiment.simulation_seeds
 designs = simulation.scenarios(panel, sim_scale_up)
 studies, summaries = simulation.run_scenarios(designs, seeds, level=level,
                                               first_seed=sim_first_seed)

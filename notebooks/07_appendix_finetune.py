@@ -32,10 +32,10 @@
 # from its base on text it has not seen?**
 
 # %% tags=["parameters"]
-profile = "default"            # experiment profile: "default" or "quick"
+profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models (listed for reference)
-finetune_name = None           # None: "gemma-3-270m-sft" ("gemma-3-270m-sft-quick" with profile "quick")
+finetune_name = None           # None: the experiment's model made by `canopy finetune`
 smoothing_window = 5           # steps in the running mean of the training loss
 
 # %% tags=["remove-stderr"]
@@ -46,7 +46,7 @@ from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
 from canopy import charts
 from canopy.experiment import load_experiment
-from canopy.finetune import PROFILES, finetune, read_report
+from canopy.finetune import experiment_report
 from canopy.report import finetune_config_table, finetune_summary
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
@@ -55,18 +55,7 @@ pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 80)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-if finetune_name is None:
-    finetune_name = PROFILES["quick" if profile == "quick" else "default"].name
-try:
-    report = read_report(finetune_name)
-except FileNotFoundError:
-    # The fine-tune is a dependency of the experiment: make it (cached, resumable).
-    recipe = next((key for key, cfg in PROFILES.items() if cfg.name == finetune_name), None)
-    if recipe is None:
-        raise ValueError(f"no fine-tune report for {finetune_name!r} and no built-in recipe "
-                         f"makes it; run `canopy finetune` for it first") from None
-    finetune(recipe, progress=False)
-    report = read_report(finetune_name)
+finetune_name, report = experiment_report(experiment.models, finetune_name)
 config = report["config"]
 
 # %% tags=["remove-stderr", "remove-input"]

@@ -51,7 +51,7 @@
 # and settings as chapters 3, 4 and 6.
 
 # %% tags=["parameters"]
-profile = "default"            # experiment profile: "default" or "quick"
+profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of names/paths
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path

@@ -103,7 +103,7 @@ def test_chapters_use_only_names_the_package_has():
 
 
 def test_unknown_profile_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown book profile 'fast'"):
+    with pytest.raises(ValueError, match="no profile fast; profiles: default, paper, quick"):
         book.build("fast")
 
 

@@ -154,3 +154,21 @@ def test_examples_mask_the_prompt_keep_the_end_marker_and_drop_long_ones():
     ids, labels = kept[0]
     assert ids == [6, 1, 2, 7, 3, 4, 13]  # <user> a bb <model> ccc dddd <end_of_turn>
     assert labels == [-100, -100, -100, -100, 3, 4, 13]
+
+
+def test_experiment_report_picks_the_recipe_made_model(monkeypatch, tmp_path):
+    """Chapter 7's fine-tune follows from the experiment's models (no profile names)."""
+    from canopy import finetune as ft
+
+    monkeypatch.setenv("CANOPY_CACHE", str(tmp_path))
+    made = []
+    monkeypatch.setattr(ft, "finetune", lambda recipe, progress=False: made.append(recipe.name))
+    monkeypatch.setattr(ft, "read_report", lambda name: (_ for _ in ()).throw(FileNotFoundError)
+                        if name not in made else {"name": name})
+    name, report = ft.experiment_report(["gemma-3-270m", "gemma-3-270m-sft-quick"])
+    assert (name, report, made) == ("gemma-3-270m-sft-quick", {"name": "gemma-3-270m-sft-quick"},
+                                    ["gemma-3-270m-sft-quick"])
+    with pytest.raises(ValueError, match="none of the experiment's models"):
+        ft.experiment_report(["gemma-3-270m", "smollm2-135m-instruct"])
+    with pytest.raises(ValueError, match="no built-in recipe makes it"):
+        ft.experiment_report([], "my-own-sft")
