@@ -1,18 +1,9 @@
-"""Tiny randomly initialised models and a word-level tokenizer for the sampling tests."""
+"""Tiny randomly initialised models and a word-level tokenizer for the sampling tests
+(their one-thread setting is the autouse fixture in ``conftest.py``)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 WORDS = ["<pad>", "<eos>", "<bos>"] + [chr(ord("a") + i) for i in range(13)]  # 16 ids
 CHAT = ("{% for m in messages %}<bos> {{ m['content'] }} {% endfor %}"

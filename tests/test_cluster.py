@@ -22,7 +22,7 @@ from canopy.models import resolve_spec
 from canopy.prompts import Prompt
 from canopy.sampling import Runtime, SamplingConfig, plan_batches
 from canopy.store import load_rollouts, sample_to_store
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "a b c d e f g h i j k l m".split()

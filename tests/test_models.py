@@ -12,7 +12,7 @@ from canopy.models import (
     REGISTRY, ModelSpec, available, get_spec, list_models, load_model, register,
     render_prompt, resolve_spec, stop_token_ids,
 )
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 
 

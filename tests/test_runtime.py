@@ -20,7 +20,7 @@ from canopy.sampling import (
     model_forward, rollout_uniforms, sample_batch, sample_prompts,
 )
 from canopy.store import config_hash, config_record, sample_to_store
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 SETTINGS = {
     "untruncated": dict(temperature=1.0, top_k=0, top_p=1.0),

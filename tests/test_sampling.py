@@ -18,7 +18,7 @@ from canopy.sampling import (
     Prompt, SamplingConfig, entropy, process_logits, rollout_uniforms, sample_batch,
     sample_prompts, plan_batches,
 )
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 
 SETTINGS = {

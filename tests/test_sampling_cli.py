@@ -13,7 +13,7 @@ from canopy.cli import main
 from canopy.experiment import load_experiment
 from canopy.prompts import read_prompts
 from canopy.store import load_rollouts
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 
 

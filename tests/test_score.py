@@ -19,7 +19,7 @@ from canopy.prompts import Prompt
 from canopy.sampling import SamplingConfig, sample_prompts
 from canopy.score import prepare_rollouts, score_rollouts, score_to_store
 from canopy.store import load_rollouts
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 SETTINGS = {
     "untruncated": dict(temperature=1.0, top_k=0, top_p=1.0),

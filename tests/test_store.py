@@ -15,7 +15,7 @@ from canopy.models import resolve_spec
 from canopy.prompts import Prompt
 from canopy.sampling import SamplingConfig
 from canopy.store import load_rollouts, sample_to_store, shard_path
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 
 PROMPTS = [Prompt("t", "p0", "a b c"), Prompt("t", "p1", "d"), Prompt("u", "p0", "e f g h"),

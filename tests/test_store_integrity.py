@@ -21,7 +21,7 @@ from canopy.sampling import SamplingConfig, plan_batches
 from canopy.store import (
     ShardError, _fill_shards, load_rollouts, read_shard, sample_to_store, shard_path,
 )
-from sampling_tiny import one_thread, tiny_model, tiny_tokenizer  # noqa: F401 (fixture)
+from sampling_tiny import tiny_model, tiny_tokenizer
 
 PROMPTS = [Prompt("t", f"p{i}", " ".join("abcdefghijklm"[i:i + 3])) for i in range(8)]
 CFG = SamplingConfig(rollouts=4, max_new_tokens=12, top_k=10, seed=1, batch_size=4)
