@@ -125,11 +125,10 @@ def run_generate(loaded, prompts, args, tokens=None):
 def run_vllm(loaded, prompts, args, tokens=None):
     """vLLM through :mod:`canopy.vllm_engine` (same prompts, settings, exact capture).
 
-    Returns None when the engine or ``vllm`` is not importable. FILL-IN POINT for the
-    vLLM engine: this calls ``load(spec, runtime)`` and ``sample_prompts`` as agreed in
-    the interfaces; vLLM cannot run with no stop ids the same way, so it is asked for
-    ``--tokens`` tokens per rollout with the model's stop ids (its token count is what
-    it generated)."""
+    Returns None when the engine or ``vllm`` is not importable (``make env-vllm``).
+    vLLM cannot be run without stop ids the way the built-in engine is here, so it samples
+    up to ``--tokens`` tokens per rollout with the model's stop ids; its rate counts the
+    tokens it generated."""
     try:
         import vllm  # noqa: F401
         import canopy.vllm_engine as engine
