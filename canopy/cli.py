@@ -193,6 +193,16 @@ def _cmd_score(args: argparse.Namespace) -> None:
           f"{outside} token(s) outside the support -> {out}")
 
 
+def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    """The settings that define q_t, shared by ``sample`` and ``score``."""
+    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
+    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    p.add_argument("--top-k", type=_int,
+                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
+                        "the paper's setting)")
+    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+
+
 def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
     if engine:
         p.add_argument("--engine", choices=["hf", "vllm"],
@@ -318,12 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt JSONL file(s) (fields: prompt, optional id, task)")
     p.add_argument("--prompts-per-task", type=_int, help="use the first N prompts of each file/task")
     p.add_argument("--rollouts", type=_int, help="rollouts M per prompt (default 8)")
-    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
-    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=_int,
-                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
-                        "the paper's setting)")
-    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    _add_decoding_flags(p)
     p.add_argument("--seed", type=_int, help="seed (default 0)")
     p.add_argument("--batch-size", type=_int, help="rows per forward pass (default 16)")
     _add_runtime_flags(p, engine=True)
@@ -360,12 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "name, local directory, .gguf file or Hugging Face id")
     p.add_argument("--rollouts", required=True, metavar="FILE",
                    help="rollouts to score (.jsonl or .parquet)")
-    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
-    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
-    p.add_argument("--top-k", type=_int,
-                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
-                        "the paper's setting)")
-    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+    _add_decoding_flags(p)
     p.add_argument("--batch-size", type=_int, help="rollouts per forward pass (default 16)")
     _add_runtime_flags(p, engine=False)
     p.add_argument("--variant", choices=["base", "fine-tuned"],

@@ -510,23 +510,13 @@ def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
     :data:`ROLLOUT_SCHEMA_COLUMNS`).
     """
     spec, tok, model = loaded.spec, loaded.tokenizer, loaded.model
-    seen: set[tuple[str, str]] = set()
-    for p in prompts:
-        if (p.task, p.prompt_id) in seen:
-            raise ValueError(f"duplicate prompt id {p.prompt_id!r} in task {p.task!r}")
-        seen.add((p.task, p.prompt_id))
-    from canopy.models import render_prompt
-
-    rendered = [render_prompt(tok, p.text, spec.chat_template) for p in prompts]
+    rendered = render_prompts(prompts, tok, spec.chat_template)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else loaded.stop_ids[0]
     skip = skip or (lambda i: False)
-    bar, own_bar = _progress_bar(progress, len(prompts), spec.name)
-    if bar is not None:
-        bar.update(sum(1 for i in range(len(prompts)) if skip(i)))
+    finished = Finished(progress, len(prompts), sum(1 for i in range(len(prompts)) if skip(i)),
+                        spec.name, on_prompt)
     stop_set = set(loaded.stop_ids)
     pending: dict[int, _Pending] = {}
-    tables: list[pd.DataFrame] = []
-    started, n_rollouts, n_tokens = time.perf_counter(), 0, 0
     try:
         for batch in plan_batches(len(prompts), config.rollouts, config.batch_size):
             if all(skip(p) for p, _, _ in batch):
@@ -550,25 +540,65 @@ def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
                 entry.rows += b - a
                 if entry.rows == config.rollouts:
                     del pending[p]
-                    table = pd.DataFrame([r for k in sorted(entry.parts)
-                                          for r in entry.parts[k]])
-                    table = table[list(ROLLOUT_SCHEMA_COLUMNS)]
-                    n_rollouts += len(table)
-                    n_tokens += int(table["length"].sum())
-                    if on_prompt is not None:
-                        on_prompt(p, table)
-                    tables.append(table)
-                    if bar is not None:
-                        elapsed = max(time.perf_counter() - started, 1e-9)
-                        bar.set_postfix_str(f"{n_rollouts / elapsed:.1f} rollouts/s, "
-                                            f"{n_tokens / elapsed:.0f} tok/s")
-                        bar.update(1)
+                    finished.add(p, [r for k in sorted(entry.parts) for r in entry.parts[k]])
     finally:
-        if own_bar:
-            bar.close()
-    if not tables:
-        return pd.DataFrame(columns=list(ROLLOUT_SCHEMA_COLUMNS))
-    return pd.concat(tables, ignore_index=True)
+        finished.close()
+    return finished.table()
+
+
+def render_prompts(prompts: Sequence[Prompt], tokenizer, chat_template: bool
+                   ) -> list[tuple[str, list[int]]]:
+    """Each prompt rendered as the model sees it, ``(text, token ids)``
+    (:func:`canopy.models.render_prompt`); a duplicate ``(task, prompt_id)`` is a one-line
+    error (ids name the shards)."""
+    from canopy.models import render_prompt
+
+    seen: set[tuple[str, str]] = set()
+    for p in prompts:
+        if (p.task, p.prompt_id) in seen:
+            raise ValueError(f"duplicate prompt id {p.prompt_id!r} in task {p.task!r}")
+        seen.add((p.task, p.prompt_id))
+    return [render_prompt(tokenizer, p.text, chat_template) for p in prompts]
+
+
+class Finished:
+    """The prompts an engine has finished: each prompt's rows become its rollout table,
+    handed to ``on_prompt(i, table)`` at once, and the progress bar (``progress``: True,
+    a tqdm instance, or False) advances with rollouts/s and tokens/s. ``done``: prompts
+    already finished before (skipped). Shared by every engine's ``sample_prompts``."""
+
+    def __init__(self, progress, total: int, done: int, name: str,
+                 on_prompt: Callable[[int, pd.DataFrame], None] | None = None) -> None:
+        self.bar, self._own_bar = _progress_bar(progress, total, name)
+        if self.bar is not None:
+            self.bar.update(done)
+        self.on_prompt = on_prompt
+        self.tables: list[pd.DataFrame] = []
+        self.started, self.rollouts, self.tokens = time.perf_counter(), 0, 0
+
+    def add(self, index: int, rows: list[dict]) -> None:
+        """Prompt ``index`` is complete with these rollout rows (rollout order)."""
+        table = pd.DataFrame(rows)[list(ROLLOUT_SCHEMA_COLUMNS)]
+        self.rollouts += len(table)
+        self.tokens += int(table["length"].sum())
+        if self.on_prompt is not None:
+            self.on_prompt(index, table)
+        self.tables.append(table)
+        if self.bar is not None:
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{self.rollouts / elapsed:.1f} rollouts/s, "
+                                     f"{self.tokens / elapsed:.0f} tok/s")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self._own_bar:
+            self.bar.close()
+
+    def table(self) -> pd.DataFrame:
+        """The rollout table of the prompts finished here (empty with the columns if none)."""
+        if not self.tables:
+            return pd.DataFrame(columns=list(ROLLOUT_SCHEMA_COLUMNS))
+        return pd.concat(self.tables, ignore_index=True)
 
 
 def _progress_bar(progress, total: int, name: str):

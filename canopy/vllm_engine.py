@@ -42,13 +42,11 @@ is merged into its base once and saved under ``$CANOPY_CACHE/models/<name>-merge
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
-import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -62,9 +60,9 @@ from canopy.models import (
     ModelSpec, available, convert_gguf, model_fingerprint, render_prompt,
     resolve_spec, source_signature, stop_token_ids,
 )
+from canopy.prompts import Prompt
 from canopy.sampling import (
-    ROLLOUT_SCHEMA_COLUMNS, BatchResult, Prompt, SamplingConfig, _progress_bar, _rows,
-    rollout_seed,
+    BatchResult, Finished, SamplingConfig, _rows, render_prompts, rollout_seed,
 )
 
 if importlib.util.find_spec("vllm") is None:  # the store turns this into a one-line error
@@ -109,20 +107,15 @@ class VllmModel:
 
 
 def _resolve_runtime(runtime, spec: ModelSpec):
-    """The resolved runtime to use: ``runtime`` (duck-typed: ``engine``, ``device``,
-    ``dtype``, ``threads``, optionally ``resolved()``), default
+    """``runtime`` (a :class:`canopy.sampling.Runtime`, validated there) resolved; default
     ``Runtime(engine="vllm", dtype=spec.dtype)``."""
-    if runtime is None:
-        from canopy.sampling import Runtime
-        runtime = Runtime(engine="vllm", dtype=spec.dtype)
-    if getattr(runtime, "engine", "vllm") != "vllm":
+    from canopy.sampling import Runtime
+
+    runtime = runtime or Runtime(engine="vllm", dtype=spec.dtype)
+    if runtime.engine != "vllm":
         raise ValueError(f"canopy.vllm_engine needs a runtime with engine='vllm', got "
                          f"{runtime.engine!r}")
-    if hasattr(runtime, "resolved"):
-        runtime = runtime.resolved()
-    if runtime.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {runtime.dtype!r}")
-    return runtime
+    return runtime.resolved()
 
 
 def _platform_device(runtime) -> str:
@@ -293,8 +286,6 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
             os.environ.pop("LD_PRELOAD", None)
         else:
             os.environ["LD_PRELOAD"] = preload
-    if runtime.device == "auto" and dataclasses.is_dataclass(runtime):
-        runtime = dataclasses.replace(runtime, device=device)
     return VllmModel(spec=spec, tokenizer=tokenizer, stop_ids=stop_ids,
                      fingerprint=fingerprint, runtime=runtime, llm=llm, capture=capture,
                      token=token)
@@ -407,20 +398,11 @@ def sample_prompts(loaded: VllmModel, prompts: Sequence[Prompt], config: Samplin
         raise ValueError(f"the vllm engine needs temperature ≥ 1e-5 (vLLM decodes greedily "
                          f"below), got {config.temperature}")
     spec, tok = loaded.spec, loaded.tokenizer
-    seen: set[tuple[str, str]] = set()
-    for p in prompts:
-        if (p.task, p.prompt_id) in seen:
-            raise ValueError(f"duplicate prompt id {p.prompt_id!r} in task {p.task!r}")
-        seen.add((p.task, p.prompt_id))
-    rendered = [render_prompt(tok, p.text, spec.chat_template) for p in prompts]
+    rendered = render_prompts(prompts, tok, spec.chat_template)
     skip = skip or (lambda i: False)
     todo = [i for i in range(len(prompts)) if not skip(i)]
-    bar, own_bar = _progress_bar(progress, len(prompts), spec.name)
-    if bar is not None:
-        bar.update(len(prompts) - len(todo))
+    finished = Finished(progress, len(prompts), len(prompts) - len(todo), spec.name, on_prompt)
     stop_set = set(loaded.stop_ids)
-    tables: list[pd.DataFrame] = []
-    started, n_rollouts, n_tokens = time.perf_counter(), 0, 0
     m = config.rollouts
     try:
         for group in _groups(todo, m, config.batch_size):
@@ -429,22 +411,8 @@ def sample_prompts(loaded: VllmModel, prompts: Sequence[Prompt], config: Samplin
             result = generate(loaded, [rendered[p][1] for p in group for _ in range(m)],
                               seeds, config)
             for k, p in enumerate(group):
-                table = pd.DataFrame(_rows(result, k * m, (k + 1) * m, 0, spec, prompts[p],
-                                           rendered[p], tok, stop_set))
-                table = table[list(ROLLOUT_SCHEMA_COLUMNS)]
-                n_rollouts += len(table)
-                n_tokens += int(table["length"].sum())
-                if on_prompt is not None:
-                    on_prompt(p, table)
-                tables.append(table)
-                if bar is not None:
-                    elapsed = max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"{n_rollouts / elapsed:.1f} rollouts/s, "
-                                        f"{n_tokens / elapsed:.0f} tok/s")
-                    bar.update(1)
+                finished.add(p, _rows(result, k * m, (k + 1) * m, 0, spec, prompts[p],
+                                      rendered[p], tok, stop_set))
     finally:
-        if own_bar:
-            bar.close()
-    if not tables:
-        return pd.DataFrame(columns=list(ROLLOUT_SCHEMA_COLUMNS))
-    return pd.concat(tables, ignore_index=True)
+        finished.close()
+    return finished.table()
