@@ -20,6 +20,7 @@ Either way a single flipped bit is detected or changes nothing that is read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -133,6 +134,16 @@ def _feed(array, path: str, streams: dict) -> None:
             memoryview(data)[start:start + len(array) * width] if data is not None else b"")
 
 
+@functools.lru_cache(maxsize=None)
+def _components(arrow_type) -> tuple[str, ...]:
+    """The stream keys :func:`_feed` uses for a column of this type."""
+    import pyarrow as pa
+
+    streams = _Streams()
+    _feed(pa.array([], type=arrow_type), "", streams)
+    return tuple(streams)
+
+
 def arrow_digest(arrow) -> str:
     """sha256 (hex) of an Arrow table's content from its buffers (see the module
     docstring): schema metadata other than canopy's own, then per column its name, type
@@ -149,7 +160,8 @@ def arrow_digest(arrow) -> str:
             digest.update(json.dumps(column.to_pylist(), default=str).encode())
             continue
         streams = _Streams()
-        _feed(pa.array([], type=column.type), "", streams)  # every component, even if empty
+        for key in _components(column.type):  # every component, even if it gets no chunk
+            streams[key]
         for chunk in chunks:
             _feed(chunk, "", streams)
         digest.update(b"buffers")
