@@ -43,8 +43,8 @@ from canopy import REPO_ROOT, cache_dir
 
 __all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter",
            "prepare_static", "build_html", "build", "ensure_finetunes", "rerun_note",
-           "uses_models",
-           "check_parameters", "EXECUTED", "STATIC", "BUILD", "PACKAGE_DIR", "KERNEL_ENV"]
+           "selected_chapters", "uses_models", "check_parameters",
+           "EXECUTED", "STATIC", "BUILD", "PACKAGE_DIR", "KERNEL_ENV"]
 
 EXECUTED = REPO_ROOT / "_executed"
 STATIC = REPO_ROOT / "book" / "_static"
@@ -290,6 +290,11 @@ def _selected(source: Path, only) -> bool:
     return only is None or source.stem in only or source.stem[:2] in only
 
 
+def selected_chapters(only=None) -> list[Path]:
+    """The chapters ``--only`` selects (stems or numbers; ``None``: all), in book order."""
+    return [source for source in chapters() if _selected(source, only)]
+
+
 def uses_models(sources) -> bool:
     """Whether any of these chapters reads the experiment's models (declares ``models``)."""
     from canopy.preflight import chapter_parameters
@@ -303,16 +308,15 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
     runs (no torch): a ``finetune_name`` has a report or a recipe, or, without one, some
     model of the experiment (``models``) is made by ``canopy finetune``; the
     ``embedding_model`` can be loaded offline. One-line ``ValueError`` naming the fix."""
-    from canopy.finetune import PROFILES, published_dir, recipe_for
     from canopy.embedders import DEFAULT_EMBEDDING_MODEL, check_embedding_model
-
+    from canopy.finetune import PROFILES, published_dir, recipe_for
     from canopy.preflight import chapter_parameters
 
+    parameters_of = chapter_parameters()
     declared = {}
-    for stem, names in chapter_parameters().items():
-        if only is None or stem in only or stem[:2] in only:
-            for name in names:
-                declared.setdefault(name, stem)
+    for source in selected_chapters(only):
+        for name in parameters_of.get(source.stem, []):
+            declared.setdefault(name, source.stem)
     if "finetune_name" in declared:
         chapter, name = declared["finetune_name"], parameters.get("finetune_name")
         if name is not None:
@@ -351,8 +355,7 @@ def build(profile: str = "default", parameters: dict | None = None, *,
     if not sources:
         raise FileNotFoundError("no chapters in notebooks/ (expected notebooks/NN_*.py)")
     started = time.perf_counter()
-    selected = [source for source in sources if _selected(source, only)]
-    if uses_models(selected):
+    if uses_models(selected_chapters(only)):
         ensure_finetunes(profile, params.get("experiment_file"), params.get("models"),
                          echo=echo)
     missing = []

@@ -263,16 +263,17 @@ def _cmd_book(args: argparse.Namespace) -> None:
     if args.experiment is not None:
         if "experiment_file" in params:
             raise ValueError("--experiment and -p experiment_file name the same thing; give one")
-        # absolute: the chapters run in the project root, not in this directory
-        params["experiment_file"] = str(Path(args.experiment).resolve())
+        params["experiment_file"] = args.experiment
     preflight.check_book(params, args.only, profile=args.profile)
+    if params.get("experiment_file") is not None:
+        # absolute: the chapters run in the project root, not in this directory
+        params["experiment_file"] = str(Path(str(params["experiment_file"])).resolve())
     experiment = resolve_experiment(params.get("experiment_file"), args.profile,
                                     {"models": params.get("models")})
     from canopy import book
 
     book.check_parameters(params, experiment["models"], args.only)
-    if book.uses_models([s for s in book.chapters()
-                         if args.only is None or s.stem in args.only or s.stem[:2] in args.only]):
+    if book.uses_models(book.selected_chapters(args.only)):
         preflight.book_models(experiment["models"])
     book.build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
