@@ -48,7 +48,7 @@ SUMMARY_COLUMNS = (*_KEYS, "length", "truncated", "summed_entropy", "surprisal",
                    "summed_entropy_raw", "final_stop_logprob", "distinct_tokens", "text")
 #: The columns :func:`canopy.entropy.prompt_metrics` reads (``canopy metrics``).
 METRIC_COLUMNS = (*_KEYS, "length", "truncated", "summed_entropy", "surprisal")
-_META_KEY = b"canopy_summary"
+_META_KEY = b"canopy"  # excluded from the digest, as in shards
 
 
 def _flat(column) -> tuple[np.ndarray, np.ndarray]:
