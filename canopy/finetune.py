@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from canopy import REPO_ROOT, cache_dir
+from canopy.locks import store_lock
 
 __all__ = ["FinetuneConfig", "PROFILES", "GEMMA_CHAT_TEMPLATE", "finetune", "published_dir",
            "read_report", "recipe_for", "experiment_report", "teacher_pairs", "finetune_hash"]
@@ -450,12 +451,10 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     teacher's responses come first (from the rollout store when cached).
     ``threads``: CPU threads (default: :func:`canopy.sampling.default_threads`).
     A published result whose hash matches is reused unless ``force``. Interrupted runs
-    resume from the last checkpoint (and the teacher's cached responses).
+    resume from the last checkpoint (and the teacher's cached responses). Processes
+    making the same fine-tune take turns (a file lock); the later ones reuse the result.
     """
-    import torch
-    from transformers import GenerationConfig
-
-    from canopy.models import LoadedModel, convert_gguf, get_spec, load_model, source_signature
+    from canopy.models import get_spec
     from canopy.sampling import Runtime
 
     runtime = Runtime(device=device, threads=threads).resolved()
@@ -469,25 +468,49 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     train_prompts, heldout_prompts = _read_pool(config)
     for name in (config.base, config.teacher):
         get_spec(name)  # one-line error for an unknown model
-    started = time.perf_counter()
-    teacher_dir = cache_dir() / "finetune" / "teacher"
-    train = _teacher_responses(config, train_prompts, teacher_dir, progress, runtime)
-    heldout = _teacher_responses(config, heldout_prompts, teacher_dir, progress, runtime)
-    if not train:
-        raise ValueError("the teacher finished no response within teacher_max_new_tokens; "
-                         "raise it")
-    t_teacher = time.perf_counter() - started
-    base_spec = get_spec(config.base)
-    if base_spec.kind in ("package", "gguf"):
-        convert_gguf(base_spec)  # its signature is of the converted weights
-    key = finetune_hash(config, pool_sha, runtime.record(), source_signature(base_spec),
-                        train + heldout)
     target = published_dir(config.name)
-    stamp = target / "canopy-finetune.json"
-    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
-        if progress:
-            print(f"canopy finetune: {config.name} is up to date ({target})")
-        return target
+    # One process makes a fine-tune at a time (two book builds, two test workers): the
+    # others wait here and then find it made.
+    with store_lock(cache_dir() / "finetune" / f".{config.name}.lock", timeout=-1):
+        started = time.perf_counter()
+        teacher_dir = cache_dir() / "finetune" / "teacher"
+        train = _teacher_responses(config, train_prompts, teacher_dir, progress, runtime)
+        heldout = _teacher_responses(config, heldout_prompts, teacher_dir, progress, runtime)
+        if not train:
+            raise ValueError("the teacher finished no response within "
+                             "teacher_max_new_tokens; raise it")
+        key = finetune_hash(config, pool_sha, runtime.record(), _base_signature(config.base),
+                            train + heldout)
+        stamp = target / "canopy-finetune.json"
+        if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
+            if progress:
+                print(f"canopy finetune: {config.name} is up to date ({target})")
+            return target
+        return _make(config, key, pool_sha, train, heldout, train_prompts, heldout_prompts,
+                     runtime, started, target, progress)
+
+
+def _base_signature(name: str) -> dict:
+    """:func:`~canopy.models.source_signature` of the base model ``name``, of its
+    converted weights for a GGUF source (converted first when needed)."""
+    from canopy.models import convert_gguf, get_spec, source_signature
+
+    spec = get_spec(name)
+    if spec.kind in ("package", "gguf"):
+        convert_gguf(spec)
+    return source_signature(spec)
+
+
+def _make(config: FinetuneConfig, key: str, pool_sha: str, train, heldout, train_prompts,
+          heldout_prompts, runtime, started: float, target: Path, progress: bool) -> Path:
+    """The work of :func:`finetune` once it holds the fine-tune's lock and has the
+    teacher's (prompt, response) pairs ``train`` and ``heldout``."""
+    import torch
+    from transformers import GenerationConfig
+
+    from canopy.models import LoadedModel, get_spec, load_model
+
+    t_teacher = time.perf_counter() - started
     run_dir = cache_dir() / "finetune" / "runs" / f"{config.name}-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
