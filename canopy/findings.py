@@ -13,7 +13,8 @@ import pandas as pd
 
 from canopy.report import paired_claim, ratio_claim
 
-__all__ = ["CLAIMS", "measure_claims", "degeneration_text", "DEGENERATE_REPETITION"]
+__all__ = ["CLAIMS", "measure_claims", "degeneration_text", "degenerate_share",
+           "DEGENERATE_REPETITION"]
 
 #: claim key → (the claim in words, what is measured). Order of the Findings table.
 CLAIMS = {
@@ -92,3 +93,14 @@ def degeneration_text(claims: Mapping[str, dict | None], prompts: pd.DataFrame,
                     f"part because of this degeneration, not only because of fine-tuning "
                     f"as the paper describes it.")
     return " ".join(sentences)
+
+
+def degenerate_share(rollouts: pd.DataFrame, above: float = 0.5) -> pd.Series:
+    """Per model (index), the share of its rollouts whose rep-4
+    (:func:`canopy.entropy.repetition_rate`) exceeds ``above``: rollouts that are mostly
+    loop. NaN for a model whose rollouts carry no token ids."""
+    from canopy.entropy import rollout_repetition
+
+    rep = pd.Series(rollout_repetition(rollouts), index=rollouts.index)
+    return rep.groupby(rollouts["model"], sort=True).apply(
+        lambda r: float((r > above).mean()) if r.notna().any() else float("nan"))

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from canopy.entropy import TRUNCATION_FLAG_RATE, validate_rollouts
+from canopy.entropy import TRUNCATION_FLAG_RATE, rollout_repetition, validate_rollouts
 from canopy.tables import (POOL_KEYS, PROMPT_KEYS, matched_families, require_columns,
                            task_scopes)
 
@@ -279,11 +279,13 @@ def length_summary(rollouts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFra
 
     Columns: ``model, family, variant, task, n_prompts, n_rollouts``, ``mean_length``
     (over rollouts), ``median_length``, ``min_length``, ``max_length``,
-    ``truncation_rate`` (fraction of rollouts with no stop token within ``max_new_tokens``)
-    and ``n_prompts_flagged`` (prompts whose own truncation rate exceeds 5 %, Method §3).
-    With ``all_tasks`` each model also gets a ``task == "all"`` row.
+    ``truncation_rate`` (fraction of rollouts with no stop token within ``max_new_tokens``),
+    ``n_prompts_flagged`` (prompts whose own truncation rate exceeds 5 %, Method §3) and
+    ``repetition_rate`` (mean rep-4 over rollouts, :func:`canopy.entropy.repetition_rate`;
+    NaN without token ids). With ``all_tasks`` each model also gets a ``task == "all"`` row.
     """
     validate_rollouts(rollouts)
+    rollouts = rollouts.assign(_rep=rollout_repetition(rollouts))
     rows = []
     for keys, grp in task_scopes(rollouts, POOL_KEYS, all_tasks):
         n = grp["length"].to_numpy(dtype=np.float64)
@@ -294,7 +296,8 @@ def length_summary(rollouts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFra
                    mean_length=float(n.mean()), median_length=float(np.median(n)),
                    min_length=int(n.min()), max_length=int(n.max()),
                    truncation_rate=float(trunc.mean()),
-                   n_prompts_flagged=int((per_prompt > TRUNCATION_FLAG_RATE).sum()))
+                   n_prompts_flagged=int((per_prompt > TRUNCATION_FLAG_RATE).sum()),
+                   repetition_rate=float(grp["_rep"].mean()))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -92,3 +92,29 @@ def test_findings_sentence_appears_only_when_a_contradicted_verdict_meets_degene
     looping_tuned = prompt_metrics(rollout_table({"base": 0.0, "fine-tuned": 0.5}))
     assert degeneration_text(contradicted, looping_tuned).startswith(
         "The fine-tuned model f degenerates into loops")
+
+
+def test_chapter2_repetition_chart_and_length_summary():
+    from canopy import charts
+    from canopy.pooling import length_summary
+
+    table = rollout_table({"base": 0.5, "fine-tuned": 0.0})
+    summary = length_summary(table).set_index(["model", "task"])
+    assert summary.loc[("b", "all"), "repetition_rate"] == pytest.approx(0.5 * (1 - 4 / 13))
+    assert summary.loc[("f", "all"), "repetition_rate"] == 0.0
+    spec = charts.repetition_chart(table).to_dict()
+    values = next(iter(spec["datasets"].values()))
+    assert sorted({round(v["rep4"], 6) for v in values}) == [0.0, round(1 - 4 / 13, 6)]
+    assert "tooltip" in str(spec["encoding"])
+    with pytest.raises(ValueError, match="needs token ids"):
+        charts.repetition_chart(table.drop(columns="token_ids"))
+
+
+def test_degenerate_share_counts_mostly_looping_rollouts():
+    from canopy.findings import degenerate_share
+
+    table = rollout_table({"base": 0.25, "fine-tuned": 0.0})  # loops: rep-4 = 0.69 > 0.5
+    share = degenerate_share(table)
+    assert share["b"] == pytest.approx(0.25) and share["f"] == 0.0
+    assert degenerate_share(table, above=0.7)["b"] == 0.0
+    assert degenerate_share(table.drop(columns="token_ids")).isna().all()
