@@ -20,6 +20,7 @@ The summary of a rollout (:data:`SUMMARY_COLUMNS`):
 ``summed_entropy_raw``  Σ_t of the raw model's entropy (temperature 1, no truncation), nats
 ``final_stop_logprob``  log-probability the raw model gave a stop token at the last step
 ``distinct_tokens``     how many distinct token ids the rollout has
+``repetition``          rep-4 (:func:`canopy.entropy.repetition_rate`), vectorised per shard
 ``text``                the decoded text (stop token excluded)
 ======================  =================================================================
 """
@@ -45,9 +46,12 @@ __all__ = ["SUMMARY_VERSION", "SUMMARY_COLUMNS", "METRIC_COLUMNS", "summarize",
 SUMMARY_VERSION = 1
 _KEYS = ("model", "family", "variant", "task", "prompt_id", "rollout_id")
 SUMMARY_COLUMNS = (*_KEYS, "length", "truncated", "summed_entropy", "surprisal",
-                   "summed_entropy_raw", "final_stop_logprob", "distinct_tokens", "text")
+                   "summed_entropy_raw", "final_stop_logprob", "distinct_tokens", "repetition",
+                   "text")
 #: The columns :func:`canopy.entropy.prompt_metrics` reads (``canopy metrics``).
-METRIC_COLUMNS = (*_KEYS, "length", "truncated", "summed_entropy", "surprisal")
+METRIC_COLUMNS = (*_KEYS, "length", "truncated", "summed_entropy", "surprisal", "repetition")
+#: The n of rep-n in ``repetition``.
+REPETITION_N = 4
 _META_KEY = b"canopy"  # excluded from the digest, as in shards
 
 
@@ -78,8 +82,24 @@ def summarize(arrow) -> pd.DataFrame:
     ids, id_row = _flat(arrow.column("token_ids"))
     pairs = np.unique(np.stack([id_row, ids.astype(np.int64)]), axis=1)
     out["distinct_tokens"] = np.bincount(pairs[0], minlength=rows).astype(np.int64)
+    out["repetition"] = _repetition(ids.astype(np.int64), id_row, rows, REPETITION_N)
     out["text"] = arrow.column("text").to_pandas()
     return out[list(SUMMARY_COLUMNS)]
+
+
+def _repetition(ids: np.ndarray, row: np.ndarray, rows: int, n: int) -> np.ndarray:
+    """rep-n of each rollout from its flat token ids (``row``: each id's rollout):
+    ``1 − distinct n-grams / n-grams`` within the rollout, 0 with fewer than n tokens —
+    the same numbers as :func:`canopy.entropy.repetition_rate`, all rollouts at once."""
+    windows = np.bincount(row, minlength=rows) - (n - 1)
+    windows = np.maximum(windows, 0)
+    start = np.arange(max(ids.size - n + 1, 0))
+    start = start[row[start] == row[start + n - 1]] if start.size else start
+    grams = np.stack([row[start], *(ids[start + k] for k in range(n))], axis=1)
+    distinct = np.bincount(np.unique(grams, axis=0)[:, 0], minlength=rows) if start.size \
+        else np.zeros(rows, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(windows > 0, 1.0 - distinct / np.maximum(windows, 1), 0.0)
 
 
 def summary_path(shard: Path) -> Path:

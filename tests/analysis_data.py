@@ -137,7 +137,9 @@ def write_synthetic_store(root, families=("g",), tasks=("alpha", "beta"), prompt
                             "model": model, "family": family, "variant": variant,
                             "task": task, "prompt_id": f"p{p}", "rollout_id": r,
                             "prompt_text": f"{task} {p}", "prompt_token_ids": np.arange(3),
-                            "token_ids": rng.integers(0, 6, n), "text": f"{model} {r} " * n,
+                            "token_ids": (np.tile([1, 2, 3], n)[:n] if r % 2
+                                          else rng.integers(0, 6, n)),  # some loops
+                            "text": f"{model} {r} " * n,
                             "step_entropy": h, "step_logprob": lp,
                             "step_entropy_raw": (h + rng.uniform(0, 1, n)).astype(np.float32),
                             "step_stop_logprob": np.log(rng.uniform(1e-4, 1, n)).astype(np.float32),

@@ -12,7 +12,7 @@ import pytest
 
 import canopy.summaries as summaries
 from canopy.cli import main
-from canopy.entropy import prompt_metrics
+from canopy.entropy import prompt_metrics, repetition_rate
 from canopy.pooling import paired_bootstrap, pool
 from canopy.store import load_rollouts
 from canopy.summaries import METRIC_COLUMNS, load_summaries, summary_path
@@ -30,14 +30,16 @@ def store(tmp_path):
 def test_summaries_equal_the_full_table(store):
     full = load_rollouts(store)
     summary = load_summaries(store)
-    pd.testing.assert_frame_equal(summary[list(METRIC_COLUMNS)], full[list(METRIC_COLUMNS)],
-                                  check_exact=True)
+    stored = [c for c in METRIC_COLUMNS if c != "repetition"]  # computed in summaries
+    pd.testing.assert_frame_equal(summary[stored], full[stored], check_exact=True)
     assert summary["text"].tolist() == full["text"].tolist()
     for i, row in full.iterrows():  # independent recomputation, rollout by rollout
         raw = math.fsum(float(x) for x in row["step_entropy_raw"])
         assert abs(summary.loc[i, "summed_entropy_raw"] - raw) <= 1e-12 * max(raw, 1e-300)
         assert summary.loc[i, "final_stop_logprob"] == float(row["step_stop_logprob"][-1])
         assert summary.loc[i, "distinct_tokens"] == len(set(row["token_ids"].tolist()))
+        assert summary.loc[i, "repetition"] == repetition_rate(row["token_ids"], 4)
+    assert 0 < (summary["repetition"] > 0).mean() < 1  # both kinds of rollouts are there
 
 
 def test_summaries_are_kept_and_remade_when_the_shard_changes(store, monkeypatch):
@@ -103,6 +105,14 @@ def test_canopy_metrics_equals_the_full_load_path(store, tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(out / "bootstrap.parquet"),
                                   paired_bootstrap(prompts, n_boot=50, seed=0),
                                   check_exact=False, rtol=1e-12)
+
+
+def test_repetition_of_hand_made_rollouts():
+    ids = np.array([1, 2, 3, 4, 1, 2, 3, 4, 1,   7, 7, 7,   5, 6, 5, 6, 5], dtype=np.int64)
+    row = np.repeat([0, 1, 2], [9, 3, 5])
+    rep = summaries._repetition(ids, row, 3, 4)
+    assert rep.tolist() == [repetition_rate(ids[:9]), 0.0, repetition_rate(ids[12:])]
+    assert rep[0] == 1 - 4 / 6 and rep[2] == 0.0  # 5 6 5 6 5: two distinct 4-grams
 
 
 def test_unknown_summary_columns(store):
