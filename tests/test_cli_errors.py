@@ -232,9 +232,6 @@ CASES = [
                                "{unpaired}"], r"--experiment and -p experiment_file name the same"),
     ("book-finetune-name-unknown", ["book", "-p", "finetune_name", "no-such-tune"],
      r"-p finetune_name no-such-tune: no fine-tune report at .* no built-in recipe makes it"),
-    ("book-no-finetuned-model", ["book", "--experiment", "{unpaired}"],
-     r"chapter 07_appendix_finetune .* none of the experiment's models is \(gemma-3-270m\); "
-     r"pass -p finetune_name"),
     ("book-embedding-model-missing", ["book", "-p", "embedding_model", "{root}/no-embedder"],
      r"-p embedding_model: embedding model .*no-embedder: not a local folder and not in the "
      r"Hugging Face cache"),
