@@ -53,9 +53,10 @@ def canopy(*argv, cache: Path, timeout: float = 300):
 
 
 def tree_digest(root: Path) -> dict:
-    """{relative path: sha256} of every file under ``root``."""
+    """{relative path: sha256} of every file under ``root``, except the per-rollout
+    summaries `canopy metrics` keeps beside the shards (canopy.summaries)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and ".summaries" not in p.parts}
 
 
 def tiny_gguf(path: Path) -> Path:
