@@ -146,8 +146,6 @@ def validate_rollouts(rollouts: pd.DataFrame) -> None:
         raise ValueError(f"model {name!r} appears with more than one family or variant")
 
 
-
-
 def entropy_rate(summed_entropy, length):
     """The entropy rate ``r = H / N`` (nats per token) of each rollout: ``summed_entropy``
     and ``length`` are scalars, arrays or Series of the same shape (Method §2)."""
@@ -274,7 +272,6 @@ def comovement(x, y, codes, counts, *, rel_tol: float = 1e-12) -> dict[str, np.n
             "cov_pop": sp / m, "const_x": const_x, "const_y": const_y}
 
 
-
 def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> pd.DataFrame:
     """Per-prompt tree metrics from per-rollout arrays (Method §3).
 
@@ -396,7 +393,6 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
     first = pd.Series(np.arange(len(rollouts))).groupby(codes).first().to_numpy()
     key_frame = rollouts[keys].iloc[first].reset_index(drop=True)
     return pd.concat([key_frame, table.reset_index(drop=True)], axis=1)
-
 
 
 #: Columns of :func:`position_profile`'s output after the keys.

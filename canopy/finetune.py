@@ -217,8 +217,8 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
     that hit ``teacher_max_new_tokens`` is dropped, or with ``teacher_truncated="trim"``
     cut after its last complete sentence (dropped if it has none).
     """
-    from canopy.sampling import SamplingConfig
-    from canopy.store import sample_to_store
+    from canopy.settings import SamplingConfig
+    from canopy.run import sample_to_store
 
     sampling = SamplingConfig(rollouts=1, max_new_tokens=config.teacher_max_new_tokens,
                               temperature=config.teacher_temperature,
@@ -417,7 +417,8 @@ def _mean_response_loss(model, examples, pad_id: int) -> float:
 def _stop_fraction(loaded, prompts, config: FinetuneConfig) -> float:
     """Fraction of rollouts on ``prompts`` that stop within ``eval_max_new_tokens``
     (temperature 1.0, top-k ``eval_top_k``, ``eval_rollouts`` per prompt)."""
-    from canopy.sampling import SamplingConfig, sample_prompts
+    from canopy.sampling import sample_prompts
+    from canopy.settings import SamplingConfig
 
     table = sample_prompts(loaded, prompts, SamplingConfig(
         rollouts=config.eval_rollouts, max_new_tokens=config.eval_max_new_tokens,
@@ -431,9 +432,9 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
 
     ``config``: a :class:`FinetuneConfig` or a profile name (``default``, ``quick``).
     ``device``: where the teacher samples and the LoRA trains (``auto``: CUDA when
-    available, else CPU; see :class:`canopy.sampling.Runtime`); float32 always. A
+    available, else CPU; see :class:`canopy.settings.Runtime`); float32 always. A
     non-CPU device type is part of the result's hash (CPU results keep theirs).
-    ``threads``: CPU threads (default: :func:`canopy.sampling.default_threads`).
+    ``threads``: CPU threads (default: :func:`canopy.settings.default_threads`).
     A published result whose hash matches is reused unless ``force``. Interrupted runs
     resume from the last checkpoint (and the teacher's cached responses).
     """
@@ -441,7 +442,7 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     from transformers import GenerationConfig
 
     from canopy.models import LoadedModel, get_spec, load_model
-    from canopy.sampling import Runtime
+    from canopy.settings import Runtime
 
     runtime = Runtime(device=device, threads=threads).resolved()
     if isinstance(config, str):

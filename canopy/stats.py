@@ -256,7 +256,6 @@ class CurvatureResult:
         return f"{self.summary()}\n{self.shifts.to_string()}{notes}"
 
 
-
 # ----------------------------------------------------------------------------- panel
 
 
@@ -328,7 +327,6 @@ def _prepare(panel: pd.DataFrame, needed: tuple[str, ...], notes: list[str]) -> 
                      "(prompts with fewer than 2 rollouts have no diversity)")
         data = data[~bad]
     return data.reset_index(drop=True)
-
 
 
 def _aliased(x: pd.DataFrame, tol: float = 1e-9) -> list[str]:

@@ -17,7 +17,8 @@ from canopy.entropy import prompt_metrics
 from canopy.models import LoadedModel, ModelSpec
 from canopy.prompts import Prompt
 from canopy.sampling import SamplingConfig, sample_prompts
-from canopy.score import prepare_rollouts, score_rollouts, score_to_store
+from canopy.run import score_to_store
+from canopy.score import prepare_rollouts, score_rollouts
 from canopy.store import load_rollouts
 from sampling_tiny import tiny_model, tiny_tokenizer
 

@@ -14,7 +14,8 @@ from canopy.entropy import prompt_metrics
 from canopy.models import resolve_spec
 from canopy.prompts import Prompt
 from canopy.sampling import SamplingConfig
-from canopy.store import load_rollouts, sample_to_store, shard_path
+from canopy.run import sample_to_store
+from canopy.store import load_rollouts, shard_path
 from sampling_tiny import tiny_model, tiny_tokenizer
 
 
