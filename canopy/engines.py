@@ -10,9 +10,7 @@ store (:mod:`canopy.store`).
 
 from __future__ import annotations
 
-import hashlib
-
-from canopy.models import LoadedModel, ModelSpec, load_model, resolve_spec
+from canopy.models import LoadedModel, ModelSpec, load_model, resolve_spec, tokenizer_record
 from canopy.sampling import ALGORITHM_VERSION, sample_prompts
 from canopy.settings import Runtime, SamplingConfig
 
@@ -80,15 +78,13 @@ def config_record(loaded, config: SamplingConfig, runtime: Runtime | None = None
     record_runtime = runtime_of(loaded, runtime).record()
     if engine is not None:
         record_runtime["engine"] = engine
-    template = getattr(tok, "chat_template", None) if spec.chat_template else None
     return {
         "algorithm_version": ALGORITHM_VERSION,
         "runtime": record_runtime,
         "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
                   "dtype": record_runtime["dtype"], "chat_template": spec.chat_template},
         "fingerprint": loaded.fingerprint,
-        "tokenizer": {"vocab": len(tok), "chat_template_sha256": hashlib.sha256(
-            (template or "").encode()).hexdigest()},
+        "tokenizer": tokenizer_record(tok, spec.chat_template),
         "stop_ids": list(loaded.stop_ids),
         "sampling": config.distribution(),
     }

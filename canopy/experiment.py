@@ -79,12 +79,11 @@ class Experiment:
     def rollouts(self, *, progress: bool = True):
         """The experiment's rollouts, all models: read straight from the store when a
         model's shards are complete (no model is loaded: see
-        :func:`canopy.store.cached_rollouts`), sampled (resumably) otherwise."""
+        :func:`canopy.run.cached_rollouts`), sampled (resumably) otherwise."""
         import pandas as pd
 
         from canopy.models import resolve_spec
-        from canopy.run import sample_to_store
-        from canopy.store import cached_rollouts
+        from canopy.run import cached_rollouts, sample_to_store
 
         prompts, tables = self.prompts(), []
         for name in self.models:

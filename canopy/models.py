@@ -40,6 +40,7 @@ from typing import Any
 
 from canopy import cache_dir
 from canopy.gguf_files import check_gguf
+from canopy.prompts import render_prompt
 from canopy.settings import DTYPES, Runtime
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
     "source_signature", "gguf_path", "convert_gguf", "installed_gguf", "offline",
     "hub_cached", "CONVERTED_MARKER", "context_length", "check_models", "check_gguf_source",
+    "tokenizer_record", "PROBE_PROMPT",
 ]
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
@@ -543,6 +545,30 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec,
                        stop_ids=stop_token_ids(tokenizer, model), fingerprint=fp,
                        runtime=runtime)
+
+
+#: The prompt whose token ids the configuration record keeps (see :func:`tokenizer_record`).
+PROBE_PROMPT = "Name three colours, then stop."
+
+
+def tokenizer_record(tokenizer, chat_template: bool) -> dict[str, Any]:
+    """What of a tokenizer enters a configuration hash: its vocabulary size, the sha256
+    of its chat template (of '' without one), the sha256 of its definition (the fast
+    tokenizer's JSON, else its vocabulary and special tokens) and the ids
+    :func:`render_prompt` gives :data:`PROBE_PROMPT` — so a tokenizer converted
+    differently (e.g. by another transformers version) or a rendering change makes a
+    new configuration instead of reusing rollouts."""
+    template = getattr(tokenizer, "chat_template", None) if chat_template else None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = backend.to_str()
+    else:
+        definition = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()),
+                                 "special": sorted(map(str, tokenizer.all_special_tokens))})
+    return {"vocab": len(tokenizer),
+            "chat_template_sha256": hashlib.sha256((template or "").encode()).hexdigest(),
+            "definition_sha256": hashlib.sha256(definition.encode()).hexdigest(),
+            "probe_ids": render_prompt(tokenizer, PROBE_PROMPT, chat_template)[1]}
 
 
 # ------------------------------------------------------ checks before anything is loaded

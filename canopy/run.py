@@ -1,5 +1,8 @@
 """Runs: sample or score models into the store, in this process or on Ray workers.
 
+:func:`cached_rollouts` gives a run's rollouts from the store without loading the model
+when they are all there.
+
 :func:`sample_to_store` samples every prompt with every model into the resumable store
 (:mod:`canopy.store`) with the runtime's engine (:mod:`canopy.engines`);
 :func:`score_to_store` scores rollouts made elsewhere (:mod:`canopy.score`) into the
@@ -8,6 +11,7 @@ same store. With ``ray`` the same steps run on Ray workers (:mod:`canopy.cluster
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,11 +22,15 @@ from canopy import cluster
 from canopy.engines import config_record, load, runtime_of, sampler
 from canopy.models import LoadedModel, ModelSpec, resolve_spec
 from canopy.prompts import Prompt, as_prompts
+from canopy.sampling import ALGORITHM_VERSION
 from canopy.score import plan_scoring, prepare_rollouts, score_record, score_shards
 from canopy.settings import Runtime, SamplingConfig, check_ray
-from canopy.store import fill_shards, open_config, prompt_keys, shard_expectation
+from canopy.store import (
+    ShardError, fill_shards, open_config, prompt_keys, read_shard, safe_name,
+    shard_expectation, shard_path,
+)
 
-__all__ = ["sample_to_store", "score_to_store", "ray_specs"]
+__all__ = ["sample_to_store", "score_to_store", "cached_rollouts", "ray_specs"]
 
 
 def ray_specs(models, out, ray, workers) -> list[ModelSpec]:
@@ -49,6 +57,45 @@ def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Pa
                                 shard_expectation(digest, config), sampler(runtime), progress)
     table = pd.concat([done[i] for i in range(len(prompts))], ignore_index=True)
     return table, len(prompts) - sampled
+
+
+def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
+                    runtime: Runtime | None = None) -> pd.DataFrame | None:
+    """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
+    or ``None`` unless every shard is there and valid.
+
+    Trusts the latest configuration directory of the model (``current.json``) when its
+    manifest has the same :data:`~canopy.sampling.ALGORITHM_VERSION`, spec, sampling
+    settings and :func:`~canopy.models.source_signature` (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
+    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
+    """
+    model_dir = Path(out) / safe_name(spec.name)
+    try:
+        current = json.loads((model_dir / "current.json").read_text())["config_hash"]
+        config_dir = model_dir / current
+        manifest = json.loads((config_dir / "manifest.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    if (manifest.get("config", {}).get("algorithm_version") != ALGORITHM_VERSION
+            or manifest.get("spec") != json.loads(json.dumps(spec.describe()))
+            or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
+            or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
+        return None
+    try:
+        wanted = (runtime or Runtime(dtype=spec.dtype)).record()
+    except ValueError:  # e.g. a device that is not here
+        return None
+    if manifest.get("config", {}).get("runtime") != wanted:
+        return None
+    tables = []
+    for p in prompts:
+        try:
+            tables.append(read_shard(shard_path(config_dir, p.task, p.prompt_id),
+                                     {"config_hash": manifest["config_hash"],
+                                      "prompt_sha256": p.sha256(), "rollouts": config.rollouts}))
+        except (ShardError, OSError):
+            return None
+    return pd.concat(tables, ignore_index=True)
 
 
 def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,

@@ -62,8 +62,10 @@ __all__ = [
 
 default_threads()  # pin torch's own default thread count before anyone changes it
 
-#: Bump when the sampling algorithm changes in a way that changes results.
-ALGORITHM_VERSION = 1
+#: Bump when the sampling algorithm or prompt rendering changes in a way that changes
+#: results; cached rollouts of another version are resampled, never reused.
+#: 2: raw prompts start with the tokenizer's BOS (:func:`canopy.prompts.render_prompt`).
+ALGORITHM_VERSION = 2
 
 
 # ------------------------------------------------------------------ the distribution

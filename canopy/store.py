@@ -9,8 +9,9 @@ Layout under an output directory ``out``::
 ``hash12`` is the first 12 hex digits of the configuration hash: sampling settings
 (``batch_size`` excluded), the runtime (engine — ``hf``, ``vllm``, or ``score`` for
 rollouts scored by :mod:`canopy.score` —, device type, dtype, CPU thread count on CPU),
-model name/family/variant/chat template, the weights' fingerprint, the stop ids and the
-algorithm version. A changed configuration therefore
+model name/family/variant/chat template, the weights' fingerprint, the tokenizer
+(:func:`~canopy.models.tokenizer_record`: its definition's sha256 and a probe prompt's
+ids), the stop ids and the algorithm version. A changed configuration therefore
 writes a new directory and never mixes with old shards. Shards are written atomically
 (temporary file + ``os.replace``) as soon as a prompt's rollouts are complete; the
 Parquet metadata of each shard repeats the configuration hash and the prompt text's
@@ -18,7 +19,9 @@ sha256. A rerun reuses every valid shard; a corrupt, partial or stale shard (oth
 prompt text) is reported with a warning and resampled.
 
 Integrity and sharing (see :mod:`canopy.locks`): shards carry Parquet page checksums
-(CRC-32, verified on every read) and a sha256 of their content in their metadata, so a
+(CRC-32) and a digest of their content in their metadata (:mod:`canopy.digests`: a
+sha256 over the Arrow buffers, checked at disk speed on every read; shards of earlier
+versions carry a slower sha256 of their values and have their page CRCs verified), so a
 flipped bit is detected rather than read as other numbers; :func:`load_rollouts`
 refuses a store with damaged shards (naming them) instead of dropping prompts. Two runs
 into the same store split the prompts: each prompt is claimed (an OS file lock, free
@@ -41,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from canopy.digests import digest_meta, skips_page_checksums, verify
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
 from canopy.prompts import Prompt
@@ -49,8 +53,8 @@ from canopy.settings import Runtime, SamplingConfig, check_integer
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["load_rollouts", "cached_rollouts", "config_hash", "shard_path", "read_shard",
-           "write_shard", "ShardError", "content_sha256", "damaged_shards", "open_config",
+__all__ = ["load_rollouts", "config_hash", "shard_path", "read_shard",
+           "write_shard", "ShardError", "damaged_shards", "open_config",
            "prompt_keys", "shard_expectation", "finished_shards", "fill_shards", "gather",
            "safe_name", "now", "package_versions", "write_json", "check_out_dir",
            "check_metrics", "progress_bar", "ROLLOUT_SCHEMA_COLUMNS"]
@@ -127,7 +131,7 @@ def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = {**meta, "content_sha256": content_sha256(arrow)}
+    meta = {**meta, **digest_meta(arrow)}
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
                                            _META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -144,17 +148,16 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
-        arrow = pq.read_table(path, page_checksum_verification=True)
-        meta = json.loads((arrow.schema.metadata or {})[_META_KEY])
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a mapping")
-        intact = meta.get("content_sha256") in (None, content_sha256(arrow))
+        arrow = pq.read_table(path, page_checksum_verification=not skips_page_checksums(
+            _shard_meta(pq.read_schema(path))))
+        meta = _shard_meta(arrow.schema)
+        damage = verify(arrow, meta)
         names = arrow.column_names
     except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
         first = (str(exc).splitlines() or [""])[0][:80]
         raise ShardError(f"unreadable ({type(exc).__name__}: {first})") from None
-    if not intact:
-        raise ShardError("damaged: its content differs from the sha256 written with it")
+    if damage:
+        raise ShardError(damage)
     missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in names]
     if missing:
         raise ShardError(f"missing columns {missing}")
@@ -174,71 +177,15 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     return table
 
 
-def _type_name(arrow_type) -> str:
-    """An Arrow type's name without the child field names (Arrow says ``list<item: …>``
-    and Parquet gives back ``list<element: …>`` for the same values)."""
-    import pyarrow as pa
-
-    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        return f"list<{_type_name(arrow_type.value_type)}>"
-    return str(arrow_type)
-
-
-def content_sha256(arrow) -> str:
-    """sha256 (hex) of a shard's content: column names, types and values, and the
-    schema metadata other than canopy's own. Independent of how Parquet lays the data
-    out (values are compared as Python objects: floats exactly, NaN as NaN)."""
-    digest = hashlib.sha256()
-    extra = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-             for k, v in (arrow.schema.metadata or {}).items() if k != _META_KEY}
-    digest.update(json.dumps(extra, sort_keys=True).encode())
-    for name, column in zip(arrow.column_names, arrow.columns):
-        digest.update(json.dumps([name, _type_name(column.type)]).encode())
-        digest.update(json.dumps(column.to_pylist(), default=str).encode())
-    return digest.hexdigest()
+def _shard_meta(schema) -> dict:
+    """The canopy metadata of a shard's Arrow schema (ValueError if absent or not a mapping)."""
+    meta = json.loads((schema.metadata or {})[_META_KEY])
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a mapping")
+    return meta
 
 
 # ---------------------------------------------------------------------------- sampling
-
-
-def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
-                    runtime: Runtime | None = None) -> pd.DataFrame | None:
-    """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
-    or ``None`` unless every shard is there and valid.
-
-    Trusts the latest configuration directory of the model (``current.json``) when its
-    manifest has the same spec, sampling settings and :func:`~canopy.models.source_signature`
-    (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
-    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
-    """
-    import pandas as pd
-
-    model_dir = Path(out) / safe_name(spec.name)
-    try:
-        current = json.loads((model_dir / "current.json").read_text())["config_hash"]
-        config_dir = model_dir / current
-        manifest = json.loads((config_dir / "manifest.json").read_text())
-    except (OSError, ValueError, KeyError):
-        return None
-    if (manifest.get("spec") != json.loads(json.dumps(spec.describe()))
-            or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
-            or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
-        return None
-    try:
-        wanted = (runtime or Runtime(dtype=spec.dtype)).record()
-    except ValueError:  # e.g. a device that is not here
-        return None
-    if manifest.get("config", {}).get("runtime") != wanted:
-        return None
-    tables = []
-    for p in prompts:
-        try:
-            tables.append(read_shard(shard_path(config_dir, p.task, p.prompt_id),
-                                     {"config_hash": manifest["config_hash"],
-                                      "prompt_sha256": p.sha256(), "rollouts": config.rollouts}))
-        except (ShardError, OSError):
-            return None
-    return pd.concat(tables, ignore_index=True)
 
 
 # The steps of filling the store, shared by the single-process path (:mod:`canopy.run`),

@@ -188,7 +188,7 @@ def test_bad_arguments(model_dir, tmp_path):
 
 
 def test_cached_rollouts_reads_without_loading_and_refuses_stale_results(model_dir, tmp_path):
-    from canopy.store import cached_rollouts
+    from canopy.run import cached_rollouts
 
     out = tmp_path / "r"
     s = spec(model_dir)
