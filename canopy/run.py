@@ -20,7 +20,7 @@ import pandas as pd
 
 from canopy import cluster
 from canopy.engines import config_record, load, runtime_of, sampler
-from canopy.models import LoadedModel, ModelSpec, resolve_spec
+from canopy.models import LoadedModel, ModelSpec, resolve_spec, source_signature
 from canopy.prompts import Prompt, as_prompts
 from canopy.sampling import ALGORITHM_VERSION
 from canopy.score import plan_scoring, prepare_rollouts, score_record, score_shards
@@ -66,8 +66,8 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
 
     Trusts the latest configuration directory of the model (``current.json``) when its
     manifest has the same :data:`~canopy.sampling.ALGORITHM_VERSION`, spec, sampling
-    settings and :func:`~canopy.models.source_signature` (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
-    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
+    settings and :func:`~canopy.models.source_signature` (the weights' files unchanged)
+    — a cheap check in place of the weights fingerprint — and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
     """
     model_dir = Path(out) / safe_name(spec.name)
     try:

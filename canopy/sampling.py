@@ -39,9 +39,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np

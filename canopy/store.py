@@ -48,7 +48,7 @@ from canopy.digests import digest_meta, skips_page_checksums, verify
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
 from canopy.prompts import Prompt
-from canopy.settings import Runtime, SamplingConfig, check_integer
+from canopy.settings import SamplingConfig, check_integer
 
 if TYPE_CHECKING:
     import pandas as pd
