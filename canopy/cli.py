@@ -18,13 +18,14 @@ from types import SimpleNamespace
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from canopy.store import check_metrics, load_rollouts
+    from canopy.store import check_metrics
 
     check_metrics(args.rollouts, args.out, args.n_boot, args.seed)
     from canopy.entropy import prompt_metrics
     from canopy.pooling import paired_bootstrap, pool
+    from canopy.summaries import METRIC_COLUMNS, load_summaries
 
-    rollouts = load_rollouts(args.rollouts)
+    rollouts = load_summaries(args.rollouts, METRIC_COLUMNS)  # one row per rollout
     prompts = prompt_metrics(rollouts)
     pooled = pool(prompts)
     tables = {"prompt_metrics": prompts, "pooled_metrics": pooled}

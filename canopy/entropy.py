@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from canopy.profiles import PROFILE_COLUMNS, PositionAccumulator, check_profile_options
 from canopy.tables import (PROMPT_KEYS, ROLLOUT_COLUMNS, VARIANTS, reason_column,
-                           require_columns, task_scopes)
+                           require_columns)
 
 __all__ = [
     "ROLLOUT_COLUMNS",
@@ -40,6 +41,8 @@ __all__ = [
     "PROFILE_COLUMNS",
     "validate_rollouts",
     "entropy_rate",
+    "repetition_rate",
+    "rollout_repetition",
     "tree_metrics",
     "prompt_metrics",
     "comovement",
@@ -146,6 +149,8 @@ def validate_rollouts(rollouts: pd.DataFrame) -> None:
         raise ValueError(f"model {name!r} appears with more than one family or variant")
 
 
+
+
 def entropy_rate(summed_entropy, length):
     """The entropy rate ``r = H / N`` (nats per token) of each rollout: ``summed_entropy``
     and ``length`` are scalars, arrays or Series of the same shape (Method §2)."""
@@ -153,6 +158,30 @@ def entropy_rate(summed_entropy, length):
 
 
 # ----------------------------------------------------------------- per-prompt metrics
+
+
+def repetition_rate(token_ids, n: int = 4) -> float:
+    """rep-n of one rollout: the share of its n-grams (consecutive windows of ``n`` token
+    ids, stop token included) that repeat an n-gram seen earlier in the same rollout,
+    ``1 − |distinct n-grams| / |n-grams|`` — the seq-rep-n of Welleck et al. (2019).
+    0 for a rollout with no repeated n-gram or fewer than ``n`` tokens; near 1 for a
+    rollout caught in a loop (``a b c d a b c d …``). A fraction in [0, 1), no unit."""
+    ids = [int(t) for t in token_ids]
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    windows = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 1.0 - len(set(windows)) / len(windows) if windows else 0.0
+
+
+def rollout_repetition(rollouts: pd.DataFrame, n: int = 4) -> np.ndarray:
+    """rep-n (:func:`repetition_rate`) of every rollout of a rollout table, shape (R,):
+    its ``repetition`` column when present, else computed from ``token_ids``; all NaN
+    when the table has neither (e.g. summaries without token ids)."""
+    if "repetition" in rollouts.columns:
+        return rollouts["repetition"].to_numpy(dtype=np.float64)
+    if "token_ids" not in rollouts.columns:
+        return np.full(len(rollouts), np.nan)
+    return np.array([repetition_rate(ids, n) for ids in rollouts["token_ids"]], dtype=np.float64)
 
 
 def _group_sums(codes: np.ndarray, n_groups: int, x: np.ndarray) -> np.ndarray:
@@ -272,6 +301,7 @@ def comovement(x, y, codes, counts, *, rel_tol: float = 1e-12) -> dict[str, np.n
             "cov_pop": sp / m, "const_x": const_x, "const_y": const_y}
 
 
+
 def tree_metrics(length, summed_entropy, surprisal, truncated, prompt=None) -> pd.DataFrame:
     """Per-prompt tree metrics from per-rollout arrays (Method §3).
 
@@ -373,7 +403,9 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
       |gap| ≤ 4·se (NA when M < 2).
     - ``mean_length`` E[N], ``mean_entropy_rate`` E[r], ``sd_length`` and
       ``sd_entropy_rate`` (population, ÷M), ``gen_ppl`` = exp(CE*/E[N]),
-      ``branching_factor`` = exp(E[r]), ``truncation_rate``, ``truncation_flag`` (> 5 %).
+      ``branching_factor`` = exp(E[r]), ``repetition_rate`` = mean rep-4 over the
+      prompt's rollouts (:func:`repetition_rate`; NaN when the table has neither
+      ``token_ids`` nor ``repetition``), ``truncation_rate``, ``truncation_flag`` (> 5 %).
     - ``length_rate_pearson``, ``_spearman``, ``_kendall`` (τ-b): NaN when M < 3 or N or
       r is constant. ``length_rate_cov``: sample covariance (÷ M−1), NaN when M < 3 (it is
       0, not NaN, for a constant N or r: a covariance is defined there).
@@ -389,16 +421,14 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
     table = tree_metrics(rollouts["length"].to_numpy(), rollouts["summed_entropy"].to_numpy(),
                          rollouts["surprisal"].to_numpy(), rollouts["truncated"].to_numpy(),
                          prompt=codes)
+    rep = rollout_repetition(rollouts)
+    table.insert(table.columns.get_loc("truncation_rate"), "repetition_rate",
+                 _group_sums(codes, len(table), rep) / table["n_rollouts"].to_numpy())
     # Restore the original key values (prompt_id may be an int) in factorized order.
     first = pd.Series(np.arange(len(rollouts))).groupby(codes).first().to_numpy()
     key_frame = rollouts[keys].iloc[first].reset_index(drop=True)
     return pd.concat([key_frame, table.reset_index(drop=True)], axis=1)
 
-
-#: Columns of :func:`position_profile`'s output after the keys.
-PROFILE_COLUMNS = ("position", "n_active", "n_stopped", "mean_step_entropy",
-                   "mean_step_entropy_raw", "running_entropy_rate", "mean_stop_prob",
-                   "stop_fraction")
 
 
 def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bool = True,
@@ -426,17 +456,15 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
     The set of active rollouts shrinks with t, so a change along t mixes a change within
     rollouts with a change of *which* rollouts are still running; ``n_active`` says how
     many values each mean rests on. ``max_position`` drops positions beyond it.
-    Vectorised: the lists are concatenated once (no Python loop over rollouts).
+    Streamed (:class:`canopy.profiles.PositionAccumulator`): a few hundred rollouts' steps
+    at a time, never the whole table's; for a store too large to load, see
+    :func:`canopy.profiles.stream_position_profile`.
     """
     need = ["model", "family", "variant", "task", "length", "truncated", "step_entropy",
             "step_entropy_raw", "step_stop_logprob"]
     require_columns(rollouts, need, "rollout table", allow_empty=False,
                     hint="per-step lists come from canopy.sampling")
-    if not by_task and not all_tasks:
-        raise ValueError("by_task and all_tasks cannot both be False: nothing to group by")
-    if max_position is not None and (isinstance(max_position, bool) or max_position < 1):
-        raise ValueError(f"max_position must be a positive integer or None, got {max_position!r}")
-
+    check_profile_options(by_task, all_tasks, max_position)
     lengths = np.array([len(v) for v in rollouts["step_entropy"]], dtype=np.int64)
     for col in ("step_entropy_raw", "step_stop_logprob"):
         other = np.array([len(v) for v in rollouts[col]], dtype=np.int64)
@@ -444,38 +472,6 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
             raise ValueError(f"{col} and step_entropy have different lengths in some rollout")
     if not np.array_equal(lengths, rollouts["length"].to_numpy(dtype=np.int64)):
         raise ValueError("the per-step lists do not have `length` entries in some rollout")
-
-    h = np.concatenate([np.asarray(v, dtype=np.float64) for v in rollouts["step_entropy"]])
-    h_raw = np.concatenate([np.asarray(v, dtype=np.float64) for v in rollouts["step_entropy_raw"]])
-    p_stop = np.exp(np.concatenate([np.asarray(v, dtype=np.float64)
-                                    for v in rollouts["step_stop_logprob"]]))
-    row = np.repeat(np.arange(len(rollouts)), lengths)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    position = np.arange(h.size) - np.repeat(starts, lengths) + 1          # 1-based t
-    cum = np.cumsum(h)
-    running = (cum - np.repeat(cum[starts] - h[starts], lengths)) / position  # Σ_{s≤t} h_s / t
-    truncated = rollouts["truncated"].to_numpy().astype(bool)
-    stops_here = (position == lengths[row]) & ~truncated[row]
-
-    steps = pd.DataFrame({
-        "position": position, "h": h, "h_raw": h_raw, "running": running, "p_stop": p_stop,
-        "stopped": stops_here.astype(np.int64),
-        **{k: rollouts[k].to_numpy()[row] for k in ("model", "family", "variant", "task")},
-    })
-    if max_position is not None:
-        steps = steps[steps["position"] <= max_position]
-    keys = ["model", "family", "variant"]
-    parts = []
-    for scope, grp in task_scopes(steps, [*keys, "task"], all_tasks, by_task=by_task):
-        g = grp.groupby("position", sort=True)
-        part = g.agg(n_active=("h", "size"), n_stopped=("stopped", "sum"),
-                     mean_step_entropy=("h", "mean"), mean_step_entropy_raw=("h_raw", "mean"),
-                     running_entropy_rate=("running", "mean"), mean_stop_prob=("p_stop", "mean"))
-        parts.append(part.reset_index().assign(**dict(zip([*keys, "task"], scope))))
-    if not parts:
-        return pd.DataFrame(columns=[*keys, "task", *PROFILE_COLUMNS])
-    out = pd.concat(parts, ignore_index=True).sort_values([*keys, "task", "position"],
-                                                          kind="stable")
-    out = out.reset_index(drop=True)
-    out["stop_fraction"] = out["n_stopped"] / out["n_active"]
-    return out[[*keys, "task", *PROFILE_COLUMNS]]
+    accumulator = PositionAccumulator(max_position)
+    accumulator.add_table(rollouts)
+    return accumulator.table(by_task, all_tasks)

@@ -53,7 +53,7 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, entropy, pooling, report
+from canopy import charts, entropy, findings, pairs, pooling, report
 from canopy.experiment import load_experiment
 from canopy.models import resolve_spec
 
@@ -102,11 +102,14 @@ display(Markdown(report.estimator_check_text(check, experiment.sampling.rollouts
 # here is the *prompt-level* standard error (sd over prompts / $\sqrt P$): how much the
 # pooled value would move with other prompts of the same kind — with a handful of
 # prompts per task it is the dominant uncertainty. `truncation_rate` is repeated because
-# a truncated rollout makes $CE^*$ a lower bound (chapter 2).
+# a truncated rollout makes $CE^*$ a lower bound (chapter 2), and rep-4 (the share of
+# repeated 4-grams, chapter 2) because a model caught in loops has a low entropy rate
+# for a reason other than confidence.
 
 # %%
-pooled[keys + ["n_prompts", "canopy_entropy", "canopy_entropy_se", "mean_length",
-               "mean_entropy_rate", "gen_ppl", "branching_factor", "truncation_rate"]]
+pooled[keys + [c for c in ("n_prompts", "canopy_entropy", "canopy_entropy_se", "mean_length",
+                           "mean_entropy_rate", "gen_ppl", "branching_factor",
+                           "truncation_rate", "repetition_rate") if c in pooled]]
 
 # %% [markdown]
 # ## The decomposition: length term and covariance term
@@ -165,9 +168,8 @@ display(Markdown(report.identities_text(identities)))
 # %% [markdown]
 # ## Base vs fine-tuned: the paired bootstrap
 #
-# Only families with both variants are compared (in the default experiment the
-# gemma-3-270m pair; smollm2-135m-instruct has no base available offline, so it appears
-# in the tables above but not here). The same prompt indices are
+# Only families with both a base and a fine-tuned model are compared (which ones, in
+# this run, is said below the next cell). The same prompt indices are
 # resampled for both variants, so the interval reflects how the *difference* varies
 # with the choice of prompts. `change` says whether the interval for the difference
 # lies above 0, below 0, or includes 0. Percent changes are given for positive
@@ -182,7 +184,8 @@ display(Markdown(report.pairs_text(
 
 # %%
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",
-         "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share"]
+         "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share",
+         "repetition_rate"]
 table = report.bootstrap_table(boot, shown) if len(boot) else boot
 table
 
@@ -192,6 +195,10 @@ if len(boot):
         boot, ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl",
                "branching_factor"]))
     display(Markdown(report.bootstrap_change_text(table, confidence, n_boot)))
+    claim = report.paired_claim(table, "canopy_entropy", "< 0", percent=True, fmt="+.0f")
+    why = findings.degeneration_text({"canopy_entropy": claim}, prompts)
+    if why:
+        display(Markdown(why))
 else:
     display(Markdown("No model family has both a base and a fine-tuned variant among the "
                      "models of this run, so there is nothing to pair."))
@@ -204,18 +211,21 @@ else:
 # total entropy decreases, and read $CE^*$'s decomposition as a measure of how
 # efficiently length conveys information. The numbers above are one small replication
 # of the *measurement*, not of that finding:
-#
-# - the fine-tuned gemma here is our own LoRA fine-tune of a 270M base on a small set of
-#   teacher responses (Appendix), not an industrial instruction-tuned model;
-# - with a handful of prompts per task and $M$ rollouts per prompt, the prompt-level
-#   uncertainty is large; a difference whose interval includes 0 is *not resolved*, not
-#   "no effect";
-# - where truncation is frequent, $CE^*$ and $E[N]$ are lower bounds set partly by
-#   $T_{\max}$, and a base-vs-fine-tuned difference in $CE^*$ can largely be a
-#   difference in stopping behaviour.
-#
-# The length–rate co-movement itself — its correlation, not only the covariance in
-# nats — is the subject of the next chapter.
+
+# %% tags=["remove-input"]
+origin = pairs.fine_tune_origin_text(prompts)
+display(Markdown(
+    (f"- {origin[0].upper() + origin[1:]};\n" if origin else "")
+    + "- with a handful of prompts per task and $M$ rollouts per prompt, the prompt-level "
+    "uncertainty is large; a difference whose interval includes 0 is *not resolved*, not "
+    "\"no effect\";\n"
+    "- where truncation is frequent, $CE^*$ and $E[N]$ are lower bounds set partly by "
+    "$T_{\\max}$, and a base-vs-fine-tuned difference in $CE^*$ can largely be a "
+    "difference in stopping behaviour;\n"
+    "- where one model repeats itself (rep-4, chapter 2), its low entropy rate is that of "
+    "a loop, and a difference in $CE^*$ can largely be a difference in degeneration.\n\n"
+    "The length–rate co-movement itself — its correlation, not only the covariance in "
+    "nats — is the subject of the next chapter."))
 
 # %% [markdown]
 # ## Rerun this chapter
