@@ -16,7 +16,8 @@ _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
 
 def check_gguf(path) -> dict:
     """Read a GGUF file's header and tensor table (not its weights); returns
-    ``{"architecture", "context_length", "tensors", "size"}``.
+    ``{"architecture", "context_length", "tensors", "size", "add_bos_token"}`` (the last:
+    whether the model's tokenizer puts BOS in front of a text, ``False`` when unsaid).
 
     Raises a one-line ``ValueError`` naming the file when it is not GGUF, its header is
     garbage, or it is shorter than its tensor table says (half-downloaded). Hand-written
@@ -119,4 +120,5 @@ def check_gguf(path) -> dict:
     arch = arch.decode("utf-8", "replace") if isinstance(arch, bytes) else None
     ctx = meta.get(f"{arch}.context_length") if arch else None
     return {"architecture": arch, "context_length": int(ctx) if isinstance(ctx, int) else None,
-            "tensors": n_tensors, "size": size}
+            "tensors": n_tensors, "size": size,
+            "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False))}

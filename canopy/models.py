@@ -48,7 +48,7 @@ __all__ = [
     "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
     "source_signature", "gguf_path", "convert_gguf", "installed_gguf", "offline",
     "hub_cached", "CONVERTED_MARKER", "context_length", "check_models", "check_gguf_source",
-    "tokenizer_record", "PROBE_PROMPT",
+    "tokenizer_record", "PROBE_PROMPT", "apply_gguf_bos", "TOKENIZER_NOTE",
 ]
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
@@ -389,13 +389,15 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
     if not force and marker.is_file():
         try:
             if json.loads(marker.read_text()) == signature:
+                if not (target / TOKENIZER_NOTE).is_file():  # converted before the note existed
+                    _write_tokenizer_note(target, check_gguf(src)["add_bos_token"])
                 return target
         except (OSError, ValueError):
             pass
     remove_dead_temporaries(target.parent)  # of conversions that were killed
     tmp = target.with_name(f".{spec.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    check_gguf(src)
+    adds_bos = check_gguf(src)["add_bos_token"]
     damaged = (f"damaged GGUF file {src}: {{}}; reinstall the package that provides it"
                + (f" ({spec.install})" if spec.install else "") + " or download the file again")
     try:
@@ -414,11 +416,40 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
         delattr(model.config, "quantization_config")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _write_tokenizer_note(tmp, adds_bos)
     (tmp / CONVERTED_MARKER).write_text(json.dumps(signature))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
+
+
+#: File in a converted directory: what the GGUF says about its tokenizer that the
+#: conversion loses (``{"add_bos_token": bool}``; see :func:`apply_gguf_bos`).
+TOKENIZER_NOTE = "canopy-tokenizer.json"
+
+
+def _write_tokenizer_note(folder: Path, adds_bos: bool) -> None:
+    tmp = folder / f".{TOKENIZER_NOTE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"add_bos_token": bool(adds_bos)}))
+    os.replace(tmp, folder / TOKENIZER_NOTE)
+
+
+def apply_gguf_bos(tokenizer, folder) -> None:
+    """Make ``tokenizer`` (loaded from ``folder``) put BOS in front of a text when the
+    GGUF it was converted from says so (``tokenizer.ggml.add_bos_token``, kept in
+    ``folder/``:data:`TOKENIZER_NOTE`) and it does not already. transformers 5 converts
+    Gemma's GGUF tokenizer without BOS (4.57 added it), and Gemma prompted without
+    ``<bos>`` falls into loops; SmolLM2's GGUF says no BOS, and gets none. A folder
+    without the note (not converted from a GGUF) leaves the tokenizer as it is."""
+    note = Path(folder) / TOKENIZER_NOTE
+    if not note.is_file() or not json.loads(note.read_text()).get("add_bos_token"):
+        return
+    if tokenizer.bos_token_id is None:
+        return
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if probe[:1] != [tokenizer.bos_token_id]:
+        tokenizer.add_bos_token = True
 
 
 def _all_finite(model) -> bool:
@@ -436,6 +467,7 @@ def _load_dir(path: str | Path, *, local_only: bool, name: str):
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32",
                                                      local_files_only=local_only)
+        apply_gguf_bos(tokenizer, path)
     except OSError as exc:
         if local_only and not Path(str(path)).exists():
             raise ValueError(f"model {path} is not available offline: set HF_HUB_OFFLINE=0 "

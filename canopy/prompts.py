@@ -123,9 +123,8 @@ def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[
 
     With ``chat_template`` the text is one user message rendered with the generation
     prompt (the template writes any BOS itself); otherwise the raw text with the
-    tokenizer's special tokens, and the BOS id put first when the tokenizer has a BOS
-    distinct from its EOS and did not add it (transformers 5 converts Gemma's GGUF
-    tokenizer without adding BOS; Gemma without ``<bos>`` falls into loops).
+    tokenizer's special tokens (e.g. BOS: for a converted GGUF as its file says, see
+    :func:`canopy.models.apply_gguf_bos`).
     """
     if chat_template:
         rendered = tokenizer.apply_chat_template(
@@ -133,10 +132,7 @@ def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     else:
         rendered = text
-        ids = [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
-        bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
-        if bos is not None and bos != eos and ids[:1] != [int(bos)]:
-            ids = [int(bos)] + ids
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     if not ids:
         raise ValueError("the prompt renders to zero tokens; give a non-empty prompt")
     return rendered, [int(i) for i in ids]

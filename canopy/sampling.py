@@ -63,7 +63,8 @@ default_threads()  # pin torch's own default thread count before anyone changes 
 
 #: Bump when the sampling algorithm or prompt rendering changes in a way that changes
 #: results; cached rollouts of another version are resampled, never reused.
-#: 2: raw prompts start with the tokenizer's BOS (:func:`canopy.prompts.render_prompt`).
+#: 2: a tokenizer converted from a GGUF puts BOS in front of raw prompts when the GGUF
+#: says so (:func:`canopy.models.apply_gguf_bos`; Gemma did not get it under transformers 5).
 ALGORITHM_VERSION = 2
 
 

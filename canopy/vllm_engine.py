@@ -57,7 +57,8 @@ import pandas as pd
 
 from canopy import cache_dir
 from canopy.models import (
-    ModelSpec, available, convert_gguf, load_model, model_fingerprint, offline,
+    ModelSpec, apply_gguf_bos, available, convert_gguf, load_model, model_fingerprint,
+    offline,
     resolve_spec, source_signature, stop_token_ids,
 )
 from canopy.prompts import Prompt, render_prompts
@@ -240,6 +241,7 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
         raise ValueError(f"model {spec.name!r} is not available: {needs}")
     path = weights_dir(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    apply_gguf_bos(tokenizer, path)
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
                          "none; register it with chat_template=False")
