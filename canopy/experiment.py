@@ -10,10 +10,11 @@ An experiment file::
     ray: null                    # optional: true (a local Ray instance) or a cluster
     workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
     simulation_seeds: 200        # optional: simulated panels per scenario (chapter 6)
-    sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
-               seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
+    sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_p: 1.0, seed: 0,
+               batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all;
+               # left out: the defaults of canopy.settings.SamplingConfig (top_k 100)
     runtime: {engine: hf, device: auto, dtype: float32, threads: null}   # optional;
-               # these are the defaults (canopy.sampling.Runtime); threads null = default
+               # these are the defaults (canopy.settings.Runtime); threads null = default
     profiles:
       quick: {sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 2}}
       default: {}
@@ -27,14 +28,14 @@ Prompt files (``<prompts_dir>/<task>.jsonl``) are read by :mod:`canopy.prompts`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
-from canopy.preflight import (
-    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
-)
 from canopy.prompts import read_prompts
+from canopy.settings import (
+    RUNTIME_KEYS, SAMPLING_KEYS, Runtime, SamplingConfig, check_runtime, check_sampling,
+)
 
 __all__ = ["Experiment", "profile_names", "load_experiment", "resolve_experiment",
            "DEFAULT_EXPERIMENT"]
@@ -62,7 +63,7 @@ class Experiment:
     name: str = "experiment"
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
-    runtime: Runtime = None  # canopy.sampling.Runtime; load_experiment always sets it
+    runtime: Runtime = field(default_factory=Runtime)
     ray: bool | str | None = None
     workers: int | None = None
     simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
@@ -78,11 +79,11 @@ class Experiment:
     def rollouts(self, *, progress: bool = True):
         """The experiment's rollouts, all models: read straight from the store when a
         model's shards are complete (no model is loaded: see
-        :func:`canopy.store.cached_rollouts`), sampled (resumably) otherwise."""
+        :func:`canopy.run.cached_rollouts`), sampled (resumably) otherwise."""
         import pandas as pd
 
         from canopy.models import resolve_spec
-        from canopy.store import cached_rollouts, sample_to_store
+        from canopy.run import cached_rollouts, sample_to_store
 
         prompts, tables = self.prompts(), []
         for name in self.models:
@@ -116,9 +117,7 @@ def load_experiment(path=None, profile: str = "default",
     """Read an experiment file (default ``data/experiments/default.yaml``), apply the
     ``profile`` and then ``overrides`` (top-level keys, or sampling and runtime keys given
     flat, e.g. ``{"models": [...], "rollouts": 4, "device": "cpu"}``; ``None`` values are
-    ignored)."""
-    from canopy.sampling import Runtime, SamplingConfig
-
+    ignored). Imports no torch: the CLI checks experiments with it."""
     resolved = resolve_experiment(path, profile, overrides)
     try:
         runtime = Runtime(**resolved["runtime"])
@@ -144,9 +143,9 @@ def profile_names(path=None) -> list[str]:
 
 def resolve_experiment(path=None, profile: str = "default",
                        overrides: dict | None = None) -> dict:
-    """:func:`load_experiment` without torch: a dict of the fields of
-    :class:`Experiment` (plus ``path``), with ``sampling`` and ``runtime`` plain dicts;
-    the sampling settings are checked by :func:`canopy.preflight.check_sampling`."""
+    """:func:`load_experiment` as a dict of the fields of :class:`Experiment` (plus
+    ``path``), with ``sampling`` and ``runtime`` plain dicts, checked by
+    :func:`canopy.settings.check_sampling` and :func:`canopy.settings.check_runtime`."""
     import yaml
 
     path = Path(path) if path is not None else DEFAULT_EXPERIMENT
@@ -184,10 +183,9 @@ def resolve_experiment(path=None, profile: str = "default",
     if unknown:
         raise ValueError(f"{path}: unknown sampling key(s) {sorted(unknown)}; "
                          f"allowed: {sorted(_SAMPLING_KEYS)}")
-    per_task = sampling.pop("prompts_per_task", None)
+    per_task = sampling.get("prompts_per_task")
     try:
-        check_prompts_per_task(per_task)
-        check_sampling(sampling)
+        sampling = asdict(check_sampling(sampling))  # every setting, defaults filled in
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     try:

@@ -12,11 +12,14 @@ from dataclasses import replace
 import pytest
 
 from canopy import finetune
+from canopy.engines import config_record
 from canopy.models import (PROBE_PROMPT, TOKENIZER_NOTE, apply_gguf_bos, available, get_spec,
-                           render_prompt, resolve_spec, tokenizer_record)
-from canopy.prompts import Prompt
-from canopy.sampling import ALGORITHM_VERSION, SamplingConfig
-from canopy.store import cached_rollouts, config_hash, config_record, sample_to_store
+                           resolve_spec, tokenizer_record)
+from canopy.prompts import Prompt, render_prompt
+from canopy.run import cached_rollouts, sample_to_store
+from canopy.sampling import ALGORITHM_VERSION
+from canopy.settings import SamplingConfig
+from canopy.store import config_hash
 from sampling_tiny import WORDS, tiny_model, tiny_tokenizer
 
 
