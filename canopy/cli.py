@@ -41,6 +41,10 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
+    entries = _model_entries(args)
+    if args.experiment or args.profile or entries:
+        _show_taken(args, entries)
+        return
     from canopy.models import list_models
 
     rows = list_models()
@@ -53,11 +57,49 @@ def _cmd_models(args: argparse.Namespace) -> None:
         print(f"{r['name']:<{width}}  {r['family']:<14} {r['variant']:<10} {prompt:<6} {status}")
 
 
+def _show_taken(args: argparse.Namespace, entries: list) -> None:
+    """``canopy models --experiment FILE`` / ``--model SPEC``: how each model is taken
+    (name, family, role, prompts, source) and whether it can be loaded now."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
+    from canopy.model_files import check_model_files
+    from canopy.models import available, entry_specs
+
+    if not entries:
+        entries = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
+                                     args.profile or "default")["entries"]
+    specs = entry_specs(entries, variant=args.variant, family=args.family,
+                        chat_template=args.chat_template)
+    width = max(len(s.name) for s in specs)
+    fam = max(len("family"), *(len(s.family) for s in specs))
+    print(f"{'name':<{width}}  {'family':<{fam}} {'role':<11} {'prompt':<6} source")
+    families = {}
+    for spec in specs:
+        families.setdefault(spec.family, set()).add(spec.variant)
+        ok, needs = available(spec)
+        if ok:
+            try:
+                notes = check_model_files(spec)
+            except ValueError as exc:
+                ok, needs, notes = False, str(exc), []
+        status = "" if ok else f"  (not usable: {needs})"
+        role = "instruct" if spec.variant == "fine-tuned" else "base"
+        prompt = "chat" if spec.chat_template else "raw"
+        print(f"{spec.name:<{width}}  {spec.family:<{fam}} {role:<11} {prompt:<6} "
+              f"{spec.source}{status}")
+        for line in notes if ok else []:
+            print(f"  note: {line}")
+    pairs = [f for f, variants in families.items() if variants == {"base", "fine-tuned"}]
+    print(f"pairs compared (a base and an instruct model of one family): "
+          f"{', '.join(pairs) if pairs else 'none; give the two models one family'}")
+
+
 def _preflight_sample(args: argparse.Namespace):
     """Everything ``canopy sample`` can check before torch is imported (see
     :mod:`canopy.preflight`): returns (model specs, sampling settings, runtime settings,
     a function giving the prompts, output directory)."""
-    import dataclasses
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,18 +119,18 @@ def _preflight_sample(args: argparse.Namespace):
                                  args.profile or "default",
                                  {**flags, **runtime_flags,
                                   "prompts_per_task": args.prompts_per_task,
-                                  "models": args.models, "out": args.out,
-                                  "ray": args.ray, "workers": args.workers})
-        models, sampling, out = exp["models"], exp["sampling"], exp["out"]
+                                  "out": args.out, "ray": args.ray, "workers": args.workers})
+        models, sampling, out = _model_entries(args) or exp["entries"], exp["sampling"], exp["out"]
         args.ray, args.workers = exp["ray"], exp["workers"]  # flags win over the file
         runtime, per_task = exp["runtime"], exp["prompts_per_task"]
         files = [(exp["prompts_dir"] / f"{task}.jsonl", task) for task in exp["tasks"]]
     else:
-        if not args.models:
-            raise ValueError("give --models NAME … (see `canopy models`) or --experiment FILE")
+        models = _model_entries(args)
+        if not models:
+            raise ValueError("give --models NAME … or --model SPEC (see `canopy models`) "
+                             "or --experiment FILE")
         if not args.prompts:
             raise ValueError("give --prompts FILE.jsonl or --experiment FILE")
-        models = args.models
         sampling = {k: v for k, v in flags.items() if v is not None}
         sampling.setdefault("top_k", DEFAULT_TOP_K)
         out = args.out or cache_dir() / "rollouts" / "cli"
@@ -101,13 +143,9 @@ def _preflight_sample(args: argparse.Namespace):
         found = preflight.prompt_records(path, task)
         n_prompts += len(found[:per_task] if per_task else found)
     preflight.check_sampling(sampling, n_prompts=n_prompts)
-    specs = []
-    for spec in preflight.check_models(models, variant=args.variant or "base",
-                                       chat_template=args.chat_template,
-                                       max_new_tokens=sampling.get("max_new_tokens", 128)):
-        if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
-            spec = dataclasses.replace(spec, family=args.family)
-        specs.append(spec)
+    specs = preflight.check_models(models, variant=args.variant, family=args.family,
+                                   chat_template=args.chat_template,
+                                   max_new_tokens=sampling.get("max_new_tokens", 128))
     # about 64 bytes per generated token in a shard (ids, four float32 statistics, text)
     need = (len(specs) * n_prompts * sampling.get("rollouts", 8)
             * sampling.get("max_new_tokens", 128) * 64)
@@ -132,6 +170,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
     config = SamplingConfig(**sampling)
     runtime = Runtime(**runtime)
+    _refuse_changed_configuration(specs, config, runtime, out, args)
     prompts = read()
     table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
                             ray=args.ray, workers=args.workers)
@@ -144,19 +183,35 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
 
 
+def _refuse_changed_configuration(specs, config, runtime, out, args) -> None:
+    """Stop (one line) when the store holds one of the models in another configuration,
+    unless ``--resample``; before any model is loaded."""
+    from canopy.store import changed_configuration_message, configuration_change
+
+    if args.resample:
+        return
+    on_ray = args.ray not in (None, False) or args.workers is not None
+    record = None if on_ray else runtime.record()  # on Ray the device is the workers'
+    for spec in specs:
+        found = configuration_change(out, spec, config, record)
+        if found is not None and found[1]:
+            raise ValueError(changed_configuration_message(out, spec.name, *found,
+                                                           "add --resample"))
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
-    import dataclasses
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from canopy import cache_dir
-    from canopy.models import load_model, resolve_spec
+    from canopy.models import entry_spec, load_model
     from canopy.sampling import Runtime, SamplingConfig
     from canopy.score import check_rows, read_rollouts_file, score_to_store
 
-    if len(args.models) != 1:
-        raise ValueError("canopy score takes one model (--models NAME); score another model "
-                         "in another run")
+    entries = _model_entries(args)
+    if len(entries) != 1:
+        raise ValueError("canopy score takes one model (--models NAME or --model SPEC); "
+                         "score another model in another run")
     config = SamplingConfig(**{k: v for k, v in {
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
         "top_k": args.top_k, "top_p": args.top_p}.items() if v is not None})
@@ -170,10 +225,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
         runtime.resolved()  # an unavailable device fails before anything is loaded
     table = read_rollouts_file(args.rollouts)
     check_rows(table)  # before the model is loaded
-    spec = resolve_spec(args.models[0], variant=args.variant or "base",
-                        chat_template=args.chat_template)
-    if args.family and spec.kind in ("gguf", "dir", "hub"):
-        spec = dataclasses.replace(spec, family=args.family)
+    spec = entry_spec(entries[0], variant=args.variant, family=args.family,
+                      chat_template=args.chat_template)
     out = args.out or cache_dir() / "rollouts" / "scored"
     if on_ray:
         from canopy.cluster import score_on_ray
@@ -191,6 +244,64 @@ def _cmd_score(args: argparse.Namespace) -> None:
     print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
           f"({info['reused_prompts']} prompt shards reused, {info['scored_prompts']} scored), "
           f"{outside} token(s) outside the support -> {out}")
+
+
+def _model_entries(args: argparse.Namespace) -> list:
+    """The models given on the command line: ``--models`` names/paths (plain strings,
+    to which ``--variant``/``--family``/``--chat-template`` apply) then each ``--model``
+    entry (a mapping)."""
+    return list(getattr(args, "models", None) or []) + list(getattr(args, "model", None) or [])
+
+
+def _model_option(text: str):
+    """A ``--model`` value: ``KEY=VALUE,…`` with the keys of an experiment file's model
+    entry (``path``, ``name``, ``family``, ``variant``, ``chat_template``, ``dtype``) → a
+    mapping (``chat_template`` read as true/false); a value without ``=`` is a plain
+    name or path, as in ``--models``."""
+    if "=" not in text:
+        return text
+    entry = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(
+                f"--model {text}: expected KEY=VALUE pairs separated by commas, e.g. "
+                "path=./my-sft,family=mine,variant=instruct")
+        if key == "chat_template":
+            lowered = value.lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                raise argparse.ArgumentTypeError(
+                    f"--model {text}: chat_template must be true or false, got {value}")
+            value = lowered in ("true", "yes", "1")
+        entry[key] = value
+    return entry
+
+
+def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = True) -> None:
+    """``--models`` (names/paths) and ``--model`` (one entry with its role), and the
+    flags that apply to plain names/paths."""
+    p.add_argument("--models", nargs="+", metavar="MODEL", required=False,
+                   help="registry names, local directories, .gguf files or Hugging Face ids" +
+                        ("" if many else " (one)"))
+    p.add_argument("--model", action="append", type=_model_option, metavar="SPEC",
+                   help="one model with its role, repeatable: KEY=VALUE,… with the keys of an "
+                        "experiment file's model entry: path (local folder or .gguf) or name "
+                        "(registered or Hugging Face id), family, variant (base | instruct), "
+                        "chat_template (true | false; default: on for instruct), dtype; e.g. "
+                        "--model path=./base,family=mine --model "
+                        "path=./sft,family=mine,variant=instruct")
+    p.add_argument("--variant", choices=["base", "instruct", "fine-tuned"],
+                   help="variant of the --models given by path or id (default base; "
+                        "instruct and fine-tuned are the same)")
+    p.add_argument("--family",
+                   help="family of the --models given by path or id (default: the model's "
+                        "own name); a base and an instruct model of one family are compared "
+                        "as a pair")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="render prompts of the --models given by path or id with the chat "
+                        "template (default: on for instruct, off for base; registered models "
+                        "keep theirs)")
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
@@ -263,7 +374,7 @@ def _cmd_book(args: argparse.Namespace) -> None:
     preflight.check_book(params, args.only, profile=args.profile)
     experiment = resolve_experiment(params.get("experiment_file"), args.profile,
                                     {"models": params.get("models")})
-    preflight.book_models(experiment["models"])
+    preflight.book_models(experiment["entries"])
     from canopy.book import build
 
     build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
@@ -312,7 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(handler=_cmd_metrics)
 
-    p = sub.add_parser("models", help="list registered models and whether they are available")
+    p = sub.add_parser(
+        "models", help="list registered models, or show how an experiment's models are taken",
+        description="Without options: the registered models and whether they are available. "
+                    "With --experiment/--profile or --models/--model: how each of those "
+                    "models is taken (family, role base or instruct, raw or chat-template "
+                    "prompts), whether it can be loaded, and which families form pairs.")
+    p.add_argument("--experiment", help="experiment YAML whose models to show")
+    p.add_argument("--profile", help="profile of the experiment file")
+    _add_model_flags(p)
     p.set_defaults(handler=_cmd_models)
 
     p = sub.add_parser(
@@ -322,8 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--profile is given) and/or flags; flags override the file.")
     p.add_argument("--experiment", help="experiment YAML (see canopy/experiment.py)")
     p.add_argument("--profile", help="profile of the experiment file (quick, default, ...)")
-    p.add_argument("--models", nargs="+", metavar="MODEL",
-                   help="registry names, local directories, .gguf files or Hugging Face ids")
+    _add_model_flags(p)
     p.add_argument("--prompts", nargs="+", metavar="FILE",
                    help="prompt JSONL file(s) (fields: prompt, optional id, task)")
     p.add_argument("--prompts-per-task", type=_int, help="use the first N prompts of each file/task")
@@ -332,15 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, help="seed (default 0)")
     p.add_argument("--batch-size", type=_int, help="rows per forward pass (default 16)")
     _add_runtime_flags(p, engine=True)
-    p.add_argument("--variant", choices=["base", "fine-tuned"],
-                   help="variant of models given by path or id (default base)")
-    p.add_argument("--family",
-                   help="family of models given by path or id (default: the model's own "
-                        "name); give a base and a fine-tuned model the same family to "
-                        "compare them (e.g. in the paired bootstrap)")
-    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
-                   help="render prompts with the chat template (default: on for "
-                        "fine-tuned, off for base; registered models keep theirs)")
+    p.add_argument("--resample", action="store_true",
+                   help="sample even when the store (--out) holds a model in another "
+                        "configuration (other family, variant, chat template, sampling or "
+                        "runtime settings); without it that is an error naming both. The "
+                        "new configuration becomes the store's current one")
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
     _add_ray_flags(p)
@@ -360,20 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "it is cut at --max-new-tokens and counted truncated. Tokens outside "
                     "the support of q_t get step_logprob NaN and are counted in "
                     "outside_support.")
-    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
-                   help="the model that made (or is to score) the rollouts: a registry "
-                        "name, local directory, .gguf file or Hugging Face id")
+    _add_model_flags(p, many=False)
     p.add_argument("--rollouts", required=True, metavar="FILE",
                    help="rollouts to score (.jsonl or .parquet)")
     _add_decoding_flags(p)
     p.add_argument("--batch-size", type=_int, help="rollouts per forward pass (default 16)")
     _add_runtime_flags(p, engine=False)
-    p.add_argument("--variant", choices=["base", "fine-tuned"],
-                   help="variant of a model given by path or id (default base)")
-    p.add_argument("--family", help="family of a model given by path or id")
-    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
-                   help="render raw `prompt` fields with the chat template (default: as "
-                        "canopy sample)")
     p.add_argument("--out", help="rollout directory (default $CANOPY_CACHE/rollouts/scored)")
     _add_ray_flags(p)
     p.set_defaults(handler=_cmd_score)

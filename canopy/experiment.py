@@ -3,6 +3,10 @@
 An experiment file::
 
     models: [gemma-3-270m, gemma-3-270m-sft, smollm2-135m-instruct]   # registry names/paths
+    # or, stating each model's role (canopy.models.entry_spec; paths relative to this file):
+    # models:
+    #   - {path: ../my-base, family: mine, variant: base}
+    #   - {path: ../my-sft, family: mine, variant: instruct, chat_template: true}
     tasks: [coding, math, stories, completion]    # prompt files <prompts_dir>/<task>.jsonl
     prompts_dir: ../prompts      # optional; relative to this file; default <repo>/data/prompts
     out: null                    # optional rollout directory; default
@@ -28,9 +32,11 @@ Prompt files (``<prompts_dir>/<task>.jsonl``) are read by :mod:`canopy.prompts`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
+from canopy.models import ModelSpec, check_entry, entry_name, entry_specs
 from canopy.preflight import (
     RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
 )
@@ -51,7 +57,10 @@ _RUNTIME_KEYS = set(RUNTIME_KEYS)
 @dataclass
 class Experiment:
     """A resolved experiment: models, tasks, sampling settings, where prompts and
-    rollouts live."""
+    rollouts live. ``entries``: the models as written (names, paths or mappings:
+    :func:`canopy.models.entry_spec`; relative paths made absolute); ``models``: their
+    names; ``specs``: how each is taken (family, variant, chat template), in the same
+    order."""
 
     models: list[str]
     tasks: list[str]
@@ -66,6 +75,12 @@ class Experiment:
     ray: bool | str | None = None
     workers: int | None = None
     simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
+    entries: list = field(default_factory=list)
+
+    @cached_property
+    def specs(self) -> list:
+        """How each model is taken (:func:`canopy.models.entry_specs` of ``entries``)."""
+        return entry_specs(self.entries or self.models)
 
     def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
@@ -75,21 +90,40 @@ class Experiment:
             out.extend(prompts[: self.prompts_per_task] if self.prompts_per_task else prompts)
         return out
 
-    def rollouts(self, *, progress: bool = True):
+    def rollouts(self, *, progress: bool = True, resample: bool = False):
         """The experiment's rollouts, all models: read straight from the store when a
         model's shards are complete (no model is loaded: see
-        :func:`canopy.store.cached_rollouts`), sampled (resumably) otherwise."""
+        :func:`canopy.store.cached_rollouts`), sampled (resumably) otherwise.
+
+        When the store holds a model in another configuration (other family, variant,
+        chat template, sampling or runtime settings: :func:`canopy.store.configuration_change`)
+        this is a one-line ``ValueError`` naming both, unless ``resample`` (a chapter's
+        ``resample`` parameter: ``canopy book -p resample true``) asks to sample the
+        experiment's configuration (it then becomes the store's current one)."""
         import pandas as pd
 
-        from canopy.models import resolve_spec
-        from canopy.store import cached_rollouts, sample_to_store
+        from canopy.sampling import Runtime
+        from canopy.store import (
+            cached_rollouts, changed_configuration_message, configuration_change,
+            sample_to_store,
+        )
 
         prompts, tables = self.prompts(), []
-        for name in self.models:
-            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out,
-                                    self.runtime)
+        for spec in self.specs:
+            table = cached_rollouts(spec, prompts, self.sampling, self.out, self.runtime)
+            if table is None and not resample:
+                try:
+                    record = (self.runtime or Runtime(dtype=spec.dtype)).record()
+                except ValueError:  # a device that is not here: sampling says so
+                    record = None
+                found = configuration_change(self.out, spec, self.sampling, record)
+                if found is not None and found[1]:
+                    raise ValueError(changed_configuration_message(
+                        self.out, spec.name, *found,
+                        "rerun with resample (canopy book -p resample true; in Python "
+                        "experiment.rollouts(resample=True))"))
             if table is None:
-                table = sample_to_store([name], prompts, self.sampling, self.out,
+                table = sample_to_store([spec], prompts, self.sampling, self.out,
                                         runtime=self.runtime, progress=progress,
                                         ray=self.ray, workers=self.workers)
             tables.append(table)
@@ -109,6 +143,20 @@ def _merge(base: dict, over: dict, where: str) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def _from_folder(entry, folder: Path):
+    """A model entry of an experiment file with a relative path taken from the file's
+    folder (registered names and Hugging Face ids are left alone)."""
+    from canopy.models import REGISTRY
+
+    if isinstance(entry, dict) and "path" in entry:
+        path = Path(entry["path"]).expanduser()
+        return entry if path.is_absolute() else {**entry, "path": str((folder / path).resolve())}
+    if isinstance(entry, str) and entry not in REGISTRY and not Path(entry).expanduser().is_absolute() \
+            and (folder / entry).exists():
+        return str((folder / entry).resolve())
+    return entry
 
 
 def load_experiment(path=None, profile: str = "default",
@@ -171,6 +219,7 @@ def resolve_experiment(path=None, profile: str = "default",
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
     sampling_over = {k: flat.pop(k) for k in list(flat) if k in _SAMPLING_KEYS}
     runtime_over = {k: flat.pop(k) for k in list(flat) if k in _RUNTIME_KEYS}
+    file_models = config.get("models")
     config = _merge(config, {**flat, "sampling": sampling_over, "runtime": runtime_over},
                     "overrides")
     runtime = dict(config.get("runtime") or {})
@@ -198,9 +247,19 @@ def resolve_experiment(path=None, profile: str = "default",
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"{path}: simulation_seeds must be a positive integer, got {seeds}")
     models, tasks = config.get("models"), config.get("tasks")
-    for key, value in (("models", models), ("tasks", tasks)):
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{path}: '{key}' must be a non-empty list of names")
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(v, str) for v in tasks):
+        raise ValueError(f"{path}: 'tasks' must be a non-empty list of names")
+    if not isinstance(models, list) or not models \
+            or not all(isinstance(v, (str, dict, ModelSpec)) for v in models):
+        raise ValueError(f"{path}: 'models' must be a non-empty list of names, paths or "
+                         "mappings (path/name, family, variant, chat_template, dtype)")
+    try:
+        for entry in models:
+            check_entry(entry)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if models is file_models:  # relative paths in the file are taken from its folder
+        models = [_from_folder(entry, path.parent) for entry in models]
     if "prompts_dir" in config and config["prompts_dir"]:
         prompts_dir = Path(config["prompts_dir"])
         if not prompts_dir.is_absolute():
@@ -209,7 +268,8 @@ def resolve_experiment(path=None, profile: str = "default",
         prompts_dir = REPO_ROOT / "data" / "prompts"
     out = Path(config["out"]) if config.get("out") else \
         cache_dir() / "rollouts" / f"{path.stem}-{profile}"
-    return dict(models=list(models), tasks=list(tasks), sampling=sampling,
+    return dict(models=[entry_name(entry) for entry in models], entries=list(models),
+                tasks=list(tasks), sampling=sampling,
                 prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
                 profile=profile, raw=raw, runtime=runtime, path=path,
                 ray=config.get("ray"), workers=config.get("workers"),

@@ -335,26 +335,43 @@ def context_length(spec) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def check_models(names, *, variant: str = "base", chat_template: bool | None = None,
-                 max_new_tokens: int | None = None, need_fresh: bool = True) -> list:
-    """Resolve every model and check that it can be loaded offline now (before the first
-    one is loaded); returns their :class:`~canopy.models.ModelSpec`. ``need_fresh``:
-    also check the files a first load converts (packaged/``.gguf`` GGUFs)."""
-    from canopy.models import _hub_cached, _offline, available, resolve_spec
+def check_models(entries, *, variant: str | None = None, family: str | None = None,
+                 chat_template: bool | None = None, max_new_tokens: int | None = None,
+                 need_fresh: bool = True, notes: list | None = None) -> list:
+    """Resolve every model entry (:func:`canopy.models.entry_spec`; ``variant``,
+    ``family`` and ``chat_template`` apply to entries given as plain strings) and check
+    that it can be loaded offline now (before the first one is loaded), including its
+    tokenizer files and chat template (:func:`canopy.model_files.check_model_files`);
+    returns their :class:`~canopy.models.ModelSpec`. ``need_fresh``: also check the
+    files a first load converts (packaged/``.gguf`` GGUFs). ``notes``: a list that
+    receives the one-line notes (e.g. a vocabulary larger than the tokenizer); without
+    one they are printed to stderr."""
+    import sys
+
+    from canopy.model_files import check_model_files
+    from canopy.models import _hub_cached, _offline, available, entry_specs
 
     specs = []
-    for name in names:
-        spec = resolve_spec(name, variant=variant, chat_template=chat_template)
+    for spec in entry_specs(entries, variant=variant, family=family,
+                            chat_template=chat_template):
+        name = spec.name
         if spec.kind == "hub":
             if _offline() and not _hub_cached(spec.source):
                 where = ("neither a local path (no such directory) nor, as a Hugging Face "
-                         "id, available offline" if "/" in name else "not available offline")
-                raise ValueError(f"model {name} is {where}: set HF_HUB_OFFLINE=0 or give a "
+                         "id, available offline" if "/" in spec.source
+                         else "not available offline")
+                raise ValueError(f"model {spec.source} is {where}: set HF_HUB_OFFLINE=0 or give a "
                                  "local path")
         else:
             ok, needs = available(spec)
             if not ok:
                 raise ValueError(f"model {name} is not available: {needs}")
+        found = check_model_files(spec)
+        if notes is None:
+            for line in found:
+                print(f"canopy: note: {line}", file=sys.stderr)
+        else:
+            notes.extend(found)
         header = _check_gguf_source(spec) if need_fresh else None
         if max_new_tokens is not None:
             limit = context_length(spec) or (header or {}).get("context_length")
@@ -490,24 +507,23 @@ def check_book(parameters: dict, only, *, profile: str = "default",
         raise FileNotFoundError(f"-p experiment_file: file not found: {experiment}")
     models = parameters.get("models")
     if models is not None and (not isinstance(models, list)
-                               or not all(isinstance(m, str) for m in models)):
-        raise ValueError("-p models must be a list of names, e.g. -p models "
-                         "'[gemma-3-270m, gemma-3-270m-sft]'")
+                               or not all(isinstance(m, (str, dict)) for m in models)):
+        raise ValueError("-p models must be a list of names or model entries, e.g. -p models "
+                         "'[gemma-3-270m, {path: ./my-sft, family: gemma-3-270m, "
+                         "variant: instruct}]'")
 
 
-def book_models(models) -> None:
-    """The models of a book build are available, except the fine-tunes the build makes
-    itself (whose base must be available)."""
-    from canopy.models import REGISTRY, get_spec
+def book_models(entries) -> None:
+    """The models of a book build (experiment entries or specs) are available, except
+    the fine-tunes the build makes itself (whose base must be available)."""
+    from canopy.models import entry_specs, get_spec
 
     plain = []
-    for name in models:
-        spec = REGISTRY.get(name)
-        if spec is not None and spec.kind == "adapter" and "canopy finetune" in spec.install:
-            plain.append(spec.base)  # made by the build (canopy finetune) from its base
-            get_spec(spec.base)
+    for spec in entry_specs(entries):
+        if spec.kind == "adapter" and "canopy finetune" in spec.install:
+            plain.append(get_spec(spec.base))  # made by the build (canopy finetune)
         else:
-            plain.append(name)
+            plain.append(spec)
     check_models(list(dict.fromkeys(plain)))
 
 

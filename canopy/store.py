@@ -50,7 +50,8 @@ from canopy.sampling import (
     sample_prompts,
 )
 
-__all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "config_record", "config_hash", "shard_path",
+__all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "configuration_change",
+           "changed_configuration_message", "config_record", "config_hash", "shard_path",
            "read_shard", "write_shard", "ShardError", "content_sha256", "damaged_shards",
            "open_config", "shard_expectation", "finished_shards", "gather"]
 
@@ -262,6 +263,50 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
         except (ShardError, OSError):
             return None
     return pd.concat(tables, ignore_index=True)
+
+
+def configuration_change(out, spec, config: SamplingConfig,
+                         runtime_record: dict | None = None) -> tuple[str, list[str]] | None:
+    """How the configuration the store ``out`` holds for ``spec``'s model (its current
+    one, ``current.json``) differs from the one asked for, in what a user states: the
+    model entry (family, variant, chat template, dtype, source), the sampling settings
+    and ``runtime_record`` (:meth:`canopy.sampling.Runtime.record`, when given). Read
+    without loading anything.
+
+    Returns ``None`` when the store holds no configuration of that model, else
+    ``(hash12 of the stored configuration, differences)``: one ``"key: stored → asked"``
+    string per differing setting (empty when they agree; a change of the weights' files
+    or of canopy's algorithm is not listed: it is resampled, as it must be)."""
+    model_dir = Path(out) / _safe(spec.name)
+    try:
+        current = json.loads((model_dir / "current.json").read_text())["config_hash"]
+        manifest = json.loads((model_dir / current / "manifest.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    changes = []
+
+    def compare(prefix: str, stored: dict, asked: dict, skip=()) -> None:
+        stored = stored if isinstance(stored, dict) else {}
+        for key, value in json.loads(json.dumps(asked)).items():
+            if key not in skip and stored.get(key) != value:
+                changes.append(f"{prefix}{key}: {stored.get(key)!r} → {value!r}")
+
+    compare("", manifest.get("spec"), spec.describe(), skip=("install",))
+    record = manifest.get("config") or {}
+    compare("sampling.", record.get("sampling"), config.distribution())
+    if runtime_record is not None:
+        compare("runtime.", record.get("runtime"), runtime_record)
+    return current, changes
+
+
+def changed_configuration_message(out, name: str, current: str, changes: list[str],
+                                  how: str) -> str:
+    """One line: the store holds another configuration of model ``name`` and the
+    sampling that would replace it is not done unless asked (``how``)."""
+    return (f"the store {out} holds model {name} in another configuration ({current}): "
+            f"{'; '.join(changes)} (stored → asked); stopping instead of sampling it again. "
+            f"To sample the asked configuration (it becomes the store's current one), "
+            f"{how}; to keep the stored one, ask for its settings")
 
 
 def _vllm_engine():

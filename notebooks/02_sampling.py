@@ -52,7 +52,6 @@ from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, pooling, report
 from canopy.experiment import load_experiment
-from canopy.models import resolve_spec
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
@@ -72,7 +71,7 @@ settings = experiment.sampling
 # whole support from the full logits.
 
 # %%
-model_table = pd.DataFrame([resolve_spec(name).describe() for name in experiment.models])
+model_table = pd.DataFrame([spec.describe() for spec in experiment.specs])
 model_table["prompting"] = model_table["chat_template"].map({True: "chat template",
                                                              False: "raw text"})
 model_table[["name", "family", "variant", "kind", "prompting", "dtype"]]

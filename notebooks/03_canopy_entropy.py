@@ -55,7 +55,6 @@ from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, entropy, pooling, report
 from canopy.experiment import load_experiment
-from canopy.models import resolve_spec
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
@@ -178,7 +177,7 @@ boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=co
 
 # %% tags=["remove-input"]
 display(Markdown(report.pairs_text(
-    boot, {m: resolve_spec(m).name for m in experiment.models})))
+    boot, {spec.name: spec.name for spec in experiment.specs})))
 
 # %%
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",
