@@ -65,7 +65,8 @@ def _show_taken(args: argparse.Namespace, entries: list) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
     from canopy.model_files import check_model_files
-    from canopy.models import available, entry_specs
+    from canopy.entries import entry_specs
+    from canopy.models import available
 
     if not entries:
         entries = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
@@ -143,9 +144,12 @@ def _preflight_sample(args: argparse.Namespace):
         found = preflight.prompt_records(path, task)
         n_prompts += len(found[:per_task] if per_task else found)
     preflight.check_sampling(sampling, n_prompts=n_prompts)
-    specs = preflight.check_models(models, variant=args.variant, family=args.family,
-                                   chat_template=args.chat_template,
-                                   max_new_tokens=sampling.get("max_new_tokens", 128))
+    from canopy.entries import entry_specs
+
+    specs = preflight.check_models(
+        entry_specs(models, variant=args.variant, family=args.family,
+                    chat_template=args.chat_template),
+        max_new_tokens=sampling.get("max_new_tokens", 128))
     # about 64 bytes per generated token in a shard (ids, four float32 statistics, text)
     need = (len(specs) * n_prompts * sampling.get("rollouts", 8)
             * sampling.get("max_new_tokens", 128) * 64)
@@ -174,6 +178,10 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     prompts = read()
     table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
                             ray=args.ray, workers=args.workers)
+    from canopy.model_files import beyond_tokenizer_lines
+
+    for line in beyond_tokenizer_lines(table, specs):
+        print(f"canopy sample: {line}")
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -204,7 +212,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from canopy import cache_dir
-    from canopy.models import entry_spec, load_model
+    from canopy.entries import entry_spec
+    from canopy.models import load_model
     from canopy.sampling import Runtime, SamplingConfig
     from canopy.score import check_rows, read_rollouts_file, score_to_store
 

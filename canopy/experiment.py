@@ -31,12 +31,14 @@ Prompt files (``<prompts_dir>/<task>.jsonl``) are read by :mod:`canopy.prompts`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
-from canopy.models import ModelSpec, check_entry, entry_name, entry_specs
+from canopy.entries import check_entry, entry_name, entry_specs
+from canopy.models import ModelSpec
 from canopy.preflight import (
     RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
 )
@@ -58,7 +60,7 @@ _RUNTIME_KEYS = set(RUNTIME_KEYS)
 class Experiment:
     """A resolved experiment: models, tasks, sampling settings, where prompts and
     rollouts live. ``entries``: the models as written (names, paths or mappings:
-    :func:`canopy.models.entry_spec`; relative paths made absolute); ``models``: their
+    :func:`canopy.entries.entry_spec`; relative paths made absolute); ``models``: their
     names; ``specs``: how each is taken (family, variant, chat template), in the same
     order."""
 
@@ -79,7 +81,7 @@ class Experiment:
 
     @cached_property
     def specs(self) -> list:
-        """How each model is taken (:func:`canopy.models.entry_specs` of ``entries``)."""
+        """How each model is taken (:func:`canopy.entries.entry_specs` of ``entries``)."""
         return entry_specs(self.entries or self.models)
 
     def prompts(self) -> list:
@@ -127,7 +129,12 @@ class Experiment:
                                         runtime=self.runtime, progress=progress,
                                         ray=self.ray, workers=self.workers)
             tables.append(table)
-        return pd.concat(tables, ignore_index=True)
+        table = pd.concat(tables, ignore_index=True)
+        from canopy.model_files import beyond_tokenizer_lines
+
+        for line in beyond_tokenizer_lines(table, self.specs):
+            warnings.warn(line, stacklevel=2)
+        return table
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:

@@ -29,7 +29,8 @@ import json
 from pathlib import Path
 
 __all__ = ["TOKENIZER_FILES", "tokenizer_folder", "has_tokenizer", "has_chat_template",
-           "tokenizer_size", "config_vocab_size", "check_model_files", "beyond_tokenizer"]
+           "tokenizer_size", "config_vocab_size", "check_model_files", "padded_vocabularies",
+           "beyond_tokenizer", "beyond_tokenizer_lines"]
 
 #: File sets any one of which is a tokenizer transformers can load.
 TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"),
@@ -38,18 +39,16 @@ TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "me
 
 def tokenizer_folder(spec) -> Path | None:
     """The folder the spec's tokenizer is read from, when it is cheap to know: a local
-    model's folder, an adapter's folder when it holds a tokenizer (else its base's), a
+    model's folder, an adapter's folder when it holds a tokenizer, a
     GGUF model's converted folder once converted; ``None`` otherwise (Hugging Face ids,
-    GGUFs not converted yet: their tokenizer is checked when they load)."""
+    GGUFs not converted yet, adapters that use their base's tokenizer: those tokenizers
+    are checked when they load)."""
     from canopy import cache_dir
-    from canopy.models import get_spec
 
     if spec.kind == "dir":
         return spec.path()
-    if spec.kind == "adapter":
-        if (spec.path() / "tokenizer_config.json").is_file():
-            return spec.path()
-        return tokenizer_folder(get_spec(spec.base))
+    if spec.kind == "adapter":  # its own tokenizer, else its base's (checked as the base)
+        return spec.path() if (spec.path() / "tokenizer_config.json").is_file() else None
     if spec.kind in ("package", "gguf"):
         folder = cache_dir() / "models" / spec.name
         return folder if (folder / "config.json").is_file() else None
@@ -134,6 +133,33 @@ def check_model_files(spec) -> list[str]:
                 "they are sampled as the model gives them (entropies stay exact), kept in "
                 "token_ids, and counted after sampling"]
     return []
+
+
+def padded_vocabularies(specs) -> dict[str, int]:
+    """Model name → tokenizer size, for the models whose vocabulary (``config.json``) is
+    larger than their tokenizer (see the module docstring)."""
+    found = {}
+    for spec in specs:
+        folder = tokenizer_folder(spec)
+        if folder is None:
+            continue
+        vocab, tokens = config_vocab_size(folder), tokenizer_size(folder)
+        if vocab is not None and tokens is not None and vocab > tokens:
+            found[spec.name] = tokens
+    return found
+
+
+def beyond_tokenizer_lines(rollouts, specs) -> list[str]:
+    """One line per model of ``specs`` whose rollouts hold ids its tokenizer cannot
+    decode: how many of its sampled tokens those are."""
+    lines = []
+    for model, (beyond, total) in beyond_tokenizer(rollouts, padded_vocabularies(specs)).items():
+        if beyond:
+            size = padded_vocabularies([s for s in specs if s.name == model])[model]
+            lines.append(f"model {model}: {beyond} of {total} sampled tokens have ids ≥ "
+                         f"{size:,} (beyond its tokenizer: no text; kept in token_ids and "
+                         "every statistic)")
+    return lines
 
 
 def beyond_tokenizer(rollouts, sizes: dict[str, int]) -> dict[str, tuple[int, int]]:

@@ -335,25 +335,22 @@ def context_length(spec) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def check_models(entries, *, variant: str | None = None, family: str | None = None,
-                 chat_template: bool | None = None, max_new_tokens: int | None = None,
-                 need_fresh: bool = True, notes: list | None = None) -> list:
-    """Resolve every model entry (:func:`canopy.models.entry_spec`; ``variant``,
-    ``family`` and ``chat_template`` apply to entries given as plain strings) and check
-    that it can be loaded offline now (before the first one is loaded), including its
-    tokenizer files and chat template (:func:`canopy.model_files.check_model_files`);
-    returns their :class:`~canopy.models.ModelSpec`. ``need_fresh``: also check the
-    files a first load converts (packaged/``.gguf`` GGUFs). ``notes``: a list that
-    receives the one-line notes (e.g. a vocabulary larger than the tokenizer); without
-    one they are printed to stderr."""
+def check_models(specs, *, max_new_tokens: int | None = None, need_fresh: bool = True,
+                 notes: list | None = None) -> list:
+    """Check that every model (a :class:`~canopy.models.ModelSpec`, e.g. from
+    :func:`canopy.entries.entry_specs`) can be loaded offline now, before the first one is
+    loaded, including its tokenizer files and chat template
+    (:func:`canopy.model_files.check_model_files`); returns the specs. ``need_fresh``:
+    also check the files a first load converts (packaged/``.gguf`` GGUFs). ``notes``: a
+    list that receives the one-line notes (e.g. a vocabulary larger than the tokenizer);
+    without one they are printed to stderr."""
     import sys
 
     from canopy.model_files import check_model_files
-    from canopy.models import _hub_cached, _offline, available, entry_specs
+    from canopy.models import _hub_cached, _offline, available
 
-    specs = []
-    for spec in entry_specs(entries, variant=variant, family=family,
-                            chat_template=chat_template):
+    checked = []
+    for spec in specs:
         name = spec.name
         if spec.kind == "hub":
             if _offline() and not _hub_cached(spec.source):
@@ -378,8 +375,8 @@ def check_models(entries, *, variant: str | None = None, family: str | None = No
             if limit is not None and max_new_tokens > limit:
                 raise ValueError(f"max_new_tokens {max_new_tokens} is more than the context "
                                  f"of model {name} ({limit} tokens); lower --max-new-tokens")
-        specs.append(spec)
-    return specs
+        checked.append(spec)
+    return checked
 
 
 def _check_gguf_source(spec) -> dict | None:
@@ -516,7 +513,8 @@ def check_book(parameters: dict, only, *, profile: str = "default",
 def book_models(entries) -> None:
     """The models of a book build (experiment entries or specs) are available, except
     the fine-tunes the build makes itself (whose base must be available)."""
-    from canopy.models import entry_specs, get_spec
+    from canopy.entries import entry_specs
+    from canopy.models import get_spec
 
     plain = []
     for spec in entry_specs(entries):
