@@ -25,8 +25,10 @@ env: $(STAMP)
 env-vllm: $(STAMP)
 	bash .ci/install-vllm $(VENV)
 
+# Two workers (pytest-xdist), each taking whole test files (--dist loadfile): a file's
+# module fixtures (the built book, a sampled store) are made once, in one worker.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 book: $(STAMP)
 	$(VENV)/bin/canopy book --profile default

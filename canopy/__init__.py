@@ -20,12 +20,27 @@ __version__ = "0.1.0"
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    """The folder holding the book's sources (``data/``, ``notebooks/``, ``book/``,
+    ``_toc.yml``): ``$CANOPY_ROOT`` when set; else the checkout this package was
+    imported from (an editable install or ``PYTHONPATH``); else the working directory
+    (a non-editable install — wheel, conda, cluster node — run from a checkout)."""
+    if os.environ.get("CANOPY_ROOT"):
+        return Path(os.environ["CANOPY_ROOT"]).resolve()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "notebooks").is_dir() and (checkout / "data").is_dir():
+        return checkout
+    return Path.cwd().resolve()
+
+
+#: :func:`project_root` as found when the package was imported.
+REPO_ROOT = project_root()
 
 
 def cache_dir() -> Path:
     """The one directory for everything generated: ``$CANOPY_CACHE``, default
-    ``<repo>/.cache/canopy`` (git-ignored). Created on first use."""
+    ``<project root>/.cache/canopy`` (git-ignored). Created on first use."""
     path = Path(os.environ.get("CANOPY_CACHE") or REPO_ROOT / ".cache" / "canopy")
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from canopy.stats import (_TABLE_COLUMNS, _aliased, _check_level, _fmt_table,
-                          _interaction_data, _notes_html, _wald_table, _warning_notes)
+from canopy.fitting import (TABLE_COLUMNS, aliased_columns, check_level, empty_table,
+                            notes_html, table_html, wald_table, warning_notes)
+from canopy.stats import SYMBOLS, matched_panel
 
 __all__ = ["BETA_CLIP", "BetaResult", "beta_regression", "fit_beta_glmm_r",
            "r_glmmtmb_available"]
@@ -64,7 +65,7 @@ class BetaResult:
         diff = ("" if not self.differences else "<p><b>Differs from the paper's glmmTMB "
                 "specification</b></p><ul>" + "".join(
                     f"<li>{html.escape(d)}</li>" for d in self.differences) + "</ul>")
-        return head + _fmt_table(self.table) + _notes_html(self.notes) + diff
+        return head + table_html(self.table) + notes_html(self.notes) + diff
 
     def __str__(self) -> str:
         body = self.table.to_string(float_format=lambda v: f"{v:.4g}") if len(self.table) else "(no table)"
@@ -101,7 +102,7 @@ def _natural_spline(x: np.ndarray, df: int, knots_from: np.ndarray | None = None
 
 def _beta_frame(panel: pd.DataFrame, notes: list[str]):
     """Interaction panel with D clipped, R_sc and invN_sc (standardised, ddof = 1)."""
-    data, both, single = _interaction_data(panel, notes)
+    data, both, single = matched_panel(panel, notes)
     data = data.copy()
     clipped = ((data["diversity"] < BETA_CLIP) | (data["diversity"] > 1 - BETA_CLIP)).sum()
     if clipped:
@@ -133,7 +134,7 @@ def beta_regression(panel: pd.DataFrame, level: float = 0.95, cluster: bool = Tr
     """
     from statsmodels.othermod.betareg import BetaModel
 
-    _check_level(level)
+    check_level(level)
     notes: list[str] = []
     data, both, single = _beta_frame(panel, notes)
     diffs = list(_BETA_DIFFERENCES)
@@ -142,7 +143,7 @@ def beta_regression(panel: pd.DataFrame, level: float = 0.95, cluster: bool = Tr
         return BetaResult("statsmodels BetaModel", _empty_beta_table(), len(data), True, False,
                           notes, diffs)
     mean_x, prec_x = _beta_designs(data, notes)
-    drop_m, drop_p = _aliased(mean_x), _aliased(prec_x)
+    drop_m, drop_p = aliased_columns(mean_x), aliased_columns(prec_x)
     if drop_m:
         notes.append(f"mean model: not identifiable, dropped: {', '.join(drop_m)}")
         mean_x = mean_x.drop(columns=drop_m)
@@ -168,13 +169,13 @@ def beta_regression(panel: pd.DataFrame, level: float = 0.95, cluster: bool = Tr
         notes.append(f"fit failed: {type(exc).__name__}: {exc}")
         return BetaResult("statsmodels BetaModel", _empty_beta_table(), len(data), True,
                           False, notes, diffs, model=model)
-    if _warning_notes(caught, notes):
+    if warning_notes(caught, notes):
         converged = False
     if not converged and not any("converge" in n for n in notes):
         notes.append("the optimiser did not converge: estimates are unreliable")
     params = pd.Series(np.asarray(res.params), index=[*mean_x.columns, *prec_x.columns])
     bse = pd.Series(np.asarray(res.bse), index=params.index)
-    table = _wald_table(params, bse, level)
+    table = wald_table(params, bse, level, SYMBOLS)
     table.insert(0, "part", ["mean"] * mean_x.shape[1] + ["dispersion"] * prec_x.shape[1])
     table.index = [*mean_x.columns, *prec_x.columns]
     table.index.name = "term"
@@ -206,7 +207,7 @@ def _fit_beta(model, maxiter: int, fit_kw: dict):
 
 
 def _empty_beta_table() -> pd.DataFrame:
-    return pd.DataFrame(columns=["part", *_TABLE_COLUMNS], index=pd.Index([], name="term"))
+    return empty_table(("part",))
 
 
 def _beta_designs(data: pd.DataFrame, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -309,7 +310,7 @@ def fit_beta_glmm_r(panel: pd.DataFrame, rscript: str = "Rscript", level: float 
     layout (``fine_tuned``, ``R_sc:fine_tuned``, …), or ``available=False`` with the
     reason when R or glmmTMB is missing. Python never requires R.
     """
-    _check_level(level)
+    check_level(level)
     notes: list[str] = []
     ok, why = r_glmmtmb_available(rscript)
     if not ok:
@@ -344,9 +345,9 @@ def fit_beta_glmm_r(panel: pd.DataFrame, rscript: str = "Rscript", level: float 
     coef["term"] = coef["term"].map(_r_term)
     coef = coef.set_index("term")
     table = pd.concat([
-        _wald_table(g["estimate"], g["se"], level).assign(part=part)
+        wald_table(g["estimate"], g["se"], level, SYMBOLS).assign(part=part)
         for part, g in coef.groupby("part", sort=False)])
-    table = table[["part", *_TABLE_COLUMNS]]
+    table = table[["part", *TABLE_COLUMNS]]
     table.loc[table["part"] == "dispersion", "symbol"] = ""
     table.index.name = "term"
     converged = str(info["converged"]).upper() == "TRUE"

@@ -10,12 +10,15 @@
    points). The parameter cells are tagged ``remove-cell`` so the page does not show
    them; each chapter prints the values it used and the command to rerun it.
    Before the chapters run, the fine-tuned models the experiment names are made if
-   missing (``canopy finetune``; cached).
+   missing (``canopy finetune``; cached). Kernels run with :data:`KERNEL_ENV`. The
+   sources are found under :func:`canopy.project_root` (a checkout, ``$CANOPY_ROOT``
+   or the working directory), so a non-editable install builds the book too.
 2. A chapter is not re-executed when nothing it depends on changed: a stamp next to the
-   executed notebook hashes its source, its parameters, the package's source, the
-   experiment and prompt files and the published fine-tunes. Rollouts, embeddings and
-   fine-tunes are cached under ``$CANOPY_CACHE`` as well, so a rebuild after an edit
-   re-runs one chapter from cached data.
+   executed notebook hashes its source, its parameters, every file of the package
+   (``canopy/charts`` too), every file under ``data/``, the experiment file, the
+   published fine-tunes and the installed libraries' versions (:func:`chapter_stamp`).
+   Rollouts, embeddings and fine-tunes are cached under ``$CANOPY_CACHE`` as well, so a
+   rebuild after an edit re-runs one chapter from cached data.
 3. The offline assets are written into ``book/_static`` (git-ignored): the Vega bundle
    (:func:`canopy.render.write_bundle`) and MathJax (from the PyPI package
    ``django-static-mathjax``; only its standalone SVG build and the TeX extensions it
@@ -40,11 +43,24 @@ from canopy import REPO_ROOT, cache_dir
 
 __all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter",
            "prepare_static", "build_html", "build", "ensure_finetunes", "rerun_note",
-           "EXECUTED", "STATIC", "BUILD"]
+           "selected_chapters", "uses_models", "check_parameters",
+           "EXECUTED", "STATIC", "BUILD", "PACKAGE_DIR", "KERNEL_ENV"]
 
 EXECUTED = REPO_ROOT / "_executed"
 STATIC = REPO_ROOT / "book" / "_static"
 BUILD = REPO_ROOT / "_build"
+#: The installed package's folder (``canopy/``, with ``canopy/charts/``).
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: The environment of the kernels that execute the chapters: offline, and no progress
+#: bars or widget warnings on a reader's page. tqdm.auto in a kernel without ipywidgets
+#: warns "IProgress not found" and falls back to the console bar; TQDM_DISABLE turns the
+#: console bars off (transformers' "Loading weights" too, as does
+#: HF_HUB_DISABLE_PROGRESS_BARS) and PYTHONWARNINGS drops that warning.
+KERNEL_ENV = {"CANOPY_BOOK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+              "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+              "PYTHONWARNINGS": "ignore:IProgress not found"}
 
 
 def chapters() -> list[Path]:
@@ -66,24 +82,52 @@ def declared_parameters(notebook) -> list[str]:
     return []
 
 
-def _tree_digest(paths) -> str:
+def _tree_digest(root: Path) -> str:
+    """sha256 over every file under ``root`` (relative path and bytes), caches excepted."""
     digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(REPO_ROOT)).encode())
+    files = [p for p in Path(root).rglob("*") if p.is_file()
+             and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")]
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
+def _library_versions() -> dict[str, str]:
+    """Name → version of every installed distribution, and Python's version."""
+    import importlib.metadata
+    import platform
+
+    found = {(d.metadata["Name"] or "").lower(): d.version
+             for d in importlib.metadata.distributions()}
+    return {"python": platform.python_version(), **dict(sorted(found.items()))}
+
+
+def _experiment_bytes(path) -> str:
+    """sha256 of the experiment file a chapter is given (relative paths as the kernel,
+    which runs in the project root, and the command line see them); "" when none."""
+    if path is None:
+        return ""
+    for candidate in (Path(str(path)), REPO_ROOT / str(path)):
+        if candidate.is_file():
+            return hashlib.sha256(candidate.read_bytes()).hexdigest()
+    return f"missing: {path}"
+
+
 def chapter_stamp(source: Path, parameters: dict) -> str:
-    """sha256 of what a chapter's output depends on (see the module docstring)."""
+    """sha256 of what a chapter's output depends on: its source and parameters, every
+    file of the package (``canopy/**``, charts included), every file under ``data/``,
+    the experiment file passed, the published fine-tunes, the versions of the installed
+    libraries and Python, and the cache directory."""
     finetunes = sorted((cache_dir() / "finetune").glob("*/canopy-finetune.json"))
     inputs = {
         "source": hashlib.sha256(source.read_bytes()).hexdigest(),
         "parameters": parameters,
-        "package": _tree_digest((REPO_ROOT / "canopy").glob("*.py")),
-        "data": _tree_digest([*(REPO_ROOT / "data" / "experiments").glob("*.yaml"),
-                              *(REPO_ROOT / "data" / "prompts").glob("*.jsonl")]),
+        "package": _tree_digest(PACKAGE_DIR),
+        "data": _tree_digest(REPO_ROOT / "data"),
+        "experiment": _experiment_bytes(parameters.get("experiment_file")),
         "finetunes": {p.parent.name: p.read_text() for p in finetunes},
+        "libraries": _library_versions(),
         "cache": str(cache_dir()),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
@@ -123,13 +167,11 @@ def execute_chapter(source: Path, parameters: dict, *, force: bool = False,
     partial = out_dir / f".{source.stem}.partial.ipynb"
     nbformat.write(notebook, work)
     started = time.perf_counter()
-    env = {"CANOPY_BOOK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    # papermill logs a line for every parameter line with a comment it cannot parse; the
-    # values are still injected, so keep only its errors.
-    logging.getLogger("papermill").setLevel(logging.ERROR)
+    saved = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)
+    # papermill logs its progress at INFO; its warnings (e.g. a parameter it does not
+    # find in the chapter's parameter cell) still show.
+    logging.getLogger("papermill").setLevel(logging.WARNING)
     try:
         papermill.execute_notebook(str(work), str(partial), parameters=passed,
                                    cwd=str(REPO_ROOT), kernel_name="python3",
@@ -244,32 +286,95 @@ def ensure_finetunes(profile: str, experiment_file=None, models=None, echo=print
             finetune(recipe, progress=fresh)
 
 
+def _selected(source: Path, only) -> bool:
+    return only is None or source.stem in only or source.stem[:2] in only
+
+
+def selected_chapters(only=None) -> list[Path]:
+    """The chapters ``--only`` selects (stems or numbers; ``None``: all), in book order."""
+    return [source for source in chapters() if _selected(source, only)]
+
+
+def uses_models(sources) -> bool:
+    """Whether any of these chapters reads the experiment's models (declares ``models``)."""
+    from canopy.preflight import chapter_parameters
+
+    declared = chapter_parameters()
+    return any("models" in declared.get(source.stem, []) for source in sources)
+
+
+def check_parameters(parameters: dict, models: list[str], only=None) -> None:
+    """The book's up-front checks of what the selected chapters will need, before any
+    runs (no torch): a ``finetune_name`` has a report or a recipe, or, without one, some
+    model of the experiment (``models``) is made by ``canopy finetune``; the
+    ``embedding_model`` can be loaded offline. One-line ``ValueError`` naming the fix."""
+    from canopy.embedders import DEFAULT_EMBEDDING_MODEL, check_embedding_model
+    from canopy.finetune import PROFILES, published_dir, recipe_for
+    from canopy.preflight import chapter_parameters
+
+    parameters_of = chapter_parameters()
+    declared = {}
+    for source in selected_chapters(only):
+        for name in parameters_of.get(source.stem, []):
+            declared.setdefault(name, source.stem)
+    if "finetune_name" in declared:
+        chapter, name = declared["finetune_name"], parameters.get("finetune_name")
+        if name is not None:
+            if not isinstance(name, str) or not (
+                    recipe_for(name) is not None or (published_dir(name) / "report.json").is_file()):
+                recipes = ", ".join(sorted({r.name for r in PROFILES.values()}))
+                raise ValueError(f"-p finetune_name {name}: no fine-tune report at "
+                                 f"{published_dir(name)} and no built-in recipe makes it "
+                                 f"(recipes: {recipes}); run `canopy finetune` first")
+        elif not any(recipe_for(m) is not None for m in models):
+            raise ValueError(f"chapter {chapter} (the fine-tune appendix) needs a model made by "
+                             f"`canopy finetune`, and none of the experiment's models is "
+                             f"({', '.join(models)}); pass -p finetune_name NAME, or leave "
+                             "it out with --only")
+    if "embedding_model" in declared:
+        model = parameters.get("embedding_model", DEFAULT_EMBEDDING_MODEL)
+        try:
+            check_embedding_model(model)
+        except ValueError as exc:
+            raise ValueError(f"-p embedding_model: {exc}") from None
+
+
 def build(profile: str = "default", parameters: dict | None = None, *,
           only: list[str] | None = None, force: bool = False, html: bool = True,
           echo=print) -> Path | None:
     """Execute the chapters (reusing unchanged ones), then build the HTML.
 
     ``parameters`` override chapter parameters (each chapter receives the ones it
-    declares). ``only``: chapter stems or numbers to execute (others reuse their last
-    output, which must exist). Returns ``_build/html`` (or ``None`` without ``html``).
+    declares). ``only``: chapter stems or numbers to execute; the others reuse their
+    last output, and when one of them has never been executed (a fresh clone) the
+    selected chapters still run and the HTML build is skipped, with one line saying so.
+    Returns ``_build/html`` (or ``None`` when no HTML was built).
     """
     params = {"profile": profile, **(parameters or {})}
     sources = chapters()
     if not sources:
         raise FileNotFoundError("no chapters in notebooks/ (expected notebooks/NN_*.py)")
     started = time.perf_counter()
-    ensure_finetunes(profile, params.get("experiment_file"), params.get("models"), echo=echo)
+    if uses_models(selected_chapters(only)):
+        ensure_finetunes(profile, params.get("experiment_file"), params.get("models"),
+                         echo=echo)
+    missing = []
     for source in sources:
-        selected = only is None or source.stem in only or source.stem[:2] in only
-        if not selected:
+        if not _selected(source, only):
             if not (EXECUTED / f"{source.stem}.ipynb").is_file():
-                raise FileNotFoundError(f"chapter {source.stem} has never been executed; "
-                                        "build it once without --only")
-            echo(f"  {source.stem:<28} skipped (--only)")
+                missing.append(source.stem)
+                echo(f"  {source.stem:<28} skipped (--only; never executed)")
+            else:
+                echo(f"  {source.stem:<28} skipped (--only)")
             continue
         _, seconds, reused = execute_chapter(source, params, force=force)
         echo(f"  {source.stem:<28} {'unchanged, reused' if reused else f'executed in {seconds:.0f} s'}")
     if not html:
+        return None
+    if missing:
+        echo(f"canopy book: HTML not built: {len(missing)} chapter(s) never executed "
+             f"({', '.join(name[:2] for name in missing)}); build once without --only for "
+             f"the HTML; executed chapters are in {EXECUTED}")
         return None
     prepare_static()
     path = build_html(quiet=True)

@@ -380,13 +380,22 @@ def _cmd_book(args: argparse.Namespace) -> None:
     for pair in args.parameter or []:
         name, value = pair
         params[name] = _parse_value(value)
+    if args.experiment is not None:
+        if "experiment_file" in params:
+            raise ValueError("--experiment and -p experiment_file name the same thing; give one")
+        params["experiment_file"] = args.experiment
     preflight.check_book(params, args.only, profile=args.profile)
+    if params.get("experiment_file") is not None:
+        # absolute: the chapters run in the project root, not in this directory
+        params["experiment_file"] = str(Path(str(params["experiment_file"])).resolve())
     experiment = resolve_experiment(params.get("experiment_file"), args.profile,
                                     {"models": params.get("models")})
-    preflight.book_models(experiment["entries"])
-    from canopy.book import build
+    from canopy import book
 
-    build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
+    book.check_parameters(params, experiment["models"], args.only)
+    if book.uses_models(book.selected_chapters(args.only)):
+        preflight.book_models(experiment["entries"])
+    book.build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -514,8 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="override a chapter parameter (YAML value, e.g. -p n_boot 500 "
                         "-p models '[gemma-3-270m, gemma-3-270m-sft]'); repeatable")
+    p.add_argument("--experiment", metavar="FILE",
+                   help="experiment file the chapters use (default: "
+                        "data/experiments/default.yaml); same as -p experiment_file FILE")
     p.add_argument("--only", nargs="+", metavar="CHAPTER",
-                   help="execute only these chapters (e.g. 03 or 03_canopy_entropy)")
+                   help="execute only these chapters (e.g. 03 or 03_canopy_entropy); in a "
+                        "fresh clone they run and the HTML build is skipped")
     p.add_argument("--force", action="store_true", help="re-execute unchanged chapters too")
     p.add_argument("--no-html", action="store_true", help="execute chapters, skip the HTML")
     p.set_defaults(handler=_cmd_book)

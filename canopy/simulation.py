@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from canopy.stats import _check_level, interaction_regression
+from canopy.fitting import check_level
+from canopy.stats import interaction_regression
 from canopy.tables import matched_families, require_columns
 
 __all__ = ["simulate_panel", "simulation_study", "simulation_summary", "scenarios",
@@ -130,7 +131,7 @@ def simulation_summary(study: pd.DataFrame, truth: dict | None = None,
     needed = [c for key, _ in _SIM_PARAMETERS for c in (key, f"covers_{key}")]
     require_columns(study, (*needed, "converged", "ratio_kind"), "study",
                     hint="make it with canopy.simulation.simulation_study")
-    _check_level(level)
+    check_level(level)
     truth = study.attrs.get("truth") if truth is None else truth
     if not truth or any(key not in truth for key, _ in _SIM_PARAMETERS):
         raise ValueError("truth must give beta, eta and ratio (simulation_study stores it in "

@@ -35,6 +35,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from canopy.entropy import prompt_metrics
+from canopy.fitting import (aliased_columns, check_level, empty_table, fit_mixedlm,
+                            notes_html, table_html, wald_table, warning_notes)
 from canopy.semantic import semantic_metrics
 from canopy.tables import PROMPT_KEYS, matched_families, require_columns
 
@@ -51,6 +53,7 @@ __all__ = [
     "InteractionResult",
     "SlopeRatio",
     "CurvatureResult",
+    "matched_panel",
 ]
 
 PANEL_COLUMNS = ("task", "prompt_uid", "family", "fine_tuned", "diversity",
@@ -71,28 +74,7 @@ SYMBOLS = {
     "R_sc:fine_tuned": "η (R_sc·FT)",
 }
 
-_TABLE_COLUMNS = ["symbol", "estimate", "se", "z", "p", "ci_low", "ci_high"]
-
-
 # ------------------------------------------------------------------ result objects
-
-
-def _notes_html(notes: list[str]) -> str:
-    if not notes:
-        return ""
-    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return f"<p><b>Notes</b></p><ul>{items}</ul>"
-
-
-def _fmt_table(table: pd.DataFrame) -> str:
-    """A fit's table for a reader (symbols first, merged intervals; canopy.display)."""
-    from canopy.display import reader_table
-
-    if table.empty:
-        return "<p>(no table)</p>"
-    cols = [c for c in ["symbol", "estimate", "se", "z", "p"] if c in table.columns]
-    view = table[cols + [c for c in table.columns if c not in cols]]
-    return reader_table(view, name="fit")._repr_html_()
 
 
 @dataclass
@@ -137,8 +119,8 @@ class RegressionResult:
                 f"prompts = {self.n_groups}; {status}]")
 
     def _repr_html_(self) -> str:
-        return (f"<p><b>{html.escape(self._header())}</b></p>" + _fmt_table(self.table)
-                + _notes_html(self.notes))
+        return (f"<p><b>{html.escape(self._header())}</b></p>" + table_html(self.table)
+                + notes_html(self.notes))
 
     def __str__(self) -> str:
         body = self.table.to_string(float_format=lambda v: f"{v:.4g}") if len(self.table) else "(no table)"
@@ -249,7 +231,7 @@ class CurvatureResult:
 
     def _repr_html_(self) -> str:
         return (f"<p><b>Curvature check.</b> {html.escape(self.summary())}</p>"
-                + _fmt_table(self.shifts) + _notes_html(self.notes))
+                + table_html(self.shifts) + notes_html(self.notes))
 
     def __str__(self) -> str:
         notes = "".join(f"\n  note: {n}" for n in self.notes)
@@ -330,89 +312,6 @@ def _prepare(panel: pd.DataFrame, needed: tuple[str, ...], notes: list[str]) -> 
     return data.reset_index(drop=True)
 
 
-
-def _aliased(x: pd.DataFrame, tol: float = 1e-9) -> list[str]:
-    """Columns of ``x`` that are linear combinations of the columns before them."""
-    keep: list[int] = []
-    dropped = []
-    arr = x.to_numpy(dtype=np.float64)
-    scale = np.maximum(np.abs(arr).max(axis=0), 1e-300)
-    arr = arr / scale
-    for j in range(arr.shape[1]):
-        cand = keep + [j]
-        s = np.linalg.svd(arr[:, cand], compute_uv=False)
-        if s.size and s[-1] > tol * max(s[0], 1.0) * np.sqrt(arr.shape[0]):
-            keep.append(j)
-        else:
-            dropped.append(x.columns[j])
-    return dropped
-
-
-def _wald_table(params: pd.Series, bse: pd.Series, level: float) -> pd.DataFrame:
-    crit = sps.norm.ppf(0.5 + level / 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = params / bse
-    table = pd.DataFrame({
-        "symbol": [SYMBOLS.get(t, "") for t in params.index],
-        "estimate": params.to_numpy(dtype=float),
-        "se": bse.to_numpy(dtype=float),
-        "z": z.to_numpy(dtype=float),
-        "p": 2 * sps.norm.sf(np.abs(z.to_numpy(dtype=float))),
-        "ci_low": (params - crit * bse).to_numpy(dtype=float),
-        "ci_high": (params + crit * bse).to_numpy(dtype=float),
-    }, index=pd.Index(list(params.index), name="term"))
-    return table
-
-
-def _empty_table() -> pd.DataFrame:
-    return pd.DataFrame(columns=_TABLE_COLUMNS, index=pd.Index([], name="term"))
-
-
-def _warning_notes(caught, notes: list[str]) -> bool:
-    """Append captured warnings to ``notes``; return True if one says non-convergence."""
-    failed = False
-    seen = set()
-    for w in caught:
-        msg = str(w.message).strip()
-        if msg in seen:
-            continue
-        seen.add(msg)
-        low = msg.lower()
-        if "boundary" in low:
-            continue  # statsmodels' test is absolute (< 0.01); _fit_mixed checks it relatively
-        if "converge" in low or "singular" in low or "hessian" in low:
-            failed = failed or "converge" in low
-            notes.append(f"statsmodels warned: {msg}")
-        elif issubclass(w.category, (RuntimeWarning, UserWarning)):
-            notes.append(f"warning during fit: {msg}")
-    return failed
-
-
-def _fit_mixedlm(model, reml: bool, caught: list, notes: list[str]):
-    """``model.fit`` with statsmodels' gradient optimisers; if they fail, once more with
-    Powell's derivative-free method, kept when it converges at least as high a
-    likelihood. The gradient methods fail typically when the prompt variance sits at its
-    boundary 0, where the likelihood's gradient is not zero; Powell handles that case.
-    The failed attempt's warnings (recorded in ``caught``) are then dropped, with a note.
-    """
-    start = len(caught)
-    res = model.fit(reml=reml)
-    if res.converged:
-        return res
-    end = len(caught)
-    try:
-        retry = model.fit(reml=reml, method=["powell"])
-    except (np.linalg.LinAlgError, ValueError):
-        return res
-    if retry.converged and retry.llf >= res.llf - 1e-8 * max(1.0, abs(res.llf)):
-        del caught[start:end]
-        notes.append("the gradient optimisers did not converge; Powell's derivative-free "
-                     "method did (log-likelihood "
-                     f"{retry.llf:.4f} vs {res.llf:.4f}), and its fit is used")
-        return retry
-    return res
-
-
 def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: list[str],
                level: float = 0.95, result_cls=RegressionResult, **extra) -> RegressionResult:
     """MixedLM with a random prompt intercept; aliased columns dropped with a note; OLS
@@ -426,11 +325,11 @@ def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: l
                   level=level, **extra)
     if n_obs == 0:
         notes.append("no rows left: not fitted")
-        return result_cls(method=method, table=_empty_table(), fitted=False, converged=False,
+        return result_cls(method=method, table=empty_table(), fitted=False, converged=False,
                           **common)
     design = smf.ols(formula, data)  # the formula API builds the design matrix
     x = pd.DataFrame(design.exog, columns=design.exog_names)
-    drop = _aliased(x)
+    drop = aliased_columns(x)
     if drop:
         notes.append(f"not identifiable in this design, dropped: {', '.join(drop)}")
         x = x.drop(columns=drop)
@@ -439,7 +338,7 @@ def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: l
     if n_obs - k < 2 or (n_groups < n_obs and n_obs - k < 3):
         notes.append(f"too few rows ({n_obs}) for {k} fixed effects and the variance "
                      "components: not fitted")
-        return result_cls(method=method, table=_empty_table(), fitted=False, converged=False,
+        return result_cls(method=method, table=empty_table(), fitted=False, converged=False,
                           **common)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -452,7 +351,7 @@ def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: l
                 params, bse = res.params, res.bse
                 converged, pvar, rvar, llf = True, np.nan, float(res.scale), float(res.llf)
             else:
-                res = _fit_mixedlm(sm.MixedLM(y, x, groups=data["prompt_uid"].to_numpy()),
+                res = fit_mixedlm(sm.MixedLM(y, x, groups=data["prompt_uid"].to_numpy()),
                                    reml, caught, notes)
                 k_fe = res.k_fe
                 params, bse = res.fe_params, res.bse_fe
@@ -464,18 +363,18 @@ def _fit_mixed(name: str, formula: str, data: pd.DataFrame, reml: bool, notes: l
                     converged = False
         except (np.linalg.LinAlgError, ValueError) as exc:
             notes.append(f"fit failed: {type(exc).__name__}: {exc}")
-            return result_cls(method=method, table=_empty_table(), fitted=False,
+            return result_cls(method=method, table=empty_table(), fitted=False,
                               converged=False, **common)
-    if _warning_notes(caught, notes):
+    if warning_notes(caught, notes):
         converged = False
     if not converged and not any("converge" in n for n in notes):
         notes.append("the optimiser did not converge: estimates are unreliable")
     if np.isfinite(pvar) and pvar <= 1e-4 * rvar:
         notes.append(f"prompt random-intercept variance at the boundary ({pvar:.2g} ≈ 0): "
                      "prompts add no variance beyond the residual")
-    return result_cls(method=method, table=_wald_table(params, bse, level), fitted=True,
-                      converged=converged, prompt_var=pvar, residual_var=rvar, loglik=llf,
-                      model=res, **common)
+    return result_cls(method=method, table=wald_table(params, bse, level, SYMBOLS),
+                      fitted=True, converged=converged, prompt_var=pvar, residual_var=rvar,
+                      loglik=llf, model=res, **common)
 
 
 def _design_terms(data: pd.DataFrame, notes: list[str], variant_term: str | None) -> list[str]:
@@ -505,11 +404,6 @@ def _design_terms(data: pd.DataFrame, notes: list[str], variant_term: str | None
     return terms
 
 
-def _check_level(level: float) -> None:
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-
-
 # --------------------------------------------------------------------- regressions
 
 
@@ -521,7 +415,7 @@ def main_regression(panel: pd.DataFrame, level: float = 0.95) -> RegressionResul
     ``fine_tuned`` (treatment coding, base = 0), so the table's ``mean_entropy_rate`` row is
     the slope of R̄.
     """
-    _check_level(level)
+    check_level(level)
     notes: list[str] = []
     data = _prepare(panel, (), notes)
     terms = ["mean_entropy_rate", "mean_length", *_design_terms(data, notes, "main")]
@@ -531,7 +425,10 @@ def main_regression(panel: pd.DataFrame, level: float = 0.95) -> RegressionResul
     return res
 
 
-def _interaction_data(panel: pd.DataFrame, notes: list[str], needed=()):
+def matched_panel(panel: pd.DataFrame, notes: list[str], needed: tuple[str, ...] = ()):
+    """The checked panel restricted to families with both variants (NaN rows dropped),
+    with the families kept and those left out: ``(data, both, single)``. Each dropping is
+    appended to ``notes``; ``needed`` names extra required columns."""
     data = _prepare(panel, needed, notes)
     both, single = matched_families(data)
     if single:
@@ -547,7 +444,7 @@ def fieller_interval(a: float, b: float, var_a: float, var_b: float, cov_ab: flo
     Solves ``(a − θ b)² ≤ z² (var_a − 2θ cov_ab + θ² var_b)`` with ``z`` the normal
     critical value. Bounded iff ``b² > z² var_b`` (b's Wald interval excludes 0).
     """
-    _check_level(level)
+    check_level(level)
     z2 = sps.norm.ppf(0.5 + level / 2) ** 2
     est = a / b if b != 0 else np.nan
     qa = b * b - z2 * var_b
@@ -577,14 +474,14 @@ def interaction_regression(panel: pd.DataFrame, level: float = 0.95) -> Interact
     interval. Only families with both variants enter (the others are listed in
     ``excluded_families`` and a note).
     """
-    _check_level(level)
+    check_level(level)
     notes: list[str] = []
-    data, both, single = _interaction_data(panel, notes)
+    data, both, single = matched_panel(panel, notes)
     if not both:
         notes.append("no family has both variants: the interaction is not identifiable; "
                      "not fitted")
         return InteractionResult(name="interaction regression", formula="", method="REML",
-                                 table=_empty_table(), n_obs=0, n_groups=0, fitted=False,
+                                 table=empty_table(), n_obs=0, n_groups=0, fitted=False,
                                  converged=False, notes=notes, level=level,
                                  families=both, excluded_families=single)
     terms = ["mean_entropy_rate * fine_tuned", "mean_length",
@@ -623,9 +520,9 @@ def curvature_check(panel: pd.DataFrame, level: float = 0.95) -> CurvatureResult
     are identified). ``shifts`` reports how far β (``rate_c``) and η (``rate_c:fine_tuned``)
     move, in units of the linear fit's SE.
     """
-    _check_level(level)
+    check_level(level)
     notes: list[str] = []
-    data, both, single = _interaction_data(panel, notes)
+    data, both, single = matched_panel(panel, notes)
     data = data.copy()
     data["rate_c"] = data["mean_entropy_rate"] - data["mean_entropy_rate"].mean()
     data["rate_c_sq"] = data["rate_c"] ** 2

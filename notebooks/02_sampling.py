@@ -35,10 +35,10 @@
 
 # %% tags=["parameters"]
 profile = "default"        # a profile of the experiment file: default, quick, ...
-experiment_file = None     # None = data/experiments/default.yaml
-models = None              # None = the experiment's models; or a list of names/paths
+experiment_file = None     # None: data/experiments/default.yaml
+models = None              # None: the experiment's models; or a list of names/paths
 example_task = "stories"   # task of the side-by-side examples
-example_prompt = None      # prompt id; None = the first prompt of example_task
+example_prompt = None      # prompt id; None: the first prompt of example_task
 example_rollouts = 2       # how many rollouts per model to show
 max_chars = 500            # characters shown per rollout
 

@@ -36,8 +36,8 @@
 
 # %% tags=["parameters"]
 profile = "default"        # a profile of the experiment file: default, quick, ...
-experiment_file = None     # None = data/experiments/default.yaml
-models = None              # None = the experiment's models; or a list of names/paths
+experiment_file = None     # None: data/experiments/default.yaml
+models = None              # None: the experiment's models; or a list of names/paths
 n_boot = 2000              # bootstrap resamples of the prompts
 seed = 0                   # bootstrap seed
 confidence = 0.95          # level of the bootstrap percentile intervals

@@ -47,6 +47,125 @@ def test_stamp_changes_with_parameters_and_source(tmp_path):
     assert a != book.chapter_stamp(source, {"profile": "quick"})
 
 
+def test_stamp_changes_with_the_charts_data_experiment_and_libraries(tmp_path, monkeypatch):
+    """Issue 18 defect 4: every package file (canopy/charts too), every data file, the
+    experiment file passed and the library versions are inputs of a chapter's stamp."""
+    import importlib.metadata
+
+    package, project = tmp_path / "canopy", tmp_path / "project"
+    shutil.copytree(book.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "data", project / "data")
+    monkeypatch.setattr(book, "PACKAGE_DIR", package)
+    monkeypatch.setattr(book, "REPO_ROOT", project)
+    source = tmp_path / "99_x.py"
+    source.write_text("# %% tags=[\"parameters\"]\nprofile = 'default'\n")
+    experiment = tmp_path / "mine.yaml"
+    experiment.write_text("models: [a, b]\n")
+    params = {"profile": "quick", "experiment_file": str(experiment)}
+    seen = [book.chapter_stamp(source, params)]
+    assert book.chapter_stamp(source, params) == seen[0]  # deterministic
+
+    def changed():
+        seen.append(book.chapter_stamp(source, params))
+        return seen[-1] not in seen[:-1]
+
+    style = package / "charts" / "style.py"
+    style.write_text(style.read_text() + "\n# an edit\n")
+    assert changed(), "an edit under canopy/charts must change the stamp"
+    (package / "charts" / "new_chart.py").write_text("X = 1\n")
+    assert changed(), "a new chart module must change the stamp"
+    pool = project / "data" / "finetune" / "pool.jsonl"
+    pool.write_text(pool.read_text() + '{"id": "new", "prompt": "p"}\n')
+    assert changed(), "every file under data/ counts"
+    experiment.write_text("models: [a, c]\n")
+    assert changed(), "the experiment file's content counts"
+    real = importlib.metadata.version
+
+    class Other:  # one library at another version
+        metadata = {"Name": "numpy"}
+        version = real("numpy") + ".post1"
+
+    monkeypatch.setattr(importlib.metadata, "distributions",
+                        lambda: [*importlib.metadata.Distribution.discover(), Other()])
+    assert changed(), "the installed libraries' versions count"
+
+
+def test_papermill_reads_every_parameter_of_every_chapter(caplog):
+    """papermill skips parameter lines with a second "=" (e.g. a comment "# None = …")
+    and then warns "Passed unknown parameter" (issue 17 item 3): each chapter's parameter
+    cell must give papermill exactly the names the chapter declares, with no warning."""
+    import logging
+
+    from papermill.translators import PythonTranslator
+
+    for source in book.chapters():
+        notebook = book._read(source)
+        cell = next(c for c in notebook.cells
+                    if "parameters" in c.get("metadata", {}).get("tags", []))
+        with caplog.at_level(logging.WARNING, logger="papermill"):
+            found = [p.name for p in PythonTranslator.inspect(cell)]
+        assert found == book.declared_parameters(notebook), source.name
+        assert not caplog.records, (source.name, [r.getMessage() for r in caplog.records])
+
+
+def test_kernels_show_no_progress_bars_or_widget_warnings(tmp_path):
+    """Issue 18 defect 5: a chapter that uses tqdm.auto (as transformers' "Loading
+    weights" does) leaves neither a bar nor the "IProgress not found" warning on the page."""
+    import nbformat
+
+    source = tmp_path / "98_bars.py"
+    header = book.chapters()[0].read_text().split("\n# %%", 1)[0]  # jupytext, kernelspec
+    source.write_text(
+        header + '\n# %% tags=["parameters"]\nprofile = "default"\n\n'
+        "# %%\nfrom tqdm.auto import tqdm\nfrom transformers.utils import logging as hf\n"
+        'for _ in tqdm(range(3), desc="Counting"):\n    pass\n'
+        'for _ in hf.tqdm(range(3), desc="Loading weights"):\n    pass\n'
+        'print("done")\n')
+    target, _, reused = book.execute_chapter(source, {"profile": "quick"}, out_dir=tmp_path)
+    assert not reused
+    outputs = [o for cell in nbformat.read(target, as_version=4).cells
+               for o in cell.get("outputs", [])]
+    text = json.dumps(outputs)
+    assert "done" in text  # the cell ran and its output was kept
+    for plumbing in ("IProgress", "TqdmWarning", "Loading weights", "Counting", "it/s"):
+        assert plumbing not in text, (plumbing, outputs)
+    assert book.KERNEL_ENV["TQDM_DISABLE"] == "1"
+
+
+def test_only_in_a_fresh_clone_runs_the_chapter_and_skips_the_html(tmp_path, monkeypatch):
+    """``--only NN`` with other chapters never executed runs NN and says in one line
+    that the HTML build is skipped (issue 17 item 3)."""
+    monkeypatch.setattr(book, "EXECUTED", tmp_path / "_executed")
+    ran, lines = [], []
+    monkeypatch.setattr(book, "execute_chapter",
+                        lambda source, params, force=False: ran.append(source.stem) or
+                        (tmp_path / f"{source.stem}.ipynb", 1.0, False))
+    monkeypatch.setattr(book, "ensure_finetunes", lambda *a, **k: lines.append("finetunes"))
+    assert book.build("quick", only=["01"], echo=lines.append) is None
+    assert ran == ["01_canopy"]
+    assert "finetunes" not in lines  # chapter 1 uses no model: nothing is trained for it
+    skipped = [line for line in lines if "HTML not built" in line]
+    assert len(skipped) == 1 and "build once without --only" in skipped[0], lines
+    book.build("quick", only=["03"], html=False, echo=lines.append)
+    assert ran[-1] == "03_canopy_entropy" and "finetunes" in lines
+
+
+def test_book_checks_finetune_name_and_embedding_model_up_front(tmp_path):
+    models = ["gemma-3-270m", "smollm2-135m-instruct"]  # no model made by canopy finetune
+    with pytest.raises(ValueError, match="chapter 07_appendix_finetune .*pass -p finetune_name"):
+        book.check_parameters({}, models)
+    book.check_parameters({}, models, only=["03"])  # the appendix is not selected
+    book.check_parameters({"finetune_name": "gemma-3-270m-sft-quick"}, models)  # a recipe
+    with pytest.raises(ValueError, match="-p finetune_name nope: no fine-tune report"):
+        book.check_parameters({"finetune_name": "nope"}, models)
+    with pytest.raises(ValueError, match="-p embedding_model: .*not in the Hugging Face cache"):
+        book.check_parameters({"embedding_model": str(tmp_path / "none")}, ["gemma-3-270m-sft"])
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "modules.json").write_text("[]")
+    book.check_parameters({"embedding_model": str(tmp_path / "st")}, ["gemma-3-270m-sft"],
+                          only=["05"])
+
+
 def test_declared_parameters_reads_the_tagged_cell():
     import jupytext
 
@@ -121,9 +240,8 @@ def _require_chromium():
 
 @pytest.fixture(scope="module")
 def built_book():
-    _require_chromium()
-    path = book.build("quick", echo=lambda *_: None)
-    return path
+    """The quick book, built once per test module (no browser needed to build it)."""
+    return book.build("quick", echo=lambda *_: None)
 
 
 def _pages(root: Path) -> list[Path]:
@@ -137,6 +255,7 @@ def _pages(root: Path) -> list[Path]:
 
 @pytest.mark.integration
 def test_quick_book_pages_render_offline_in_chromium(built_book):
+    _require_chromium()
     from playwright.sync_api import sync_playwright
 
     pages = _pages(built_book)

@@ -107,6 +107,39 @@ def test_chat_template_renders_gemma_turns():
     assert text == "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
 
 
+def test_one_process_makes_a_fine_tune_at_a_time(tmp_path, monkeypatch):
+    """Two makers of one fine-tune (two book builds, two test workers) take turns: the
+    second waits for the first's lock and then reuses its result instead of training."""
+    import threading
+
+    from canopy import finetune as module
+    from canopy.locks import store_lock
+
+    monkeypatch.setenv("CANOPY_CACHE", str(tmp_path / "cache"))
+    made = []
+
+    def fake_make(config, key, *args):
+        target = args[-2]
+        made.append(config.name)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "canopy-finetune.json").write_text(json.dumps({"hash": key}))
+        return target
+
+    monkeypatch.setattr(module, "_make", fake_make)
+    lock = tmp_path / "cache" / "finetune" / f".{PROFILES['quick'].name}.lock"
+    results = []
+    with store_lock(lock):  # another process is making it
+        worker = threading.Thread(target=lambda: results.append(
+            finetune("quick", progress=False, device="cpu")))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and made == [], "it must wait for the lock"
+    worker.join(timeout=60)
+    assert not worker.is_alive() and made == [PROFILES["quick"].name]
+    assert finetune("quick", progress=False, device="cpu") == results[0]  # reused
+    assert made == [PROFILES["quick"].name]
+
+
 @pytest.mark.integration
 def test_quick_finetune_end_to_end_and_the_result_samples_with_the_chat_template():
     from canopy.models import load_model
