@@ -37,6 +37,7 @@
 profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None: data/experiments/default.yaml
 models = None              # None: the experiment's models; or a list of names/paths
+resample = False           # True: sample even when the store holds a model in another configuration
 example_task = "stories"   # task of the side-by-side examples
 example_prompt = None      # prompt id; None: the first prompt of example_task
 example_rollouts = 2       # how many rollouts per model to show
@@ -57,7 +58,7 @@ enable_reader_tables()  # tables in the book's symbols and units (book/notation.
 
 pd.set_option("display.max_colwidth", None)
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 prompt_list = experiment.prompts()
 settings = experiment.sampling
 
