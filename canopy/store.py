@@ -18,7 +18,9 @@ sha256. A rerun reuses every valid shard; a corrupt, partial or stale shard (oth
 prompt text) is reported with a warning and resampled.
 
 Integrity and sharing (see :mod:`canopy.locks`): shards carry Parquet page checksums
-(CRC-32, verified on every read) and a sha256 of their content in their metadata, so a
+(CRC-32) and a digest of their content in their metadata (:mod:`canopy.digests`: a
+sha256 over the Arrow buffers, checked at disk speed on every read; shards of earlier
+versions carry a slower sha256 of their values and have their page CRCs verified), so a
 flipped bit is detected rather than read as other numbers; :func:`load_rollouts`
 refuses a store with damaged shards (naming them) instead of dropping prompts. Two runs
 into the same store split the prompts: each prompt is claimed (an OS file lock, free
@@ -42,6 +44,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from canopy.digests import digest_meta, skips_page_checksums, verify
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
 from canopy.prompts import Prompt, as_prompts
@@ -52,7 +55,7 @@ from canopy.sampling import (
 
 __all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "configuration_change",
            "changed_configuration_message", "config_record", "config_hash", "shard_path",
-           "read_shard", "write_shard", "ShardError", "content_sha256", "damaged_shards",
+           "read_shard", "write_shard", "ShardError", "damaged_shards",
            "open_config", "shard_expectation", "finished_shards", "gather"]
 
 _META_KEY = b"canopy"
@@ -153,7 +156,7 @@ def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     arrow = pa.Table.from_pandas(table, preserve_index=False)
-    meta = {**meta, "content_sha256": content_sha256(arrow)}
+    meta = {**meta, **digest_meta(arrow)}
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
                                            _META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -170,17 +173,16 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
-        arrow = pq.read_table(path, page_checksum_verification=True)
-        meta = json.loads((arrow.schema.metadata or {})[_META_KEY])
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a mapping")
-        intact = meta.get("content_sha256") in (None, content_sha256(arrow))
+        arrow = pq.read_table(path, page_checksum_verification=not skips_page_checksums(
+            _shard_meta(pq.read_schema(path))))
+        meta = _shard_meta(arrow.schema)
+        damage = verify(arrow, meta)
         names = arrow.column_names
     except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
         first = (str(exc).splitlines() or [""])[0][:80]
         raise ShardError(f"unreadable ({type(exc).__name__}: {first})") from None
-    if not intact:
-        raise ShardError("damaged: its content differs from the sha256 written with it")
+    if damage:
+        raise ShardError(damage)
     missing = [c for c in ROLLOUT_SCHEMA_COLUMNS if c not in names]
     if missing:
         raise ShardError(f"missing columns {missing}")
@@ -200,28 +202,12 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     return table
 
 
-def _type_name(arrow_type) -> str:
-    """An Arrow type's name without the child field names (Arrow says ``list<item: …>``
-    and Parquet gives back ``list<element: …>`` for the same values)."""
-    import pyarrow as pa
-
-    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        return f"list<{_type_name(arrow_type.value_type)}>"
-    return str(arrow_type)
-
-
-def content_sha256(arrow) -> str:
-    """sha256 (hex) of a shard's content: column names, types and values, and the
-    schema metadata other than canopy's own. Independent of how Parquet lays the data
-    out (values are compared as Python objects: floats exactly, NaN as NaN)."""
-    digest = hashlib.sha256()
-    extra = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-             for k, v in (arrow.schema.metadata or {}).items() if k != _META_KEY}
-    digest.update(json.dumps(extra, sort_keys=True).encode())
-    for name, column in zip(arrow.column_names, arrow.columns):
-        digest.update(json.dumps([name, _type_name(column.type)]).encode())
-        digest.update(json.dumps(column.to_pylist(), default=str).encode())
-    return digest.hexdigest()
+def _shard_meta(schema) -> dict:
+    """The canopy metadata of a shard's Arrow schema (ValueError if absent or not a mapping)."""
+    meta = json.loads((schema.metadata or {})[_META_KEY])
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a mapping")
+    return meta
 
 
 # ---------------------------------------------------------------------------- sampling

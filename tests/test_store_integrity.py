@@ -89,7 +89,7 @@ def test_shards_carry_page_checksums_and_a_content_hash(reference):
     out, _ = reference
     path = sorted(out.rglob("*.parquet"))[0]
     meta = pq.read_schema(path).metadata[b"canopy"]
-    assert re.search(rb'"content_sha256": "[0-9a-f]{64}"', meta)
+    assert re.search(rb'"content_digest": "arrow-sha256-v1:[0-9a-f]{64}"', meta)
     # the page CRCs are there: pyarrow verifies them when asked (an unchecked file
     # would read fine after a flip inside a data page)
     pq.read_table(path, page_checksum_verification=True)

@@ -1,0 +1,273 @@
+"""Benchmark: the analysis side at the paper's scale (issue 19).
+
+Writes a synthetic store shaped like the paper's design through the store's own writer
+(:func:`canopy.store.write_shard`), then runs each analysis step in a fresh child
+process and prints its wall time and peak resident memory (the child's ``ru_maxrss``,
+Python and the imported libraries included; the ``imports`` row is that floor).
+
+The store: ``--families`` families, each with a base and a fine-tuned model, ``--tasks``
+tasks × ``--prompts`` prompts × ``--rollouts`` rollouts per model; rollout lengths are
+gamma-distributed (mean ``--mean-length``, shape 2) and cut at ``--max-new-tokens``
+(those rollouts are truncated, as in sampling); per-step values are float32 like the
+sampler's. Every manifest and shard says ``"synthetic": true``. ``--scale 0.1`` keeps
+a tenth of the prompts (a quick run). One paper-shaped model: ``--families 1 --variants
+base`` (40,000 rollouts, about 40 M steps); the paper: ``--families 3``.
+
+Steps (``--steps``, default all):
+
+- ``imports``: the floor (Python, pandas, pyarrow, canopy).
+- ``verify``: read and verify every shard (:func:`canopy.store.read_shard`'s digest
+  check), in MB/s of shard files; the old path (page CRCs + the legacy JSON sha256) on
+  the first shards in the same process, for the ratio.
+- ``load``: :func:`canopy.store.load_rollouts` (every step of every rollout in memory).
+- ``metrics``: ``canopy metrics`` (``--n-boot 2000``).
+- ``metrics-full-load``: the pre-issue-19 path: ``load_rollouts`` + per-prompt metrics,
+  pooling and the paired bootstrap on the full table.
+- ``profile-full-load``: ``load_rollouts`` + :func:`canopy.entropy.position_profile`
+  (chapter 4 before issue 19).
+
+Run: ``.venv/bin/python benchmarks/bench_scale.py --out /tmp/scale-store --scale 0.1``.
+The store is kept (``--out``); a second run reuses it unless ``--rewrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STEPS = ("imports", "verify", "load", "metrics", "metrics-full-load", "profile-full-load")
+SAMPLING = {"max_new_tokens": 4000, "rollouts": 100, "temperature": 1.0, "top_k": 100,
+            "top_p": 1.0, "seed": 0}
+
+
+# ------------------------------------------------------------------------ the store
+
+
+def _rollout_table(rng, model: str, family: str, variant: str, task: str, prompt_id: str,
+                   rollouts: int, mean_length: float, cap: int, words: str) -> pd.DataFrame:
+    """One prompt's synthetic rollouts in the sampler's schema."""
+    tuned = variant == "fine-tuned"
+    raw = np.ceil(rng.gamma(2.0, (0.8 if tuned else 1.0) * mean_length / 2.0, rollouts))
+    truncated = raw > cap
+    lengths = np.clip(raw, 1, cap).astype(np.int64)
+    total = int(lengths.sum())
+    scale = 0.6 if tuned else 1.0
+    h = (rng.gamma(1.5, 0.8 * scale, total)).astype(np.float32)
+    lp = (-(h.astype(np.float64) + rng.exponential(0.3, total))).astype(np.float32)
+    raw_h = (h + rng.exponential(0.2, total)).astype(np.float32)
+    stop = np.log(rng.uniform(1e-6, 1e-2, total)).astype(np.float32)
+    ends = np.cumsum(lengths)
+    stop[ends[~truncated] - 1] = np.float32(-0.05)  # the stop token was likely
+    ids = rng.integers(0, 262_144, total)
+    cuts = ends[:-1]
+    starts = rng.integers(0, len(words) - 4 * cap - 1, rollouts)
+    return pd.DataFrame({
+        "model": model, "family": family, "variant": variant, "task": task,
+        "prompt_id": prompt_id, "rollout_id": np.arange(rollouts),
+        "prompt_text": f"synthetic prompt {task}/{prompt_id}",
+        "prompt_token_ids": [np.arange(24, dtype=np.int64)] * rollouts,
+        "token_ids": np.split(ids, cuts),
+        "text": [words[s:s + 4 * int(n)] for s, n in zip(starts, lengths)],
+        "step_entropy": np.split(h, cuts), "step_logprob": np.split(lp, cuts),
+        "step_entropy_raw": np.split(raw_h, cuts), "step_stop_logprob": np.split(stop, cuts),
+        "length": lengths, "truncated": truncated,
+        "summed_entropy": np.add.reduceat(h.astype(np.float64), np.r_[0, cuts]),
+        "surprisal": -np.add.reduceat(lp.astype(np.float64), np.r_[0, cuts]),
+    })
+
+
+def write_store(out: Path, families: int, variants: list[str], tasks: int, prompts: int,
+                rollouts: int, mean_length: float, cap: int, seed: int = 0) -> dict:
+    """Write the synthetic store; returns its shape (rollouts, steps, bytes)."""
+    from canopy.store import shard_path, write_shard
+
+    rng = np.random.default_rng(seed)
+    vocabulary = np.array(["the", "a", "tree", "of", "words", "runs", "and", "then",
+                           "stops", "here", "while", "models", "sample"])
+    words = " ".join(rng.choice(vocabulary, 4 * cap + 20_000))
+    sampling = {**SAMPLING, "max_new_tokens": cap, "rollouts": rollouts}
+    shape = {"rollouts": 0, "steps": 0, "bytes": 0, "shards": 0}
+    for f in range(families):
+        for variant in variants:
+            model = f"synthetic-{f}" + ("-sft" if variant == "fine-tuned" else "")
+            record = {"synthetic": True, "model": {"name": model, "family": f"synthetic-{f}",
+                                                   "variant": variant},
+                      "sampling": sampling}
+            digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+            config_dir = out / model / digest[:12]
+            config_dir.mkdir(parents=True, exist_ok=True)
+            (out / model / "current.json").write_text(json.dumps({"config_hash": digest}))
+            names = {}
+            for t in range(tasks):
+                for p in range(prompts):
+                    task, prompt_id = f"task{t}", f"p{p:03d}"
+                    text = f"synthetic prompt {task}/{prompt_id}"
+                    names[f"{task}/{prompt_id}"] = hashlib.sha256(text.encode()).hexdigest()
+                    table = _rollout_table(rng, model, f"synthetic-{f}", variant, task,
+                                           prompt_id, rollouts, mean_length, cap, words)
+                    path = shard_path(config_dir, task, prompt_id)
+                    write_shard(path, table, {
+                        "config_hash": digest, "prompt_sha256": names[f"{task}/{prompt_id}"],
+                        "rollouts": rollouts, "task": task, "prompt_id": prompt_id,
+                        "synthetic": True})
+                    shape["rollouts"] += rollouts
+                    shape["steps"] += int(table["length"].sum())
+                    shape["bytes"] += path.stat().st_size
+                    shape["shards"] += 1
+            (config_dir / "manifest.json").write_text(json.dumps({
+                "synthetic": True, "config_hash": digest, "config": record,
+                "spec": record["model"], "prompts": names}, indent=2))
+    (out / "synthetic.json").write_text(json.dumps(shape))
+    return shape
+
+
+# ------------------------------------------------------------------------ the steps
+
+
+def step_verify(store: Path) -> str:
+    import pyarrow.parquet as pq
+
+    from canopy.digests import legacy_sha256
+    from canopy.store import read_shard
+
+    shards = sorted(store.glob("*/*/*/*.parquet"))
+    size = sum(p.stat().st_size for p in shards)
+    started = time.perf_counter()
+    for path in shards:
+        read_shard(path)
+    new = time.perf_counter() - started
+    # the old path on the first ~60 MB: page CRCs + the JSON sha256 of every value
+    sample, sample_size = [], 0
+    for path in shards:
+        if sample_size > 60e6:
+            break
+        sample.append(path)
+        sample_size += path.stat().st_size
+    started = time.perf_counter()
+    for path in sample:
+        legacy_sha256(pq.read_table(path, page_checksum_verification=True))
+    old = time.perf_counter() - started
+    started = time.perf_counter()
+    for path in sample:
+        pq.read_table(path, page_checksum_verification=True)
+    crc = time.perf_counter() - started
+    return (f"{len(shards)} shards, {size / 1e6:.0f} MB: read_shard (digest check + "
+            f"pandas) {size / 1e6 / new:.0f} MB/s; old path on {sample_size / 1e6:.0f} MB: "
+            f"{sample_size / 1e6 / old:.1f} MB/s (ratio {old / sample_size * size / new:.0f}×); "
+            f"Parquet read with page CRCs alone {sample_size / 1e6 / crc:.0f} MB/s")
+
+
+def step_load(store: Path) -> str:
+    from canopy.store import load_rollouts
+
+    table = load_rollouts(store)
+    return f"{len(table)} rollouts"
+
+
+def step_metrics(store: Path) -> str:
+    import tempfile
+
+    from canopy.cli import main
+
+    with tempfile.TemporaryDirectory() as out:
+        code = main(["metrics", "--rollouts", str(store), "--out", out])
+    return f"exit {code}"
+
+
+def step_metrics_full_load(store: Path) -> str:
+    from canopy.entropy import prompt_metrics
+    from canopy.pooling import paired_bootstrap, pool
+    from canopy.store import load_rollouts
+
+    prompts = prompt_metrics(load_rollouts(store))
+    pool(prompts)
+    paired_bootstrap(prompts, n_boot=2000, seed=0)
+    return f"{len(prompts)} prompts"
+
+
+def step_profile_full_load(store: Path) -> str:
+    from canopy.entropy import position_profile
+    from canopy.store import load_rollouts
+
+    profile = position_profile(load_rollouts(store))
+    return f"{len(profile)} profile rows"
+
+
+def step_imports(store: Path) -> str:
+    import pyarrow.parquet  # noqa: F401
+
+    import canopy.entropy  # noqa: F401
+    import canopy.pooling  # noqa: F401
+    import canopy.store  # noqa: F401
+    return "canopy.store, canopy.entropy, canopy.pooling"
+
+
+RUNNERS = {"imports": step_imports, "verify": step_verify, "load": step_load,
+           "metrics": step_metrics, "metrics-full-load": step_metrics_full_load,
+           "profile-full-load": step_profile_full_load}
+
+
+def run_child(step: str, store: Path) -> tuple[float, float, str]:
+    """Run one step in a fresh process: (wall s, peak RSS MB, its one-line result)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--child", step, "--out", str(store)],
+                             stdout=subprocess.PIPE, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench_scale: step {step} failed (exit status {status})")
+    return wall, usage.ru_maxrss / 1024, output.strip().splitlines()[-1] if output.strip() else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="store directory (kept)")
+    parser.add_argument("--families", type=int, default=1)
+    parser.add_argument("--variants", default="base,fine-tuned",
+                        help="comma-separated: base, fine-tuned (default both)")
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=100, help="per task (before --scale)")
+    parser.add_argument("--rollouts", type=int, default=100)
+    parser.add_argument("--mean-length", type=float, default=1000.0)
+    parser.add_argument("--max-new-tokens", type=int, default=4000)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the prompts")
+    parser.add_argument("--steps", default=",".join(STEPS))
+    parser.add_argument("--rewrite", action="store_true", help="write the store again")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(RUNNERS[args.child](args.out))
+        return
+    shape_file = args.out / "synthetic.json"
+    if args.rewrite or not shape_file.is_file():
+        if args.out.exists() and any(args.out.iterdir()) and not shape_file.is_file():
+            raise SystemExit(f"bench_scale: {args.out} is not empty and not a synthetic store")
+        import shutil
+        shutil.rmtree(args.out, ignore_errors=True)
+        started = time.perf_counter()
+        shape = write_store(args.out, args.families, args.variants.split(","), args.tasks,
+                            max(1, round(args.prompts * args.scale)), args.rollouts,
+                            args.mean_length, args.max_new_tokens)
+        print(f"wrote the synthetic store in {time.perf_counter() - started:.1f} s")
+    shape = json.loads(shape_file.read_text())
+    print(f"store {args.out}: {shape['shards']} shards, {shape['rollouts']:,} rollouts, "
+          f"{shape['steps']:,} steps, {shape['bytes'] / 1e6:.0f} MB; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'step':<20} {'wall s':>8} {'peak MB':>8}  result")
+    for step in args.steps.split(","):
+        wall, peak, result = run_child(step, args.out)
+        print(f"{step:<20} {wall:>8.1f} {peak:>8.0f}  {result}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
