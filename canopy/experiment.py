@@ -9,7 +9,7 @@ An experiment file::
     #   - {path: ../my-sft, family: mine, variant: instruct, chat_template: true}
     tasks: [coding, math, stories, completion]    # prompt files <prompts_dir>/<task>.jsonl
     prompts_dir: ../prompts      # optional; relative to this file; default <repo>/data/prompts
-    out: null                    # optional rollout directory; default
+    out: null                    # optional rollout directory (relative: to this file); default
                                  #   cache_dir()/rollouts/<file stem>-<profile>
     ray: null                    # optional: true (a local Ray instance) or a cluster
     workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
@@ -226,7 +226,6 @@ def resolve_experiment(path=None, profile: str = "default",
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
     sampling_over = {k: flat.pop(k) for k in list(flat) if k in _SAMPLING_KEYS}
     runtime_over = {k: flat.pop(k) for k in list(flat) if k in _RUNTIME_KEYS}
-    file_models = config.get("models")
     config = _merge(config, {**flat, "sampling": sampling_over, "runtime": runtime_over},
                     "overrides")
     runtime = dict(config.get("runtime") or {})
@@ -265,7 +264,7 @@ def resolve_experiment(path=None, profile: str = "default",
             check_entry(entry)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    if models is file_models:  # relative paths in the file are taken from its folder
+    if "models" not in flat:  # relative paths in the file are taken from its folder
         models = [_from_folder(entry, path.parent) for entry in models]
     if "prompts_dir" in config and config["prompts_dir"]:
         prompts_dir = Path(config["prompts_dir"])
@@ -273,8 +272,10 @@ def resolve_experiment(path=None, profile: str = "default",
             prompts_dir = (path.parent / prompts_dir).resolve()
     else:
         prompts_dir = REPO_ROOT / "data" / "prompts"
-    out = Path(config["out"]) if config.get("out") else \
+    out = Path(config["out"]).expanduser() if config.get("out") else \
         cache_dir() / "rollouts" / f"{path.stem}-{profile}"
+    if config.get("out") and "out" not in flat and not out.is_absolute():
+        out = (path.parent / out).resolve()  # a relative out in the file: from its folder
     return dict(models=[entry_name(entry) for entry in models], entries=list(models),
                 tasks=list(tasks), sampling=sampling,
                 prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
