@@ -236,6 +236,9 @@ def _cmd_score(args: argparse.Namespace) -> None:
     check_rows(table)  # before the model is loaded
     spec = entry_spec(entries[0], variant=args.variant, family=args.family,
                       chat_template=args.chat_template)
+    from canopy.preflight import check_models
+
+    check_models([spec])  # tokenizer files, chat template: before the model is loaded
     out = args.out or cache_dir() / "rollouts" / "scored"
     if on_ray:
         from canopy.cluster import score_on_ray
