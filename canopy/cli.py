@@ -173,8 +173,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     from canopy.store import sample_to_store
 
     config = SamplingConfig(**sampling)
-    runtime = Runtime(**runtime)
-    _refuse_changed_configuration(specs, config, runtime, out, args)
+    runtime_settings, runtime = runtime, Runtime(**runtime)
+    _refuse_changed_configuration(specs, config, runtime, out, args,
+                                  {k for k, v in runtime_settings.items() if v is not None})
     prompts = read()
     table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
                             ray=args.ray, workers=args.workers)
@@ -191,7 +192,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
 
 
-def _refuse_changed_configuration(specs, config, runtime, out, args) -> None:
+def _refuse_changed_configuration(specs, config, runtime, out, args, stated: set) -> None:
     """Stop (one line) when the store holds one of the models in another configuration,
     unless ``--resample``; before any model is loaded."""
     from canopy.store import changed_configuration_message, configuration_change
@@ -201,7 +202,7 @@ def _refuse_changed_configuration(specs, config, runtime, out, args) -> None:
     on_ray = args.ray not in (None, False) or args.workers is not None
     record = None if on_ray else runtime.record()  # on Ray the device is the workers'
     for spec in specs:
-        found = configuration_change(out, spec, config, record)
+        found = configuration_change(out, spec, config, record, stated)
         if found is not None and found[1]:
             raise ValueError(changed_configuration_message(out, spec.name, *found,
                                                            "add --resample"))

@@ -78,6 +78,7 @@ class Experiment:
     workers: int | None = None
     simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
     entries: list = field(default_factory=list)
+    runtime_stated: set = field(default_factory=set)
 
     @cached_property
     def specs(self) -> list:
@@ -118,7 +119,8 @@ class Experiment:
                     record = (self.runtime or Runtime(dtype=spec.dtype)).record()
                 except ValueError:  # a device that is not here: sampling says so
                     record = None
-                found = configuration_change(self.out, spec, self.sampling, record)
+                found = configuration_change(self.out, spec, self.sampling, record,
+                                             self.runtime_stated)
                 if found is not None and found[1]:
                     raise ValueError(changed_configuration_message(
                         self.out, spec.name, *found,
@@ -181,7 +183,8 @@ def load_experiment(path=None, profile: str = "default",
         raise ValueError(f"{resolved['path']}: runtime: {exc}") from None
     fields = {k: v for k, v in resolved.items() if k not in ("path", "sampling", "runtime")}
     return Experiment(**fields, sampling=SamplingConfig(**resolved["sampling"]),
-                      runtime=runtime)
+                      runtime=runtime,
+                      runtime_stated={k for k, v in resolved["runtime"].items() if v is not None})
 
 
 def profile_names(path=None) -> list[str]:

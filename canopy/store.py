@@ -251,13 +251,20 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
     return pd.concat(tables, ignore_index=True)
 
 
-def configuration_change(out, spec, config: SamplingConfig,
-                         runtime_record: dict | None = None) -> tuple[str, list[str]] | None:
+#: The runtime setting behind each key of a runtime record.
+_RECORD_SETTING = {"engine": "engine", "device_type": "device", "dtype": "dtype",
+                   "threads": "threads"}
+
+
+def configuration_change(out, spec, config: SamplingConfig, runtime_record: dict | None = None,
+                         stated: set | None = None) -> tuple[str, list[str]] | None:
     """How the configuration the store ``out`` holds for ``spec``'s model (its current
     one, ``current.json``) differs from the one asked for, in what a user states: the
     model entry (family, variant, chat template, dtype, source), the sampling settings
-    and ``runtime_record`` (:meth:`canopy.sampling.Runtime.record`, when given). Read
-    without loading anything.
+    and ``runtime_record`` (:meth:`canopy.sampling.Runtime.record`, when given; with
+    ``stated``, only the record keys of the runtime settings named there — a default such
+    as the thread count, which differs by machine, is not something the user asked for).
+    Read without loading anything.
 
     Returns ``None`` when the store holds no configuration of that model, else
     ``(hash12 of the stored configuration, differences)``: one ``"key: stored → asked"``
@@ -281,7 +288,9 @@ def configuration_change(out, spec, config: SamplingConfig,
     record = manifest.get("config") or {}
     compare("sampling.", record.get("sampling"), config.distribution())
     if runtime_record is not None:
-        compare("runtime.", record.get("runtime"), runtime_record)
+        asked = {k: v for k, v in runtime_record.items()
+                 if stated is None or _RECORD_SETTING.get(k) in stated}
+        compare("runtime.", record.get("runtime"), asked)
     return current, changes
 
 

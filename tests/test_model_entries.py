@@ -231,6 +231,22 @@ def test_a_store_of_another_configuration_stops_a_chapter(pair, tmp_path, capsys
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "sampling.rollouts: 3 → 2" in err and "add --resample" in err
+    # a stated runtime setting too; an unstated one (here: threads left to the default)
+    # is not something asked for, so it does not stop (its shards go to their own
+    # configuration directory, as always)
+    two = load_experiment(experiment(pair, pairing).with_name("exp.yaml"), overrides={"threads": 2})
+    with pytest.raises(ValueError, match="runtime.threads: 1 → 2"):
+        two.rollouts(progress=False)
+    text = experiment(pair, pairing).read_text().replace("runtime: {threads: 1}\n", "")
+    (pair / "exp.yaml").write_text(text)
+    unstated = load_experiment(pair / "exp.yaml")
+    assert unstated.runtime_stated == set()
+    from canopy.sampling import Runtime
+    from canopy.store import configuration_change
+
+    record = Runtime(threads=2).record()
+    assert configuration_change(unstated.out, unstated.specs[0], unstated.sampling, record,
+                                unstated.runtime_stated)[1] == []
     # told to, it samples the asked configuration, which becomes the current one
     again = plain.rollouts(progress=False, resample=True)
     assert set(again["family"]) == {"base", "sft"}
