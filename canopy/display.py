@@ -83,6 +83,9 @@ COLUMNS: dict[str, Column] = {
     "branching_factor": _C("BF", digits=2, meaning="exp(E[r])"),
     "truncation_rate": _C("truncated", "%", "share", 0,
                           meaning="share of rollouts without a stop token by T_max"),
+    "repetition_rate": _C("rep-4", "%", "share", 1,
+                          meaning="share of 4-grams repeating an earlier one in the same "
+                                  "rollout (degeneration into loops)"),
     "n_prompts_flagged": _C("prompts > 5 % truncated", kind="int",
                             meaning="prompts whose truncation rate is above 5 %"),
     "length_term": _C("E[N]·E[r]", "nats", digits=2, meaning="length term of CE*"),

@@ -40,6 +40,8 @@ __all__ = [
     "PROFILE_COLUMNS",
     "validate_rollouts",
     "entropy_rate",
+    "repetition_rate",
+    "rollout_repetition",
     "tree_metrics",
     "prompt_metrics",
     "comovement",
@@ -155,6 +157,30 @@ def entropy_rate(summed_entropy, length):
 
 
 # ----------------------------------------------------------------- per-prompt metrics
+
+
+def repetition_rate(token_ids, n: int = 4) -> float:
+    """rep-n of one rollout: the share of its n-grams (consecutive windows of ``n`` token
+    ids, stop token included) that repeat an n-gram seen earlier in the same rollout,
+    ``1 − |distinct n-grams| / |n-grams|`` — the seq-rep-n of Welleck et al. (2019).
+    0 for a rollout with no repeated n-gram or fewer than ``n`` tokens; near 1 for a
+    rollout caught in a loop (``a b c d a b c d …``). A fraction in [0, 1), no unit."""
+    ids = [int(t) for t in token_ids]
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    windows = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return 1.0 - len(set(windows)) / len(windows) if windows else 0.0
+
+
+def rollout_repetition(rollouts: pd.DataFrame, n: int = 4) -> np.ndarray:
+    """rep-n (:func:`repetition_rate`) of every rollout of a rollout table, shape (R,):
+    its ``repetition`` column when present, else computed from ``token_ids``; all NaN
+    when the table has neither (e.g. summaries without token ids)."""
+    if "repetition" in rollouts.columns:
+        return rollouts["repetition"].to_numpy(dtype=np.float64)
+    if "token_ids" not in rollouts.columns:
+        return np.full(len(rollouts), np.nan)
+    return np.array([repetition_rate(ids, n) for ids in rollouts["token_ids"]], dtype=np.float64)
 
 
 def _group_sums(codes: np.ndarray, n_groups: int, x: np.ndarray) -> np.ndarray:
@@ -376,7 +402,9 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
       |gap| ≤ 4·se (NA when M < 2).
     - ``mean_length`` E[N], ``mean_entropy_rate`` E[r], ``sd_length`` and
       ``sd_entropy_rate`` (population, ÷M), ``gen_ppl`` = exp(CE*/E[N]),
-      ``branching_factor`` = exp(E[r]), ``truncation_rate``, ``truncation_flag`` (> 5 %).
+      ``branching_factor`` = exp(E[r]), ``repetition_rate`` = mean rep-4 over the
+      prompt's rollouts (:func:`repetition_rate`; NaN when the table has neither
+      ``token_ids`` nor ``repetition``), ``truncation_rate``, ``truncation_flag`` (> 5 %).
     - ``length_rate_pearson``, ``_spearman``, ``_kendall`` (τ-b): NaN when M < 3 or N or
       r is constant. ``length_rate_cov``: sample covariance (÷ M−1), NaN when M < 3 (it is
       0, not NaN, for a constant N or r: a covariance is defined there).
@@ -392,6 +420,9 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
     table = tree_metrics(rollouts["length"].to_numpy(), rollouts["summed_entropy"].to_numpy(),
                          rollouts["surprisal"].to_numpy(), rollouts["truncated"].to_numpy(),
                          prompt=codes)
+    rep = rollout_repetition(rollouts)
+    table.insert(table.columns.get_loc("truncation_rate"), "repetition_rate",
+                 _group_sums(codes, len(table), rep) / table["n_rollouts"].to_numpy())
     # Restore the original key values (prompt_id may be an int) in factorized order.
     first = pd.Series(np.arange(len(rollouts))).groupby(codes).first().to_numpy()
     key_frame = rollouts[keys].iloc[first].reset_index(drop=True)

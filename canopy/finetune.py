@@ -45,7 +45,7 @@ from canopy import REPO_ROOT, cache_dir
 from canopy.locks import store_lock
 
 __all__ = ["FinetuneConfig", "PROFILES", "GEMMA_CHAT_TEMPLATE", "finetune", "published_dir",
-           "read_report", "recipe_for", "experiment_report", "teacher_pairs"]
+           "read_report", "recipe_for", "experiment_report", "teacher_pairs", "finetune_hash"]
 
 #: Gemma's chat format, written for this project as a Jinja template: user and model
 #: turns, and the opening of the model turn as the generation prompt.
@@ -218,15 +218,19 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
     that hit ``teacher_max_new_tokens`` is dropped, or with ``teacher_truncated="trim"``
     cut after its last complete sentence (dropped if it has none).
     """
-    from canopy.sampling import SamplingConfig
-    from canopy.store import sample_to_store
+    from canopy.models import get_spec
+    from canopy.sampling import Runtime, SamplingConfig
+    from canopy.store import cached_rollouts, sample_to_store
 
     sampling = SamplingConfig(rollouts=1, max_new_tokens=config.teacher_max_new_tokens,
                               temperature=config.teacher_temperature,
                               top_k=config.teacher_top_k, top_p=config.teacher_top_p,
                               seed=config.seed, batch_size=16)
-    table = sample_to_store([config.teacher], prompts, sampling, out, runtime=runtime,
-                            progress=progress)
+    table = cached_rollouts(get_spec(config.teacher), prompts, sampling, out,
+                            runtime or Runtime())  # without loading the teacher
+    if table is None:
+        table = sample_to_store([config.teacher], prompts, sampling, out, runtime=runtime,
+                                progress=progress)
     return teacher_pairs(table, prompts, config.teacher_truncated)
 
 
@@ -317,9 +321,19 @@ def response_loss(model, ids, mask, labels):
 # ---------------------------------------------------------------------- training
 
 
-def _config_hash(config: FinetuneConfig, pool_sha: str) -> str:
+def finetune_hash(config: FinetuneConfig, pool_sha: str, runtime_record: dict,
+                  base_signature: dict, pairs) -> str:
+    """The 16-hex-digit hash that names a fine-tune result: everything that changes it —
+    the settings, the prompt pool's sha256, :data:`RECIPE_VERSION`, the runtime
+    (:meth:`canopy.sampling.Runtime.record`: engine, device type, dtype, CPU threads),
+    the base weights' :func:`~canopy.models.source_signature` and the teacher's
+    (prompt, response) training and held-out pairs."""
     payload = json.dumps({"config": asdict(config), "pool_sha256": pool_sha,
-                          "recipe": RECIPE_VERSION}, sort_keys=True)
+                          "recipe": RECIPE_VERSION, "runtime": runtime_record,
+                          "base": base_signature,
+                          "pairs_sha256": hashlib.sha256(
+                              json.dumps([list(p) for p in pairs]).encode()).hexdigest()},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -432,13 +446,15 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
 
     ``config``: a :class:`FinetuneConfig` or a profile name (``default``, ``quick``).
     ``device``: where the teacher samples and the LoRA trains (``auto``: CUDA when
-    available, else CPU; see :class:`canopy.sampling.Runtime`); float32 always. A
-    non-CPU device type is part of the result's hash (CPU results keep theirs).
+    available, else CPU; see :class:`canopy.sampling.Runtime`); float32 always. The
+    result's hash is :func:`finetune_hash` (runtime and thread count included); the
+    teacher's responses come first (from the rollout store when cached).
     ``threads``: CPU threads (default: :func:`canopy.sampling.default_threads`).
     A published result whose hash matches is reused unless ``force``. Interrupted runs
     resume from the last checkpoint (and the teacher's cached responses). Processes
     making the same fine-tune take turns (a file lock); the later ones reuse the result.
     """
+    from canopy.models import get_spec
     from canopy.sampling import Runtime
 
     runtime = Runtime(device=device, threads=threads).resolved()
@@ -450,51 +466,53 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
     pool_sha = hashlib.sha256(config.pool_path().read_bytes()).hexdigest() \
         if config.pool_path().is_file() else ""
     train_prompts, heldout_prompts = _read_pool(config)
-    key = _config_hash(config, pool_sha)
-    if runtime.device_type != "cpu":
-        key = hashlib.sha256(f"{key}|{runtime.device_type}".encode()).hexdigest()[:len(key)]
+    for name in (config.base, config.teacher):
+        get_spec(name)  # one-line error for an unknown model
     target = published_dir(config.name)
-    stamp = target / "canopy-finetune.json"
-
-    def up_to_date() -> bool:
-        if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
-            if progress:
-                print(f"canopy finetune: {config.name} is up to date ({target})")
-            return True
-        return False
-
-    if up_to_date():
-        return target
     # One process makes a fine-tune at a time (two book builds, two test workers): the
     # others wait here and then find it made.
     with store_lock(cache_dir() / "finetune" / f".{config.name}.lock", timeout=-1):
-        if up_to_date():
+        started = time.perf_counter()
+        teacher_dir = cache_dir() / "finetune" / "teacher"
+        train = _teacher_responses(config, train_prompts, teacher_dir, progress, runtime)
+        heldout = _teacher_responses(config, heldout_prompts, teacher_dir, progress, runtime)
+        if not train:
+            raise ValueError("the teacher finished no response within "
+                             "teacher_max_new_tokens; raise it")
+        key = finetune_hash(config, pool_sha, runtime.record(), _base_signature(config.base),
+                            train + heldout)
+        stamp = target / "canopy-finetune.json"
+        if not force and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
+            if progress:
+                print(f"canopy finetune: {config.name} is up to date ({target})")
             return target
-        return _make(config, key, pool_sha, train_prompts, heldout_prompts, runtime,
-                     target, progress)
+        return _make(config, key, pool_sha, train, heldout, train_prompts, heldout_prompts,
+                     runtime, started, target, progress)
 
 
-def _make(config: FinetuneConfig, key: str, pool_sha: str, train_prompts, heldout_prompts,
-          runtime, target: Path, progress: bool) -> Path:
-    """The work of :func:`finetune` once it holds the fine-tune's lock."""
+def _base_signature(name: str) -> dict:
+    """:func:`~canopy.models.source_signature` of the base model ``name``, of its
+    converted weights for a GGUF source (converted first when needed)."""
+    from canopy.models import convert_gguf, get_spec, source_signature
+
+    spec = get_spec(name)
+    if spec.kind in ("package", "gguf"):
+        convert_gguf(spec)
+    return source_signature(spec)
+
+
+def _make(config: FinetuneConfig, key: str, pool_sha: str, train, heldout, train_prompts,
+          heldout_prompts, runtime, started: float, target: Path, progress: bool) -> Path:
+    """The work of :func:`finetune` once it holds the fine-tune's lock and has the
+    teacher's (prompt, response) pairs ``train`` and ``heldout``."""
     import torch
     from transformers import GenerationConfig
 
     from canopy.models import LoadedModel, get_spec, load_model
 
-    for name in (config.base, config.teacher):
-        get_spec(name)  # one-line error for an unknown model
-    started = time.perf_counter()
+    t_teacher = time.perf_counter() - started
     run_dir = cache_dir() / "finetune" / "runs" / f"{config.name}-{key}"
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    teacher_dir = cache_dir() / "finetune" / "teacher"
-    train = _teacher_responses(config, train_prompts, teacher_dir, progress, runtime)
-    heldout = _teacher_responses(config, heldout_prompts, teacher_dir, progress, runtime)
-    if not train:
-        raise ValueError("the teacher finished no response within teacher_max_new_tokens; "
-                         "raise it")
-    t_teacher = time.perf_counter() - started
 
     base = load_model(config.base, fingerprint=False, runtime=runtime)
     tok = base.tokenizer

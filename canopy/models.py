@@ -44,7 +44,7 @@ __all__ = [
     "ModelSpec", "LoadedModel", "REGISTRY", "register", "get_spec", "resolve_spec",
     "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
     "source_signature",
-    "render_prompt", "gguf_path",
+    "render_prompt", "gguf_path", "tokenizer_record", "PROBE_PROMPT",
 ]
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
@@ -559,7 +559,10 @@ def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[
     """(rendered text, token ids) given to the model for the prompt ``text``.
 
     With ``chat_template`` the text is one user message rendered with the generation
-    prompt; otherwise the raw text, with the tokenizer's special tokens (e.g. BOS).
+    prompt (the template writes any BOS itself); otherwise the raw text with the
+    tokenizer's special tokens, and the BOS id put first when the tokenizer has a BOS
+    distinct from its EOS and did not add it (transformers 5 converts Gemma's GGUF
+    tokenizer without adding BOS; Gemma without ``<bos>`` falls into loops).
     """
     if chat_template:
         rendered = tokenizer.apply_chat_template(
@@ -567,7 +570,34 @@ def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     else:
         rendered = text
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
+        bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+        if bos is not None and bos != eos and ids[:1] != [int(bos)]:
+            ids = [int(bos)] + ids
     if not ids:
         raise ValueError("the prompt renders to zero tokens; give a non-empty prompt")
     return rendered, [int(i) for i in ids]
+
+
+#: The prompt whose token ids the configuration record keeps (see :func:`tokenizer_record`).
+PROBE_PROMPT = "Name three colours, then stop."
+
+
+def tokenizer_record(tokenizer, chat_template: bool) -> dict[str, Any]:
+    """What of a tokenizer enters a configuration hash: its vocabulary size, the sha256
+    of its chat template (of '' without one), the sha256 of its definition (the fast
+    tokenizer's JSON, else its vocabulary and special tokens) and the ids
+    :func:`render_prompt` gives :data:`PROBE_PROMPT` — so a tokenizer converted
+    differently (e.g. by another transformers version) or a rendering change makes a
+    new configuration instead of reusing rollouts."""
+    template = getattr(tokenizer, "chat_template", None) if chat_template else None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = backend.to_str()
+    else:
+        definition = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()),
+                                 "special": sorted(map(str, tokenizer.all_special_tokens))})
+    return {"vocab": len(tokenizer),
+            "chat_template_sha256": hashlib.sha256((template or "").encode()).hexdigest(),
+            "definition_sha256": hashlib.sha256(definition.encode()).hexdigest(),
+            "probe_ids": render_prompt(tokenizer, PROBE_PROMPT, chat_template)[1]}

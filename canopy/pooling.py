@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from canopy.entropy import TRUNCATION_FLAG_RATE, validate_rollouts
+from canopy.entropy import TRUNCATION_FLAG_RATE, rollout_repetition, validate_rollouts
 from canopy.tables import (POOL_KEYS, PROMPT_KEYS, matched_families, require_columns,
                            task_scopes)
 
@@ -37,7 +37,8 @@ FISHER_CLIP = 0.999999
 
 #: Per-prompt columns that pool as unweighted means over prompts.
 _MEAN_COLUMNS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
-                 "mean_entropy_rate", "truncation_rate", "length_rate_cov_pop")
+                 "mean_entropy_rate", "truncation_rate", "length_rate_cov_pop",
+                 "repetition_rate")
 
 #: Positive quantities: the bootstrap also reports their percent change.
 POSITIVE_METRICS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
@@ -46,7 +47,8 @@ POSITIVE_METRICS = ("canopy_entropy", "canopy_entropy_surprisal", "mean_length",
 #: Names of the pooled metrics, in output order.
 POOLED_METRICS = (
     "canopy_entropy", "canopy_entropy_surprisal", "mean_length", "mean_entropy_rate",
-    "truncation_rate", "gen_ppl", "branching_factor", "length_term", "cov_residual",
+    "truncation_rate", "repetition_rate", "gen_ppl", "branching_factor", "length_term",
+    "cov_residual",
     "within_prompt_cov", "between_prompt_cov", "length_share", "cov_share",
     "log_genppl_minus_log_bf", "length_rate_pearson", "length_rate_spearman",
     "length_rate_kendall", "length_rate_cov",
@@ -116,7 +118,8 @@ def pool_comovement(values, m, kind: str) -> float:
 def _pool_parts(prompts: pd.DataFrame) -> dict:
     """Per-prompt arrays that every pooled metric is a function of (sums over prompts)."""
     m = prompts["n_rollouts"].to_numpy(dtype=np.float64)
-    parts: dict = {c: prompts[c].to_numpy(dtype=np.float64) for c in _MEAN_COLUMNS}
+    parts: dict = {c: prompts[c].to_numpy(dtype=np.float64) if c in prompts.columns
+                   else np.full(len(prompts), np.nan) for c in _MEAN_COLUMNS}  # rep-4: optional
     parts["length_x_rate"] = parts["mean_length"] * parts["mean_entropy_rate"]
     for kind in _WEIGHTS:
         parts[kind] = comovement_weights(prompts[f"length_rate_{kind}"], m, kind)
@@ -136,6 +139,7 @@ def _pooled_from_parts(parts: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
         "mean_length": en,
         "mean_entropy_rate": er,
         "truncation_rate": mean["truncation_rate"],
+        "repetition_rate": mean["repetition_rate"],
         "gen_ppl": np.exp(ce / en),
         "branching_factor": np.exp(er),
         "length_term": length_term,
@@ -190,13 +194,16 @@ def pool(prompts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFrame:
     (uncertainty from the choice of prompts).
 
     With ``all_tasks`` each model also gets a row with ``task == "all"`` pooling every
-    prompt of every task.
+    prompt of every task. ``repetition_rate`` (mean rep-4) is left out when no prompt
+    has it (rollouts without token ids).
     """
     _check_prompt_table(prompts)
+    names = _default_metrics(prompts)
     rows = []
     for keys, grp in task_scopes(prompts, POOL_KEYS, all_tasks):
         pooled = {k: float(v[0]) for k, v in
-                  _pooled_from_parts(_pool_parts(grp), _all_prompts(len(grp))).items()}
+                  _pooled_from_parts(_pool_parts(grp), _all_prompts(len(grp))).items()
+                  if k in names}
         ce = grp["canopy_entropy"].to_numpy(dtype=np.float64)
         row = dict(zip(POOL_KEYS, keys))
         row.update(n_prompts=len(grp), n_rollouts=int(grp["n_rollouts"].sum()))
@@ -272,11 +279,13 @@ def length_summary(rollouts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFra
 
     Columns: ``model, family, variant, task, n_prompts, n_rollouts``, ``mean_length``
     (over rollouts), ``median_length``, ``min_length``, ``max_length``,
-    ``truncation_rate`` (fraction of rollouts with no stop token within ``max_new_tokens``)
-    and ``n_prompts_flagged`` (prompts whose own truncation rate exceeds 5 %, Method §3).
-    With ``all_tasks`` each model also gets a ``task == "all"`` row.
+    ``truncation_rate`` (fraction of rollouts with no stop token within ``max_new_tokens``),
+    ``n_prompts_flagged`` (prompts whose own truncation rate exceeds 5 %, Method §3) and
+    ``repetition_rate`` (mean rep-4 over rollouts, :func:`canopy.entropy.repetition_rate`;
+    NaN without token ids). With ``all_tasks`` each model also gets a ``task == "all"`` row.
     """
     validate_rollouts(rollouts)
+    rollouts = rollouts.assign(_rep=rollout_repetition(rollouts))
     rows = []
     for keys, grp in task_scopes(rollouts, POOL_KEYS, all_tasks):
         n = grp["length"].to_numpy(dtype=np.float64)
@@ -287,12 +296,20 @@ def length_summary(rollouts: pd.DataFrame, all_tasks: bool = True) -> pd.DataFra
                    mean_length=float(n.mean()), median_length=float(np.median(n)),
                    min_length=int(n.min()), max_length=int(n.max()),
                    truncation_rate=float(trunc.mean()),
-                   n_prompts_flagged=int((per_prompt > TRUNCATION_FLAG_RATE).sum()))
+                   n_prompts_flagged=int((per_prompt > TRUNCATION_FLAG_RATE).sum()),
+                   repetition_rate=float(grp["_rep"].mean()))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------- bootstraps
+
+
+def _default_metrics(prompts: pd.DataFrame) -> list[str]:
+    """:data:`POOLED_METRICS`, less rep-4 when no prompt has it (rollouts without token
+    ids): a bootstrap of nothing but NaN says nothing."""
+    measured = "repetition_rate" in prompts.columns and prompts["repetition_rate"].notna().any()
+    return [k for k in POOLED_METRICS if measured or k != "repetition_rate"]
 
 
 def _percentile(samples: np.ndarray, q: float) -> float:
@@ -347,7 +364,7 @@ def paired_bootstrap(prompts: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
     """
     _check_prompt_table(prompts)
     metrics, tails = _bootstrap_settings(n_boot, confidence, metrics)
-    names = list(POOLED_METRICS) if metrics is None else metrics
+    names = _default_metrics(prompts) if metrics is None else metrics
     rng = np.random.default_rng(seed)
     rows = []
     for family in matched_families(prompts)[0]:
@@ -418,7 +435,7 @@ def pooled_bootstrap(prompts: pd.DataFrame, metrics: Iterable[str] | None = None
     """
     _check_prompt_table(prompts)
     metrics, tails = _bootstrap_settings(n_boot, confidence, metrics)
-    names = list(POOLED_METRICS) if metrics is None else metrics
+    names = _default_metrics(prompts) if metrics is None else metrics
     rng = np.random.default_rng(seed)
     rows = []
     for keys, grp in task_scopes(prompts, POOL_KEYS, all_tasks):

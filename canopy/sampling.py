@@ -57,8 +57,10 @@ __all__ = [
     "ROLLOUT_SCHEMA_COLUMNS", "Runtime", "default_threads", "model_forward",
 ]
 
-#: Bump when the sampling algorithm changes in a way that changes results.
-ALGORITHM_VERSION = 1
+#: Bump when the sampling algorithm or prompt rendering changes in a way that changes
+#: results; cached rollouts of another version are resampled, never reused.
+#: 2: raw prompts start with the tokenizer's BOS (:func:`canopy.models.render_prompt`).
+ALGORITHM_VERSION = 2
 
 ROLLOUT_SCHEMA_COLUMNS = (
     "model", "family", "variant", "task", "prompt_id", "rollout_id", "prompt_text",

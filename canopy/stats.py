@@ -20,7 +20,9 @@ the optimiser are captured into ``notes`` and ``converged`` says whether the fit
 converged — never silently.
 
 The beta regression on ``D`` and the R glmmTMB path are :mod:`canopy.beta`; simulated
-panels and the coverage study are :mod:`canopy.simulation`.
+panels and the coverage study are :mod:`canopy.simulation`; the fitting helpers the three
+share (Wald tables, aliased columns, captured warnings, the MixedLM fit with its Powell
+retry) are :mod:`canopy.fitting`.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Layout under an output directory ``out``::
 ``hash12`` is the first 12 hex digits of the configuration hash: sampling settings
 (``batch_size`` excluded), the runtime (engine — ``hf``, ``vllm``, or ``score`` for
 rollouts scored by :mod:`canopy.score` —, device type, dtype, CPU thread count on CPU),
-model name/family/variant/chat template, the weights' fingerprint, the stop ids and the
-algorithm version. A changed configuration therefore
+model name/family/variant/chat template, the weights' fingerprint, the tokenizer
+(:func:`~canopy.models.tokenizer_record`: its definition's sha256 and a probe prompt's
+ids), the stop ids and the algorithm version. A changed configuration therefore
 writes a new directory and never mixes with old shards. Shards are written atomically
 (temporary file + ``os.replace``) as soon as a prompt's rollouts are complete; the
 Parquet metadata of each shard repeats the configuration hash and the prompt text's
@@ -46,7 +47,7 @@ import pandas as pd
 
 from canopy.digests import digest_meta, skips_page_checksums, verify
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
-from canopy.models import source_signature
+from canopy.models import source_signature, tokenizer_record
 from canopy.prompts import Prompt, as_prompts
 from canopy.sampling import (
     ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Runtime, SamplingConfig,
@@ -93,15 +94,13 @@ def config_record(loaded, config: SamplingConfig, runtime: Runtime | None = None
     record_runtime = _runtime_of(loaded, runtime).record()
     if engine is not None:
         record_runtime["engine"] = engine
-    template = getattr(tok, "chat_template", None) if spec.chat_template else None
     return {
         "algorithm_version": ALGORITHM_VERSION,
         "runtime": record_runtime,
         "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
                   "dtype": record_runtime["dtype"], "chat_template": spec.chat_template},
         "fingerprint": loaded.fingerprint,
-        "tokenizer": {"vocab": len(tok), "chat_template_sha256": hashlib.sha256(
-            (template or "").encode()).hexdigest()},
+        "tokenizer": tokenizer_record(tok, spec.chat_template),
         "stop_ids": list(loaded.stop_ids),
         "sampling": config.distribution(),
     }
@@ -219,7 +218,7 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
     or ``None`` unless every shard is there and valid.
 
     Trusts the latest configuration directory of the model (``current.json``) when its
-    manifest has the same spec, sampling settings and :func:`~canopy.models.source_signature`
+    manifest has the same :data:`~canopy.sampling.ALGORITHM_VERSION`, spec, sampling settings and :func:`~canopy.models.source_signature`
     (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
     and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
     """
@@ -230,7 +229,8 @@ def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
         manifest = json.loads((config_dir / "manifest.json").read_text())
     except (OSError, ValueError, KeyError):
         return None
-    if (manifest.get("spec") != json.loads(json.dumps(spec.describe()))
+    if (manifest.get("config", {}).get("algorithm_version") != ALGORITHM_VERSION
+            or manifest.get("spec") != json.loads(json.dumps(spec.describe()))
             or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
             or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
         return None

@@ -51,7 +51,7 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, pooling, report
+from canopy import charts, findings, pooling, report
 from canopy.experiment import load_experiment
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
@@ -142,7 +142,7 @@ charts.rollout_length_chart(rollouts)
 # %%
 summary = pooling.length_summary(rollouts)
 summary[["model", "task", "n_prompts", "n_rollouts", "mean_length", "median_length",
-         "min_length", "max_length", "truncation_rate", "n_prompts_flagged"]]
+         "min_length", "max_length", "truncation_rate", "n_prompts_flagged", "repetition_rate"]]
 
 # %% [markdown]
 # ## Truncation
@@ -182,6 +182,30 @@ display(Markdown(
 # $E[N] = T_{\max}$, and the length–rate analyses of chapters 3–4 have almost nothing to
 # work with: many per-prompt correlations are then undefined (constant $N$), and the
 # chapters say so rather than report a number.
+
+# %% [markdown]
+# ## Degeneration: text caught in a loop
+#
+# A small model given raw text sometimes falls into a loop ("7 to her 7 to her …",
+# "how, how, how"). Looping text is nearly deterministic, so its entropy rate is low —
+# for a reason that says little about fine-tuning. Each rollout's **rep-4** measures it:
+# the share of its 4-grams (four consecutive tokens) that repeat one seen earlier in the
+# same rollout (the seq-rep-4 of Welleck et al. 2019; {ref}`Method §2 <method-s2>`). A
+# rollout with no repetition has rep-4 = 0; one that is all loop approaches 1.
+
+# %%
+charts.repetition_chart(rollouts)
+
+# %% tags=["remove-input"]
+rep = overall["repetition_rate"]
+looping = findings.degenerate_share(rollouts)
+display(Markdown(
+    "Measured here, over all tasks: " + "; ".join(
+        f"`{m}` mean rep-4 {rep[m]:.0%}, {looping[m]:.0%} of its rollouts more than half loop"
+        for m in rep.index) + ". "
+    + (f"`{rep.idxmax()}` repeats itself most; chapters 3 and 8 come back to what that does "
+       "to its entropy." if len(rep) > 1 and rep.max() >= 2 * rep.min() and rep.max() > 0.1
+       else "No model stands out by its repetition.")))
 
 # %% [markdown]
 # ## Rerun this chapter

@@ -54,7 +54,7 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, entropy, pooling, report
+from canopy import charts, entropy, findings, pooling, report
 from canopy.experiment import load_experiment
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
@@ -102,11 +102,14 @@ display(Markdown(report.estimator_check_text(check, experiment.sampling.rollouts
 # here is the *prompt-level* standard error (sd over prompts / $\sqrt P$): how much the
 # pooled value would move with other prompts of the same kind — with a handful of
 # prompts per task it is the dominant uncertainty. `truncation_rate` is repeated because
-# a truncated rollout makes $CE^*$ a lower bound (chapter 2).
+# a truncated rollout makes $CE^*$ a lower bound (chapter 2), and rep-4 (the share of
+# repeated 4-grams, chapter 2) because a model caught in loops has a low entropy rate
+# for a reason other than confidence.
 
 # %%
-pooled[keys + ["n_prompts", "canopy_entropy", "canopy_entropy_se", "mean_length",
-               "mean_entropy_rate", "gen_ppl", "branching_factor", "truncation_rate"]]
+pooled[keys + [c for c in ("n_prompts", "canopy_entropy", "canopy_entropy_se", "mean_length",
+                           "mean_entropy_rate", "gen_ppl", "branching_factor",
+                           "truncation_rate", "repetition_rate") if c in pooled]]
 
 # %% [markdown]
 # ## The decomposition: length term and covariance term
@@ -182,7 +185,8 @@ display(Markdown(report.pairs_text(
 
 # %%
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",
-         "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share"]
+         "cov_residual", "within_prompt_cov", "between_prompt_cov", "cov_share",
+         "repetition_rate"]
 table = report.bootstrap_table(boot, shown) if len(boot) else boot
 table
 
@@ -192,6 +196,10 @@ if len(boot):
         boot, ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl",
                "branching_factor"]))
     display(Markdown(report.bootstrap_change_text(table, confidence, n_boot)))
+    claim = report.paired_claim(table, "canopy_entropy", "< 0", percent=True, fmt="+.0f")
+    why = findings.degeneration_text({"canopy_entropy": claim}, prompts)
+    if why:
+        display(Markdown(why))
 else:
     display(Markdown("No model family has both a base and a fine-tuned variant among the "
                      "models of this run, so there is nothing to pair."))

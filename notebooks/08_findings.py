@@ -63,31 +63,34 @@ confidence = 0.95              # level of the bootstrap and regression intervals
 # %% tags=["remove-stderr"]
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, entropy, pooling, report, semantic, stats
+from canopy import charts, entropy, findings, report
 from canopy.experiment import load_experiment
+from IPython.display import Markdown
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 rollouts = experiment.rollouts(progress=False, resample=resample)
-prompts = entropy.prompt_metrics(rollouts)
-boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=confidence,
-                                metrics=["canopy_entropy", "length_rate_pearson"])
-paired = report.bootstrap_table(boot) if len(boot) else boot
-embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
-panel = stats.build_panel(rollouts, embeddings)
-inter = stats.interaction_regression(panel, level=confidence)
+claims = findings.measure_claims(rollouts, embedding_model, n_boot=n_boot, seed=seed,
+                                 confidence=confidence)
+boot = claims["boot"]
+ce, rho, ratio = claims["canopy_entropy"], claims["length_rate_pearson"], claims["slope_ratio"]
 
 # %%
-ce = report.paired_claim(paired, "canopy_entropy", "< 0", percent=True, fmt="+.0f") \
-    if len(paired) else None
-rho = report.paired_claim(paired, "length_rate_pearson", "> 0") if len(paired) else None
-ratio = report.ratio_claim(inter)
-report.findings_table({
-    "fine-tuning lowers CE*": ("Δ CE* (%), all tasks, paired bootstrap", ce),
-    "fine-tuning strengthens ρ(N, r)": ("Δ ρ(N, r), all tasks, paired bootstrap", rho),
-    "the slope of D on R̄ nearly triples": ("(β+η)/β, interaction regression", ratio),
-})
+report.findings_table({claim: (measured, claims[key])
+                       for key, (claim, measured) in findings.CLAIMS.items()})
+
+# %% [markdown]
+# **Why a verdict may go against the paper.** A model that falls into loops repeats
+# itself almost deterministically, so its entropy rate and $CE^*$ drop for a reason that
+# has nothing to do with fine-tuning as the paper means it. Each rollout's rep-4 (the
+# share of its 4-grams that repeat an earlier one, {ref}`Method §2 <method-s2>`)
+# measures that; when a verdict is contradicted and one model of the pair repeats itself
+# far more than the other, the sentence below says so:
+
+# %%
+Markdown(findings.degeneration_text(claims, entropy.prompt_metrics(rollouts))
+         or "No contradicted verdict here comes with a model that degenerates into loops.")
 
 # %% [markdown]
 # The intervals behind the first two rows, per task (the chapters show every quantity):

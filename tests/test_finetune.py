@@ -126,6 +126,9 @@ def test_one_process_makes_a_fine_tune_at_a_time(tmp_path, monkeypatch):
         return target
 
     monkeypatch.setattr(module, "_make", fake_make)
+    # The hash needs the teacher's pairs and the base's signature: stand-ins here.
+    monkeypatch.setattr(module, "_teacher_responses", lambda *a: [("Say hi.", "Hi.")])
+    monkeypatch.setattr(module, "_base_signature", lambda name: {"files": [name]})
     lock = tmp_path / "cache" / "finetune" / f".{PROFILES['quick'].name}.lock"
     results = []
     with store_lock(lock):  # another process is making it

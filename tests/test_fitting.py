@@ -153,3 +153,15 @@ def test_fit_mixedlm_keeps_the_gradient_fit_when_powell_does_no_better(monkeypat
         res = ft.fit_mixedlm(model, True, caught, notes)
     assert res.converged and caught == []
     assert len(notes) == 1 and "no higher likelihood" in notes[0]
+
+
+def test_statsmodels_still_says_retrying_when_a_gradient_method_fails():
+    # fit_mixedlm recognises "converged only after a failed gradient method" by this
+    # warning of statsmodels' MixedLM.fit; a real fit whose BFGS is stopped after one
+    # iteration must still emit it (else a statsmodels upgrade would silently disable
+    # the Powell retry on that path).
+    model, _ = _boundary_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(reml=True, method=["bfgs", "lbfgs"], maxiter=1)
+    assert any(str(w.message) == "Retrying MixedLM optimization with lbfgs" for w in caught)

@@ -266,5 +266,9 @@ def test_pool_comovement_is_the_one_rule_behind_pool_and_the_bootstrap():
 
 
 def test_pooled_metric_names_are_the_columns_of_pool():
-    prompts = prompt_metrics(random_rollouts(n_prompts=8, seed=2))
-    assert set(POOLED_METRICS) <= set(pool(prompts).columns)
+    rollouts = random_rollouts(n_prompts=8, seed=2)
+    # Without token ids rep-4 is not measured and left out; with them every metric is there.
+    assert set(pool(prompt_metrics(rollouts)).columns) & set(POOLED_METRICS) == \
+        set(POOLED_METRICS) - {"repetition_rate"}
+    rollouts["token_ids"] = [[1, 2, 3, 4, 1, 2, 3, 4]] * len(rollouts)
+    assert set(POOLED_METRICS) <= set(pool(prompt_metrics(rollouts)).columns)

@@ -27,17 +27,24 @@ def _covers(row, value):
 
 
 def test_interaction_recovers_known_coefficients_at_fixed_seed():
+    # Each estimate must lie within 4 of its SEs of the truth (and the ratio within the
+    # Fieller set at the same level): a correct fit misses one of these five with
+    # probability < 4e-4, so the test does not rest on the seed's luck, while a biased
+    # estimator or a wrong SE still fails it (the estimates here are ≤ 1.6 SE off).
+    level = 1 - 2 * sps.norm.sf(4)
     panel = simulate_panel(n_prompts=40, seed=7)
     truth = panel.attrs["truth"]
-    res = interaction_regression(panel)
+    res = interaction_regression(panel, level=level)
     assert res.fitted and res.converged
     assert res.n_obs == 160 and res.n_groups == 40
     assert _covers(res.coef(BETA), truth["beta"])
     assert _covers(res.coef(ETA), truth["eta"])
     assert _covers(res.coef("fine_tuned"), truth["tau"])
     assert _covers(res.coef("mean_length"), truth["gamma"])
+    np.testing.assert_allclose(res.coef(BETA)["ci_high"] - res.coef(BETA)["estimate"],
+                               4 * res.coef(BETA)["se"])
     assert res.coef(BETA)["symbol"].startswith("β") and res.coef(ETA)["symbol"].startswith("η")
-    assert res.ratio.bounded and res.ratio.covers(truth["ratio"])
+    assert res.ratio.covers(truth["ratio"])  # two rays here: β is < 4 SE from 0
     assert res.prompt_var > 0
     frame = res.to_frame()
     assert {"estimate", "se", "p", "ci_low", "ci_high", "symbol"} <= set(frame.columns)
@@ -56,15 +63,18 @@ def test_main_regression_controls_for_length():
 
 
 def test_lrt_size_and_power_over_100_seeds():
-    # Without curvature the LRT (df = 2) should reject at 5 % in roughly 5 % of panels:
-    # for 100 panels, [2, 10] is the central ~96 % of Binomial(100, 0.05).
+    # Without curvature the LRT (df = 2) should reject at 5 % in roughly 5 % of panels
+    # (the ML LRT runs a little above 5 % with 20 prompts). [1, 13] of 100 holds
+    # Binomial(100, p) with probability ≥ 0.98 for any true size p in [0.04, 0.07] (0.994
+    # at 0.05), so the band does not rest on the seeds' luck; a test of the wrong df or
+    # a sign error in the LR statistic still falls outside it. 6 of 100 here.
     size = np.mean([curvature_check(simulate_panel(n_prompts=20, seed=1000 + s)).p_value < 0.05
                     for s in range(100)])
-    assert 0.02 <= size <= 0.10, size
+    assert 0.01 <= size <= 0.13, size
     power = np.mean([curvature_check(simulate_panel(n_prompts=20, seed=2000 + s,
                                                     curvature=0.25)).p_value < 0.05
                      for s in range(100)])
-    assert power >= 0.90, power
+    assert power >= 0.90, power  # 100 of 100 here; ≥ 90 with probability 0.989 at p = 0.95
 
 
 def test_curvature_check_reports_ml_fits_and_shifts():

@@ -14,7 +14,8 @@ from canopy import render as _render  # noqa: F401  (enables the ``canopy`` rend
 from canopy.charts.style import COLORS, HEIGHT, WIDTH
 from canopy.charts.ch1_canopy import (icicle_data, canopy_chart, length_distribution_chart,
                                       convergence_chart, length_rate_chart, decomposition_chart)
-from canopy.charts.ch2_sampling import (rollout_length_chart, truncation_chart)
+from canopy.charts.ch2_sampling import (rollout_length_chart, truncation_chart,
+                                        repetition_chart)
 from canopy.charts.ch3_decomposition import (decomposition_share_chart, covariance_split_chart,
                                              bootstrap_delta_chart)
 from canopy.charts.ch4_length_rate import (interval_chart, rate_length_data, rate_length_scatter,
@@ -38,6 +39,7 @@ __all__ = [
     "decomposition_chart",
     "rollout_length_chart",
     "truncation_chart",
+    "repetition_chart",
     "decomposition_share_chart",
     "covariance_split_chart",
     "bootstrap_delta_chart",

@@ -1,4 +1,5 @@
-"""Charts of chapter 2 (sampling the real models): rollout lengths and truncation.
+"""Charts of chapter 2 (sampling the real models): rollout lengths, truncation and
+degeneration (rep-4).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pandas as pd
 from canopy.tables import require_columns
 from canopy.charts.style import HEIGHT, WIDTH, task_order
 
-__all__ = ["rollout_length_chart", "truncation_chart"]
+__all__ = ["rollout_length_chart", "truncation_chart", "repetition_chart"]
 
 
 def rollout_length_chart(rollouts: pd.DataFrame, title: str = "Rollout lengths by model"
@@ -70,3 +71,34 @@ def truncation_chart(summary: pd.DataFrame, title: str = "Truncation rate (no st
         color=alt.condition("datum.truncation_rate > 0.6", alt.value("white"),
                             alt.value("black")))
     return alt.layer(cells, text).properties(width=alt.Step(80), height=alt.Step(34))
+
+
+def repetition_chart(rollouts: pd.DataFrame, title: str = "Degeneration: rep-4 against "
+                     "the entropy rate, one point per rollout") -> alt.Chart:
+    """Scatter of each rollout's rep-4 (share of its 4-grams repeating an earlier one,
+    :func:`canopy.entropy.repetition_rate`) against its entropy rate r = H/N (nats per
+    token), coloured by model: loops sit at the right, low. ``rollouts``: the rollout
+    table with ``token_ids`` (or a ``repetition`` column)."""
+    from canopy.entropy import entropy_rate, rollout_repetition
+
+    require_columns(rollouts, ["model", "task", "length", "summed_entropy"],
+                    "repetition_chart", allow_empty=False)
+    rep = rollout_repetition(rollouts)
+    if np.isnan(rep).all():
+        raise ValueError("repetition_chart needs token ids: the rollout table has no "
+                         "token_ids (or repetition) column; read it with "
+                         "canopy.store.load_rollouts")
+    data = pd.DataFrame({"model": rollouts["model"].to_numpy(),
+                         "task": rollouts["task"].to_numpy(), "rep4": rep,
+                         "rate": entropy_rate(rollouts["summed_entropy"], rollouts["length"]),
+                         "length": rollouts["length"].to_numpy()})
+    return alt.Chart(data, title=title).mark_circle(size=22, opacity=0.5).encode(
+        x=alt.X("rep4:Q", title="rep-4 (share of repeated 4-grams)",
+                scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        y=alt.Y("rate:Q", title="entropy rate r (nats/token)"),
+        color=alt.Color("model:N", title="model"),
+        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("task:N"),
+                 alt.Tooltip("rep4:Q", title="rep-4", format=".0%"),
+                 alt.Tooltip("rate:Q", title="r", format=".2f"),
+                 alt.Tooltip("length:Q", title="N")],
+    ).properties(width=WIDTH, height=HEIGHT)
