@@ -253,3 +253,18 @@ def test_a_store_of_another_configuration_stops_a_chapter(pair, tmp_path, capsys
     assert main(["sample", "--experiment", str(experiment(pair, pairing)), "--rollouts", "2",
                  "--resample"]) == 0
     assert set(load_rollouts(first.out)["family"]) == {"mine"}
+
+
+def test_loading_a_folder_without_tokenizer_names_it(pair, tmp_path):
+    """From Python (no CLI checks first) the load error still names the folder and the fix."""
+    from canopy.models import load_model
+
+    bare = tmp_path / "bare"
+    shutil.copytree(pair / "base", bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError) as info:
+        load_model(entry_spec({"path": str(bare)}))
+    message = str(info.value)
+    assert f"model bare: cannot load the tokenizer in {bare}" in message
+    assert "save the tokenizer files" in message and "\n" not in message
