@@ -19,8 +19,12 @@ Steps (``--steps``, default all):
 - ``verify``: read and verify every shard (:func:`canopy.store.read_shard`'s digest
   check), in MB/s of shard files; the old path (page CRCs + the legacy JSON sha256) on
   the first shards in the same process, for the ratio.
+- ``metrics-cold``: ``canopy metrics`` (``--n-boot 2000``) with no kept summaries (they
+  are removed first, untimed): every shard verified and summarised.
+- ``metrics-warm``: ``canopy metrics`` again, on the kept summaries.
+- ``profile-streamed``: :func:`canopy.profiles.stream_position_profile` (chapter 4's
+  profile, shard by shard).
 - ``load``: :func:`canopy.store.load_rollouts` (every step of every rollout in memory).
-- ``metrics``: ``canopy metrics`` (``--n-boot 2000``).
 - ``metrics-full-load``: the pre-issue-19 path: ``load_rollouts`` + per-prompt metrics,
   pooling and the paired bootstrap on the full table.
 - ``profile-full-load``: ``load_rollouts`` + :func:`canopy.entropy.position_profile`
@@ -44,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-STEPS = ("imports", "verify", "load", "metrics", "metrics-full-load", "profile-full-load")
+STEPS = ("imports", "verify", "metrics-cold", "metrics-warm", "profile-streamed", "load",
+         "metrics-full-load", "profile-full-load")
 SAMPLING = {"max_new_tokens": 4000, "rollouts": 100, "temperature": 1.0, "top_k": 100,
             "top_p": 1.0, "seed": 0}
 
@@ -183,6 +188,13 @@ def step_metrics(store: Path) -> str:
     return f"exit {code}"
 
 
+def step_profile_streamed(store: Path) -> str:
+    from canopy.profiles import stream_position_profile
+
+    profile = stream_position_profile(store)
+    return f"{len(profile)} profile rows"
+
+
 def step_metrics_full_load(store: Path) -> str:
     from canopy.entropy import prompt_metrics
     from canopy.pooling import paired_bootstrap, pool
@@ -212,7 +224,8 @@ def step_imports(store: Path) -> str:
 
 
 RUNNERS = {"imports": step_imports, "verify": step_verify, "load": step_load,
-           "metrics": step_metrics, "metrics-full-load": step_metrics_full_load,
+           "metrics-cold": step_metrics, "metrics-warm": step_metrics,
+           "profile-streamed": step_profile_streamed, "metrics-full-load": step_metrics_full_load,
            "profile-full-load": step_profile_full_load}
 
 
@@ -265,6 +278,10 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'step':<20} {'wall s':>8} {'peak MB':>8}  result")
     for step in args.steps.split(","):
+        if step == "metrics-cold":
+            import shutil
+            for kept in args.out.glob("*/*/.summaries"):
+                shutil.rmtree(kept)
         wall, peak, result = run_child(step, args.out)
         print(f"{step:<20} {wall:>8.1f} {peak:>8.0f}  {result}", flush=True)
 

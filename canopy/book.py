@@ -305,9 +305,10 @@ def uses_models(sources) -> bool:
 
 def check_parameters(parameters: dict, models: list[str], only=None) -> None:
     """The book's up-front checks of what the selected chapters will need, before any
-    runs (no torch): a ``finetune_name`` has a report or a recipe, or, without one, some
-    model of the experiment (``models``) is made by ``canopy finetune``; the
-    ``embedding_model`` can be loaded offline. One-line ``ValueError`` naming the fix."""
+    runs (no torch): a ``finetune_name`` has a report or a recipe (without one the
+    appendix reports the experiment's model made by ``canopy finetune``, or says what it
+    would show when ``models`` has none); the ``embedding_model`` can be loaded offline.
+    One-line ``ValueError`` naming the fix."""
     from canopy.embedders import DEFAULT_EMBEDDING_MODEL, check_embedding_model
     from canopy.finetune import PROFILES, published_dir, recipe_for
     from canopy.preflight import chapter_parameters
@@ -318,7 +319,7 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
         for name in parameters_of.get(source.stem, []):
             declared.setdefault(name, source.stem)
     if "finetune_name" in declared:
-        chapter, name = declared["finetune_name"], parameters.get("finetune_name")
+        name = parameters.get("finetune_name")
         if name is not None:
             if not isinstance(name, str) or not (
                     recipe_for(name) is not None or (published_dir(name) / "report.json").is_file()):
@@ -326,11 +327,6 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
                 raise ValueError(f"-p finetune_name {name}: no fine-tune report at "
                                  f"{published_dir(name)} and no built-in recipe makes it "
                                  f"(recipes: {recipes}); run `canopy finetune` first")
-        elif not any(recipe_for(m) is not None for m in models):
-            raise ValueError(f"chapter {chapter} (the fine-tune appendix) needs a model made by "
-                             f"`canopy finetune`, and none of the experiment's models is "
-                             f"({', '.join(models)}); pass -p finetune_name NAME, or leave "
-                             "it out with --only")
     if "embedding_model" in declared:
         model = parameters.get("embedding_model", DEFAULT_EMBEDDING_MODEL)
         try:

@@ -23,9 +23,9 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
     check_metrics(args.rollouts, args.out, args.n_boot, args.seed)
     from canopy.entropy import prompt_metrics
     from canopy.pooling import paired_bootstrap, pool
-    from canopy.store import load_rollouts
+    from canopy.summaries import METRIC_COLUMNS, load_summaries
 
-    rollouts = load_rollouts(args.rollouts)
+    rollouts = load_summaries(args.rollouts, METRIC_COLUMNS)  # one row per rollout
     prompts = prompt_metrics(rollouts)
     pooled = pool(prompts)
     tables = {"prompt_metrics": prompts, "pooled_metrics": pooled}

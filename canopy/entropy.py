@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from canopy.profiles import PROFILE_COLUMNS, PositionAccumulator, check_profile_options
 from canopy.tables import (PROMPT_KEYS, ROLLOUT_COLUMNS, VARIANTS, reason_column,
-                           require_columns, task_scopes)
+                           require_columns)
 
 __all__ = [
     "ROLLOUT_COLUMNS",
@@ -430,12 +431,6 @@ def prompt_metrics(rollouts: pd.DataFrame) -> pd.DataFrame:
 
 
 
-#: Columns of :func:`position_profile`'s output after the keys.
-PROFILE_COLUMNS = ("position", "n_active", "n_stopped", "mean_step_entropy",
-                   "mean_step_entropy_raw", "running_entropy_rate", "mean_stop_prob",
-                   "stop_fraction")
-
-
 def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bool = True,
                      max_position: int | None = None) -> pd.DataFrame:
     """How entropy and stopping evolve with the token position t (chapter 4).
@@ -461,17 +456,15 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
     The set of active rollouts shrinks with t, so a change along t mixes a change within
     rollouts with a change of *which* rollouts are still running; ``n_active`` says how
     many values each mean rests on. ``max_position`` drops positions beyond it.
-    Vectorised: the lists are concatenated once (no Python loop over rollouts).
+    Streamed (:class:`canopy.profiles.PositionAccumulator`): a few hundred rollouts' steps
+    at a time, never the whole table's; for a store too large to load, see
+    :func:`canopy.profiles.stream_position_profile`.
     """
     need = ["model", "family", "variant", "task", "length", "truncated", "step_entropy",
             "step_entropy_raw", "step_stop_logprob"]
     require_columns(rollouts, need, "rollout table", allow_empty=False,
                     hint="per-step lists come from canopy.sampling")
-    if not by_task and not all_tasks:
-        raise ValueError("by_task and all_tasks cannot both be False: nothing to group by")
-    if max_position is not None and (isinstance(max_position, bool) or max_position < 1):
-        raise ValueError(f"max_position must be a positive integer or None, got {max_position!r}")
-
+    check_profile_options(by_task, all_tasks, max_position)
     lengths = np.array([len(v) for v in rollouts["step_entropy"]], dtype=np.int64)
     for col in ("step_entropy_raw", "step_stop_logprob"):
         other = np.array([len(v) for v in rollouts[col]], dtype=np.int64)
@@ -479,38 +472,6 @@ def position_profile(rollouts: pd.DataFrame, by_task: bool = True, all_tasks: bo
             raise ValueError(f"{col} and step_entropy have different lengths in some rollout")
     if not np.array_equal(lengths, rollouts["length"].to_numpy(dtype=np.int64)):
         raise ValueError("the per-step lists do not have `length` entries in some rollout")
-
-    h = np.concatenate([np.asarray(v, dtype=np.float64) for v in rollouts["step_entropy"]])
-    h_raw = np.concatenate([np.asarray(v, dtype=np.float64) for v in rollouts["step_entropy_raw"]])
-    p_stop = np.exp(np.concatenate([np.asarray(v, dtype=np.float64)
-                                    for v in rollouts["step_stop_logprob"]]))
-    row = np.repeat(np.arange(len(rollouts)), lengths)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    position = np.arange(h.size) - np.repeat(starts, lengths) + 1          # 1-based t
-    cum = np.cumsum(h)
-    running = (cum - np.repeat(cum[starts] - h[starts], lengths)) / position  # Σ_{s≤t} h_s / t
-    truncated = rollouts["truncated"].to_numpy().astype(bool)
-    stops_here = (position == lengths[row]) & ~truncated[row]
-
-    steps = pd.DataFrame({
-        "position": position, "h": h, "h_raw": h_raw, "running": running, "p_stop": p_stop,
-        "stopped": stops_here.astype(np.int64),
-        **{k: rollouts[k].to_numpy()[row] for k in ("model", "family", "variant", "task")},
-    })
-    if max_position is not None:
-        steps = steps[steps["position"] <= max_position]
-    keys = ["model", "family", "variant"]
-    parts = []
-    for scope, grp in task_scopes(steps, [*keys, "task"], all_tasks, by_task=by_task):
-        g = grp.groupby("position", sort=True)
-        part = g.agg(n_active=("h", "size"), n_stopped=("stopped", "sum"),
-                     mean_step_entropy=("h", "mean"), mean_step_entropy_raw=("h_raw", "mean"),
-                     running_entropy_rate=("running", "mean"), mean_stop_prob=("p_stop", "mean"))
-        parts.append(part.reset_index().assign(**dict(zip([*keys, "task"], scope))))
-    if not parts:
-        return pd.DataFrame(columns=[*keys, "task", *PROFILE_COLUMNS])
-    out = pd.concat(parts, ignore_index=True).sort_values([*keys, "task", "position"],
-                                                          kind="stable")
-    out = out.reset_index(drop=True)
-    out["stop_fraction"] = out["n_stopped"] / out["n_active"]
-    return out[[*keys, "task", *PROFILE_COLUMNS]]
+    accumulator = PositionAccumulator(max_position)
+    accumulator.add_table(rollouts)
+    return accumulator.table(by_task, all_tasks)

@@ -151,16 +151,17 @@ def recipe_for(model: str) -> FinetuneConfig | None:
 
 
 def experiment_report(models, name: str | None = None, *, progress: bool = False
-                      ) -> tuple[str, dict[str, Any]]:
+                      ) -> tuple[str | None, dict[str, Any] | None]:
     """(name, held-out report) of the fine-tune an experiment uses: ``name``, or the first of
-    ``models`` that a recipe makes. A missing result is made first (cached, resumable): the
-    fine-tune is a dependency of the experiment. One-line ``ValueError`` when no recipe
-    makes the model and no report exists."""
+    ``models`` that a recipe makes; ``(None, None)`` when ``name`` is None and no recipe
+    makes any of ``models`` (an experiment of one's own models: nothing to report). A
+    missing result is made first (cached, resumable): the fine-tune is a dependency of
+    the experiment. One-line ``ValueError`` when ``name`` is given, no recipe makes it
+    and no report exists."""
     if name is None:
         name = next((m for m in models if recipe_for(m) is not None), None)
         if name is None:
-            raise ValueError("none of the experiment's models is made by `canopy finetune` "
-                             f"({', '.join(models)}); pass finetune_name")
+            return None, None
     try:
         return name, read_report(name)
     except FileNotFoundError:

@@ -57,7 +57,8 @@ from canopy.sampling import (
 __all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "configuration_change",
            "changed_configuration_message", "config_record", "config_hash", "shard_path",
            "read_shard", "write_shard", "ShardError", "damaged_shards",
-           "open_config", "shard_expectation", "finished_shards", "gather"]
+           "open_config", "shard_expectation", "finished_shards", "gather", "read_verified",
+           "store_shards", "damaged_message"]
 
 _META_KEY = b"canopy"
 
@@ -165,10 +166,10 @@ def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
-    """Read one shard; raise :class:`ShardError` if it is unreadable, partial, or its
-    metadata differs from ``expect`` (keys ``config_hash``, ``prompt_sha256``,
-    ``rollouts``)."""
+def read_verified(path: Path, expect: dict | None = None):
+    """A shard's Arrow table, verified (digest, columns, rollout count and ids 0..M−1,
+    metadata as in ``expect``: keys ``config_hash``, ``prompt_sha256``, ``rollouts``);
+    raise :class:`ShardError` if it is unreadable, partial or stale."""
     import pyarrow.parquet as pq
 
     try:
@@ -191,14 +192,18 @@ def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
     for key, value in (expect or {}).items():
         if meta.get(key) != value:
             raise ShardError(f"stale: {key} differs")
+    if sorted(arrow.column("rollout_id").to_pylist()) != list(range(arrow.num_rows)):
+        raise ShardError("rollout ids are not 0..M-1")
+    return arrow
+
+
+def read_shard(path: Path, expect: dict | None = None) -> pd.DataFrame:
+    """Read one shard as a rollout DataFrame (checks of :func:`read_verified`)."""
+    arrow = read_verified(path, expect)
     try:
-        table = arrow.to_pandas()
-        ids = sorted(table["rollout_id"].tolist())
+        return arrow.to_pandas()
     except Exception as exc:  # noqa: BLE001 - e.g. damaged pandas metadata of an old shard
         raise ShardError(f"unreadable ({type(exc).__name__})") from None
-    if ids != list(range(arrow.num_rows)):
-        raise ShardError("rollout ids are not 0..M-1")
-    return table
 
 
 def _shard_meta(schema) -> dict:
@@ -629,44 +634,56 @@ def _config_dirs(root: Path) -> list[Path]:
     return chosen
 
 
-def load_rollouts(directory) -> pd.DataFrame:
-    """All finished rollouts under a store directory, as one rollout DataFrame.
-
-    ``directory``: the ``out`` of :func:`sample_to_store`, one model's directory, or one
+def store_shards(directory) -> list[tuple[Path, dict]]:
+    """``(shard path, expected metadata for read_shard)`` of every shard under a store
+    directory: the ``out`` of :func:`sample_to_store`, one model's directory, or one
     configuration directory. Per model only the configuration of the latest run is read
-    (a warning names any other). Raises a one-line ``ValueError`` when there are no
-    rollouts, or when any shard is damaged (naming the shards and the command that
-    resamples them: reading the rest would silently drop those prompts).
-    """
+    (a warning names any other; another warns when models were sampled with different
+    settings). Raises a one-line ``ValueError`` when ``directory`` is not a directory."""
     root = Path(directory)
     if not root.is_dir():
         raise ValueError(f"no rollouts: {root} is not a directory (write one with "
                          f"`canopy sample --out {root}`)")
-    tables, samplings, damaged = [], {}, []
+    shards, samplings = [], {}
     for config_dir in _config_dirs(root):
         try:
             manifest = json.loads((config_dir / "manifest.json").read_text())
         except (OSError, ValueError):
-            warnings.warn(f"skipping {config_dir}: unreadable manifest.json", stacklevel=2)
+            warnings.warn(f"skipping {config_dir}: unreadable manifest.json", stacklevel=3)
             continue
         samplings[config_dir] = json.dumps(manifest["config"]["sampling"], sort_keys=True)
-        for path in sorted(config_dir.glob("*/*.parquet")):
-            try:
-                tables.append(read_shard(path, {"config_hash": manifest["config_hash"]}))
-            except ShardError as exc:
-                damaged.append((path, exc))
-    if damaged:
-        raise ValueError(_damaged_message(root, damaged))
+        shards += [(path, {"config_hash": manifest["config_hash"]})
+                   for path in sorted(config_dir.glob("*/*.parquet"))]
     if len(set(samplings.values())) > 1:
         warnings.warn(f"{root}: models were sampled with different settings; comparisons "
-                      "across them mix decoding effects", stacklevel=2)
+                      "across them mix decoding effects", stacklevel=3)
+    return shards
+
+
+def load_rollouts(directory) -> pd.DataFrame:
+    """All finished rollouts under a store directory (see :func:`store_shards`), as one
+    rollout DataFrame holding every step: memory grows with the steps (for the metrics
+    of a large store, read :func:`canopy.summaries.load_summaries`). Raises a one-line
+    ``ValueError`` when there are no rollouts, or when any shard is damaged (naming the
+    shards and the command that resamples them: reading the rest would silently drop
+    those prompts).
+    """
+    root = Path(directory)
+    tables, damaged = [], []
+    for path, expect in store_shards(root):
+        try:
+            tables.append(read_shard(path, expect))
+        except ShardError as exc:
+            damaged.append((path, exc))
+    if damaged:
+        raise ValueError(damaged_message(root, damaged))
     if not tables:
         raise ValueError(f"no rollouts under {root}; write some with "
                          f"`canopy sample --out {root}`")
     return pd.concat(tables, ignore_index=True)
 
 
-def _damaged_message(root: Path, damaged: list) -> str:
+def damaged_message(root: Path, damaged: list) -> str:
     """One line naming the damaged shards under ``root`` and how to repair them."""
     def name(path: Path) -> str:
         try:

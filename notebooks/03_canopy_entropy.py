@@ -54,7 +54,7 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, entropy, findings, pooling, report
+from canopy import charts, entropy, findings, pairs, pooling, report
 from canopy.experiment import load_experiment
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
@@ -168,9 +168,8 @@ display(Markdown(report.identities_text(identities)))
 # %% [markdown]
 # ## Base vs fine-tuned: the paired bootstrap
 #
-# Only families with both variants are compared (in the default experiment the
-# gemma-3-270m pair; smollm2-135m-instruct has no base available offline, so it appears
-# in the tables above but not here). The same prompt indices are
+# Only families with both a base and a fine-tuned model are compared (which ones, in
+# this run, is said below the next cell). The same prompt indices are
 # resampled for both variants, so the interval reflects how the *difference* varies
 # with the choice of prompts. `change` says whether the interval for the difference
 # lies above 0, below 0, or includes 0. Percent changes are given for positive
@@ -212,18 +211,21 @@ else:
 # total entropy decreases, and read $CE^*$'s decomposition as a measure of how
 # efficiently length conveys information. The numbers above are one small replication
 # of the *measurement*, not of that finding:
-#
-# - the fine-tuned gemma here is our own LoRA fine-tune of a 270M base on a small set of
-#   teacher responses (Appendix), not an industrial instruction-tuned model;
-# - with a handful of prompts per task and $M$ rollouts per prompt, the prompt-level
-#   uncertainty is large; a difference whose interval includes 0 is *not resolved*, not
-#   "no effect";
-# - where truncation is frequent, $CE^*$ and $E[N]$ are lower bounds set partly by
-#   $T_{\max}$, and a base-vs-fine-tuned difference in $CE^*$ can largely be a
-#   difference in stopping behaviour.
-#
-# The length–rate co-movement itself — its correlation, not only the covariance in
-# nats — is the subject of the next chapter.
+
+# %% tags=["remove-input"]
+origin = pairs.fine_tune_origin_text(prompts)
+display(Markdown(
+    (f"- {origin[0].upper() + origin[1:]};\n" if origin else "")
+    + "- with a handful of prompts per task and $M$ rollouts per prompt, the prompt-level "
+    "uncertainty is large; a difference whose interval includes 0 is *not resolved*, not "
+    "\"no effect\";\n"
+    "- where truncation is frequent, $CE^*$ and $E[N]$ are lower bounds set partly by "
+    "$T_{\\max}$, and a base-vs-fine-tuned difference in $CE^*$ can largely be a "
+    "difference in stopping behaviour;\n"
+    "- where one model repeats itself (rep-4, chapter 2), its low entropy rate is that of "
+    "a loop, and a difference in $CE^*$ can largely be a difference in degeneration.\n\n"
+    "The length–rate co-movement itself — its correlation, not only the covariance in "
+    "nats — is the subject of the next chapter."))
 
 # %% [markdown]
 # ## Rerun this chapter

@@ -52,7 +52,7 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import beta, charts, report, semantic, simulation, stats
+from canopy import beta, charts, pairs, report, semantic, simulation, stats
 from canopy.experiment import load_experiment
 from canopy.tables import matched_families
 
@@ -288,9 +288,8 @@ display(Markdown(report.coverage_text(summaries, level)))
 #   prompts of the experiment, for the models listed in the panel, with length, task,
 #   family (and variant) and a per-prompt intercept held fixed. It is an association
 #   across prompts, not an effect of entropy rate on meaning.
-# - **One matched pair.** Everything about fine-tuning rests on `gemma-3-270m` and the LoRA
-#   fine-tune this project made from it (appendix, chapter 7). `smollm2-135m-instruct` has
-#   no base model available offline, so it informs the main regression only. One pair
+# - **Few matched pairs.** Everything about fine-tuning rests on the run's matched pairs
+#   (named below); a model without a partner informs the main regression only. One pair
 #   cannot separate "fine-tuning" from "this particular fine-tune".
 # - **Weak identification.** With a few dozen prompts the interaction $\eta$ and above all
 #   the ratio $(\beta+\eta)/\beta$ are weakly identified; the simulation shows how often
@@ -299,6 +298,11 @@ display(Markdown(report.coverage_text(summaries, level)))
 # - **The paper's "nearly triples"** comes from larger models and many more prompts; our
 #   numbers are context for it, neither a confirmation nor a contradiction.
 
+
+# %% tags=["remove-input"]
+origin = pairs.fine_tune_origin_text(rollouts)
+display(Markdown(pairs.paired_scope_text(rollouts)
+                 + (f" In this run {origin}." if origin else "")))
 # %% [markdown]
 # ## Rerun this chapter
 

@@ -20,8 +20,9 @@
 # :::{admonition} What this chapter finds
 # :class: tip
 #
-# - On held-out responses the fine-tune moves the response loss from {glue:text}`ch7_loss_base:.3f` to {glue:text}`ch7_loss_ft:.3f` nats per token.
-# - Within {glue:text}`ch7_budget` tokens, {glue:text}`ch7_stop_base:.0%` of the base model's and {glue:text}`ch7_stop_ft:.0%` of the fine-tuned model's held-out rollouts stopped.
+# ```{glue:md} ch7_findings
+# :format: myst
+# ```
 # :::
 
 # %% [markdown]
@@ -44,7 +45,7 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts
+from canopy import charts, pairs
 from canopy.experiment import load_experiment
 from canopy.finetune import experiment_report
 from canopy.report import finetune_config_table, finetune_summary
@@ -56,12 +57,16 @@ pd.set_option("display.max_colwidth", 80)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
 finetune_name, report = experiment_report(experiment.models, finetune_name)
-config = report["config"]
+config = report["config"] if report is not None else None
 
 # %% tags=["remove-stderr", "remove-input"]
 display(Markdown(
-    f"**Parameters.** profile `{profile}`, fine-tune `{finetune_name}`. The experiment's models: "
+    f"**Parameters.** profile `{profile}`, fine-tune "
+    + (f"`{finetune_name}`" if finetune_name else "none") + ". The experiment's models: "
     + ", ".join(f"`{m}`" for m in experiment.models) + "."))
+if report is None:
+    display(Markdown(pairs.no_finetune_text(experiment.models)
+                     + " The sections below stay empty for this experiment."))
 
 # %% [markdown]
 # ## The recipe
@@ -111,37 +116,40 @@ display(Markdown(
 # committed.
 
 # %%
-lora = pd.DataFrame({
-    "setting": ["LoRA rank r", "LoRA α", "scale α / r", "LoRA dropout", "learning rate",
-                "warm-up steps", "epochs", "batch size", "max tokens per example",
-                "teacher responses at the budget", "<end_of_turn> embedding trained",
-                "training prompts", "training examples (after dropping)", "held-out examples"],
-    "value": [str(v) for v in (
-        config["lora_r"], config["lora_alpha"], config["lora_alpha"] / config["lora_r"],
-        config["lora_dropout"], config["lr"], config["warmup_steps"], config["epochs"],
-        config["batch_size"], config["max_seq_len"], config.get("teacher_truncated", "trim"),
-        config.get("train_stop_embedding", False), report.get("n_train_prompts"),
-        report.get("n_train_examples"), report.get("n_heldout_examples"))],
-}).set_index("setting")
-display(lora)
+if report is not None:
+    lora = pd.DataFrame({
+        "setting": ["LoRA rank r", "LoRA α", "scale α / r", "LoRA dropout", "learning rate",
+                    "warm-up steps", "epochs", "batch size", "max tokens per example",
+                    "teacher responses at the budget", "<end_of_turn> embedding trained",
+                    "training prompts", "training examples (after dropping)", "held-out examples"],
+        "value": [str(v) for v in (
+            config["lora_r"], config["lora_alpha"], config["lora_alpha"] / config["lora_r"],
+            config["lora_dropout"], config["lr"], config["warmup_steps"], config["epochs"],
+            config["batch_size"], config["max_seq_len"], config.get("teacher_truncated", "trim"),
+            config.get("train_stop_embedding", False), report.get("n_train_prompts"),
+            report.get("n_train_examples"), report.get("n_heldout_examples"))],
+    }).set_index("setting")
+    display(lora)
 
 # %% [markdown]
 # ## The training loss
 
 # %%
-loss = charts.finetune_loss_data(report, window=smoothing_window)
-display(charts.loss_curve_chart(loss, report["heldout_response_loss"],
-                                "Training loss on response tokens (dashed: held-out losses)"))
-first, last = loss["smoothed"].iloc[min(smoothing_window, len(loss)) - 1], loss["smoothed"].iloc[-1]
+if report is not None:
+    loss = charts.finetune_loss_data(report, window=smoothing_window)
+    display(charts.loss_curve_chart(loss, report["heldout_response_loss"],
+                                    "Training loss on response tokens (dashed: held-out losses)"))
+    first, last = loss["smoothed"].iloc[min(smoothing_window, len(loss)) - 1], loss["smoothed"].iloc[-1]
 
 # %% tags=["remove-input"]
-display(Markdown(
-    f"{len(loss)} optimiser steps ({config['epochs']} epoch(s) of "
-    f"{report.get('n_train_examples')} examples in batches of {config['batch_size']}). "
-    f"The running mean over {smoothing_window} steps goes from {first:.3f} to {last:.3f} nats "
-    "per response token. Single steps scatter because each batch holds different prompts and "
-    "a different number of response tokens (in the tooltips). A falling *training* loss only "
-    "shows that the model fits what it sees; the held-out comparison below is the check."))
+if report is not None:
+    display(Markdown(
+        f"{len(loss)} optimiser steps ({config['epochs']} epoch(s) of "
+        f"{report.get('n_train_examples')} examples in batches of {config['batch_size']}). "
+        f"The running mean over {smoothing_window} steps goes from {first:.3f} to {last:.3f} nats "
+        "per response token. Single steps scatter because each batch holds different prompts and "
+        "a different number of response tokens (in the tooltips). A falling *training* loss only "
+        "shows that the model fits what it sees; the held-out comparison below is the check."))
 
 # %% [markdown]
 # ## Is it a real fine-tune? The held-out report
@@ -158,73 +166,80 @@ display(Markdown(
 #   fine-tune should add.
 
 # %%
-summary = finetune_summary(report)
-display(summary)
-display(charts.heldout_loss_chart(report))
+if report is not None:
+    summary = finetune_summary(report)
+    display(summary)
+    display(charts.heldout_loss_chart(report))
 
 # %%
-held, stop = report["heldout_response_loss"], report["stop_fraction"]
-rollouts = stop.get("rollouts_per_prompt", 1)
-drop = held["base"] - held["fine_tuned"]
+if report is not None:
+    held, stop = report["heldout_response_loss"], report["stop_fraction"]
+    rollouts = stop.get("rollouts_per_prompt", 1)
+    drop = held["base"] - held["fine_tuned"]
 
 # %% tags=["remove-input"]
-display(Markdown(
-    f"On {report.get('n_heldout_examples')} held-out responses the loss "
-    + (f"falls by {drop:.3f} nats per token ({held['base']:.3f} → {held['fine_tuned']:.3f}), "
-       f"a perplexity of {summary.iloc[1]['base']:.1f} → {summary.iloc[1]['fine_tuned']:.1f}: "
-       "the fine-tune changed the model's distribution in the intended direction on text it "
-       "did not train on."
-       if drop > 0 else
-       f"does not fall ({held['base']:.3f} → {held['fine_tuned']:.3f}): on this evidence the "
-       "fine-tune did not generalise to held-out prompts.")
-    + f" Within {stop['max_new_tokens']} tokens, {stop['base']:.0%} of the base model's and "
-    f"{stop['fine_tuned']:.0%} of the fine-tuned model's rollouts stopped "
-    f"({rollouts} rollout(s) on each of {stop['n_prompts']} held-out prompts"
-    + ("; one rollout moves the share by "
-       f"{1 / (rollouts * stop['n_prompts']):.0%}" if stop["n_prompts"] else "") + ")."
-    + (" Neither model stopped within that budget, so the stop check says nothing either "
-       "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else
-       " The fine-tuned model ended its turn more often, as the chat-format training intends."
-       if stop["fine_tuned"] > stop["base"] else
-       " The fine-tuned model did **not** end its turn more often than the base: this fine-tune "
-       "lowered the loss on the teacher's answers without making the model reliably stop "
-       "within the budget. Rollouts that hit the budget are truncated, and the Canopy Entropy "
-       "of a truncated process is only a lower bound (chapters 2–3 show the truncation rates)."
-       if stop["fine_tuned"] < stop["base"] else " Both stopped equally often.")))
+if report is not None:
+    display(Markdown(
+        f"On {report.get('n_heldout_examples')} held-out responses the loss "
+        + (f"falls by {drop:.3f} nats per token ({held['base']:.3f} → {held['fine_tuned']:.3f}), "
+           f"a perplexity of {summary.iloc[1]['base']:.1f} → {summary.iloc[1]['fine_tuned']:.1f}: "
+           "the fine-tune changed the model's distribution in the intended direction on text it "
+           "did not train on."
+           if drop > 0 else
+           f"does not fall ({held['base']:.3f} → {held['fine_tuned']:.3f}): on this evidence the "
+           "fine-tune did not generalise to held-out prompts.")
+        + f" Within {stop['max_new_tokens']} tokens, {stop['base']:.0%} of the base model's and "
+        f"{stop['fine_tuned']:.0%} of the fine-tuned model's rollouts stopped "
+        f"({rollouts} rollout(s) on each of {stop['n_prompts']} held-out prompts"
+        + ("; one rollout moves the share by "
+           f"{1 / (rollouts * stop['n_prompts']):.0%}" if stop["n_prompts"] else "") + ")."
+        + (" Neither model stopped within that budget, so the stop check says nothing either "
+           "way here." if stop["base"] == 0 and stop["fine_tuned"] == 0 else
+           " The fine-tuned model ended its turn more often, as the chat-format training intends."
+           if stop["fine_tuned"] > stop["base"] else
+           " The fine-tuned model did **not** end its turn more often than the base: this fine-tune "
+           "lowered the loss on the teacher's answers without making the model reliably stop "
+           "within the budget. Rollouts that hit the budget are truncated, and the Canopy Entropy "
+           "of a truncated process is only a lower bound (chapters 2–3 show the truncation rates)."
+           if stop["fine_tuned"] < stop["base"] else " Both stopped equally often.")))
 
 # %% [markdown]
 # ## Timings and the full configuration
 
 # %%
-seconds = pd.Series(report.get("seconds", {}), name="seconds").rename_axis("stage")
-display(seconds.to_frame())
+if report is not None:
+    seconds = pd.Series(report.get("seconds", {}), name="seconds").rename_axis("stage")
+    display(seconds.to_frame())
 
 # %% tags=["remove-input"]
-display(Markdown(f"Measured with {report.get('torch_threads', '?')} CPU thread(s)."))
+if report is not None:
+    display(Markdown(f"Measured with {report.get('torch_threads', '?')} CPU thread(s)."))
 
 # %%
-display(finetune_config_table(report))
+if report is not None:
+    display(finetune_config_table(report))
 
 # %% [markdown]
 # ## What this fine-tune is, and is not
 
 # %% tags=["remove-input"]
-display(Markdown(
-    f"- It is a **small distillation-style SFT**: {report.get('n_train_examples')} examples, "
-    f"{config['epochs']} epoch(s), rank-{config['lora_r']} adapters, and a teacher "
-    f"(`{report.get('teacher')}`) that is itself a small model. "
-    + ("That is enough to lower the response loss on held-out text, which is what the book's "
-       "comparisons need: a base and a fine-tuned model that share everything except the "
-       "fine-tune." if drop > 0 else
-       "On the held-out check above it did not lower the response loss, so the 'fine-tuned' "
-       "model may differ little from its base; read the comparisons of the book with that "
-       "in mind.")
-    + "\n- It is **not** the instruction tuning behind released chat models (larger and more "
-    "varied data, preference optimisation, many more steps). Effects of fine-tuning that the "
-    "paper reports for such models need not appear, or appear as strongly, after this one.\n"
-    "- There is **one** such pair. Chapter 6's interaction regression therefore has one "
-    "matched family, and what it finds about \"fine-tuning\" is a finding about this "
-    "fine-tune of this model."))
+if report is not None:
+    display(Markdown(
+        f"- It is a **small distillation-style SFT**: {report.get('n_train_examples')} examples, "
+        f"{config['epochs']} epoch(s), rank-{config['lora_r']} adapters, and a teacher "
+        f"(`{report.get('teacher')}`) that is itself a small model. "
+        + ("That is enough to lower the response loss on held-out text, which is what the book's "
+           "comparisons need: a base and a fine-tuned model that share everything except the "
+           "fine-tune." if drop > 0 else
+           "On the held-out check above it did not lower the response loss, so the 'fine-tuned' "
+           "model may differ little from its base; read the comparisons of the book with that "
+           "in mind.")
+        + "\n- It is **not** the instruction tuning behind released chat models (larger and more "
+        "varied data, preference optimisation, many more steps). Effects of fine-tuning that the "
+        "paper reports for such models need not appear, or appear as strongly, after this one.\n"
+        "- There is **one** such pair. Chapter 6's interaction regression therefore has one "
+        "matched family, and what it finds about \"fine-tuning\" is a finding about this "
+        "fine-tune of this model."))
 
 # %% [markdown]
 # ## Rerun this chapter
@@ -233,7 +248,10 @@ display(Markdown(
 rerun_note("07_appendix_finetune", profile=profile, experiment_file=experiment_file, models=models, finetune_name=finetune_name, smoothing_window=smoothing_window)
 
 # %% tags=["remove-cell"]
-# Numbers for the box at the top of the page (MyST-NB glue).
-glue_values(ch7_loss_base=held["base"], ch7_loss_ft=held["fine_tuned"],
-            ch7_budget=stop["max_new_tokens"], ch7_stop_base=stop["base"],
-            ch7_stop_ft=stop["fine_tuned"])
+# The box at the top of the page (MyST-NB glue).
+glue_values(ch7_findings=Markdown(
+    "- " + pairs.no_finetune_text(experiment.models) if report is None else
+    f"- On held-out responses the fine-tune moves the response loss from "
+    f"{held['base']:.3f} to {held['fine_tuned']:.3f} nats per token.\n"
+    f"- Within {stop['max_new_tokens']} tokens, {stop['base']:.0%} of the base model's and "
+    f"{stop['fine_tuned']:.0%} of the fine-tuned model's held-out rollouts stopped."))

@@ -63,7 +63,7 @@ confidence = 0.95              # level of the bootstrap and regression intervals
 # %% tags=["remove-stderr"]
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, entropy, findings, report
+from canopy import charts, entropy, findings, pairs, report
 from canopy.experiment import load_experiment
 from IPython.display import Markdown
 
@@ -105,10 +105,15 @@ if len(boot):
 # %% [markdown]
 # Where each number comes from: $CE^*$ and its paired bootstrap in
 # {doc}`chapter 3 <03_canopy_entropy>`, $\rho(N, r)$ in {doc}`chapter 4 <04_length_rate>`, the
-# interaction regression and its Fieller set in {doc}`chapter 6 <06_regressions>`. The
-# fine-tuned model is this book's own small LoRA fine-tune ({doc}`Appendix <07_appendix_finetune>`),
-# not the instruction tuning of released chat models, so a verdict here is about this
-# fine-tune of this model.
+# interaction regression and its Fieller set in {doc}`chapter 6 <06_regressions>`.
+
+# %% tags=["remove-input"]
+origin = pairs.fine_tune_origin_text(rollouts)
+display(Markdown(
+    (f"In this run {origin}; a verdict here is about that fine-tune of that model, not "
+     "about the instruction tuning of released chat models in general." if origin else
+     "This run has no matched pair of a base and a fine-tuned model, so the claims about "
+     "fine-tuning are not measured.")))
 
 # %% [markdown]
 # ## Rerun this page

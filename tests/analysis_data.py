@@ -103,3 +103,50 @@ def assert_rel(a, b, tol=1e-9, scale=None):
     a, b = np.asarray(a, float), np.asarray(b, float)
     scale = np.abs(b) if scale is None else np.asarray(scale, float)
     assert np.all(np.abs(a - b) <= tol * np.maximum(scale, 1e-300)), (a, b)
+
+
+def write_synthetic_store(root, families=("g",), tasks=("alpha", "beta"), prompts=3, m=5,
+                          t_max=9, seed=0) -> None:
+    """A store written with canopy.store.write_shard: per family a base and a fine-tuned
+    model, every schema column, float32 steps, some rollouts truncated at ``t_max``."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from canopy.sampling import ROLLOUT_SCHEMA_COLUMNS
+    from canopy.store import shard_path, write_shard
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for family in families:
+        for variant, model in (("base", family), ("fine-tuned", f"{family}-sft")):
+            digest = hashlib.sha256(model.encode()).hexdigest()  # the same for any seed
+            config_dir = root / model / digest[:12]
+            config_dir.mkdir(parents=True, exist_ok=True)
+            (root / model / "current.json").write_text(json.dumps({"config_hash": digest}))
+            (config_dir / "manifest.json").write_text(json.dumps(
+                {"config_hash": digest, "config": {"sampling": {"rollouts": m}}}))
+            for task in tasks:
+                for p in range(prompts):
+                    rows = []
+                    for r in range(m):
+                        n = int(rng.integers(1, t_max + 1))
+                        h = rng.uniform(0, 3, n).astype(np.float32)
+                        lp = (-h - rng.exponential(0.5, n)).astype(np.float32)
+                        rows.append({
+                            "model": model, "family": family, "variant": variant,
+                            "task": task, "prompt_id": f"p{p}", "rollout_id": r,
+                            "prompt_text": f"{task} {p}", "prompt_token_ids": np.arange(3),
+                            "token_ids": (np.tile([1, 2, 3], n)[:n] if r % 2
+                                          else rng.integers(0, 6, n)),  # some loops
+                            "text": f"{model} {r} " * n,
+                            "step_entropy": h, "step_logprob": lp,
+                            "step_entropy_raw": (h + rng.uniform(0, 1, n)).astype(np.float32),
+                            "step_stop_logprob": np.log(rng.uniform(1e-4, 1, n)).astype(np.float32),
+                            "length": n, "truncated": n == t_max and bool(rng.random() < 0.7),
+                            "summed_entropy": float(h.astype(np.float64).sum()),
+                            "surprisal": float(-lp.astype(np.float64).sum()),
+                        })
+                    table = pd.DataFrame(rows)[list(ROLLOUT_SCHEMA_COLUMNS)]
+                    write_shard(shard_path(config_dir, task, f"p{p}"), table,
+                                {"config_hash": digest, "rollouts": m})
