@@ -45,7 +45,7 @@ def main() -> None:
     from canopy import REPO_ROOT
     from canopy.prompts import read_prompts
     from canopy.sampling import Runtime, SamplingConfig
-    from canopy.store import sample_to_store
+    from canopy.run import sample_to_store
 
     prompts = read_prompts(REPO_ROOT / "data" / "prompts" / "stories.jsonl")[: args.prompts]
     config = SamplingConfig(rollouts=args.rollouts, max_new_tokens=args.max_new_tokens,

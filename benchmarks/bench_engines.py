@@ -85,7 +85,7 @@ def run_generate(loaded, prompts, args, tokens=None):
     scores, raw entropy and stop log-prob from the raw logits."""
     import torch
 
-    from canopy.models import render_prompt
+    from canopy.prompts import render_prompt
     from canopy.sampling import entropy
 
     tokens = tokens or args.tokens

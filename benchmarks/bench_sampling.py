@@ -40,7 +40,8 @@ def _setup(args):
 
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
-    from canopy.models import load_model, render_prompt
+    from canopy.models import load_model
+    from canopy.prompts import render_prompt
 
     loaded = load_model(args.model, fingerprint=False)
     _, ids = render_prompt(loaded.tokenizer, PROMPT, loaded.spec.chat_template)

@@ -22,7 +22,8 @@ import json, os, sys, time
 import torch
 threads = int(sys.argv[1]); rollouts = int(sys.argv[2]); tokens = int(sys.argv[3])
 torch.set_num_threads(threads)
-from canopy.models import load_model, render_prompt
+from canopy.models import load_model
+from canopy.prompts import render_prompt
 from canopy.sampling import rollout_uniforms, sample_batch
 loaded = load_model("smollm2-135m-instruct", fingerprint=False)
 ids = render_prompt(loaded.tokenizer, "Write a short story about a lighthouse.", True)[1]

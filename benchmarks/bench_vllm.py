@@ -47,7 +47,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import canopy.vllm_engine as ve
-    from canopy.models import load_model, render_prompt
+    from canopy.models import load_model
+    from canopy.prompts import render_prompt
     from canopy.sampling import SamplingConfig, rollout_uniforms, sample_batch
 
     from canopy.sampling import Runtime

@@ -297,7 +297,7 @@ def selected_chapters(only=None) -> list[Path]:
 
 def uses_models(sources) -> bool:
     """Whether any of these chapters reads the experiment's models (declares ``models``)."""
-    from canopy.preflight import chapter_parameters
+    from canopy.book_checks import chapter_parameters
 
     declared = chapter_parameters()
     return any("models" in declared.get(source.stem, []) for source in sources)
@@ -311,7 +311,7 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
     One-line ``ValueError`` naming the fix."""
     from canopy.embedders import DEFAULT_EMBEDDING_MODEL, check_embedding_model
     from canopy.finetune import PROFILES, published_dir, recipe_for
-    from canopy.preflight import chapter_parameters
+    from canopy.book_checks import chapter_parameters
 
     parameters_of = chapter_parameters()
     declared = {}

@@ -3,7 +3,9 @@
 Subcommands: ``metrics`` (tree metrics from stored rollouts), ``models``, ``sample``,
 ``score`` (exact statistics of generations made elsewhere), ``finetune``, ``book``. Parsers are cheap; each handler imports
 what it needs so that ``canopy --help`` stays fast. Errors a user can cause are checked
-first, before torch is imported or a model loaded (:mod:`canopy.preflight`), and print one
+first, before torch is imported or a model loaded, by the owners of the settings
+(:mod:`canopy.settings`, :mod:`canopy.prompts`, :mod:`canopy.models`, :mod:`canopy.store`,
+:mod:`canopy.book_checks`); the CLI turns arguments into their typed objects, and prints one
 line (``canopy: error: …``, no traceback) with exit status 2.
 """
 
@@ -12,13 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-#: ``--top-k`` when no experiment file gives one: the default experiment's and the paper's.
-DEFAULT_TOP_K = 100
+from types import SimpleNamespace
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from canopy.preflight import check_metrics
+    from canopy.store import check_metrics
 
     check_metrics(args.rollouts, args.out, args.n_boot, args.seed)
     from canopy.entropy import prompt_metrics
@@ -63,9 +63,9 @@ def _show_taken(args: argparse.Namespace, entries: list) -> None:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy.entries import entry_specs
     from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
     from canopy.model_files import check_model_files
-    from canopy.entries import entry_specs
     from canopy.models import available
 
     if not entries:
@@ -80,51 +80,55 @@ def _show_taken(args: argparse.Namespace, entries: list) -> None:
     for spec in specs:
         families.setdefault(spec.family, set()).add(spec.variant)
         ok, needs = available(spec)
+        notes = []
         if ok:
             try:
                 notes = check_model_files(spec)
             except ValueError as exc:
-                ok, needs, notes = False, str(exc), []
+                ok, needs = False, str(exc)
         status = "" if ok else f"  (not usable: {needs})"
         role = "instruct" if spec.variant == "fine-tuned" else "base"
         prompt = "chat" if spec.chat_template else "raw"
         print(f"{spec.name:<{width}}  {spec.family:<{fam}} {role:<11} {prompt:<6} "
               f"{spec.source}{status}")
-        for line in notes if ok else []:
+        for line in notes:
             print(f"  note: {line}")
     pairs = [f for f, variants in families.items() if variants == {"base", "fine-tuned"}]
     print(f"pairs compared (a base and an instruct model of one family): "
           f"{', '.join(pairs) if pairs else 'none; give the two models one family'}")
 
 
-def _preflight_sample(args: argparse.Namespace):
-    """Everything ``canopy sample`` can check before torch is imported (see
-    :mod:`canopy.preflight`): returns (model specs, sampling settings, runtime settings,
-    a function giving the prompts, output directory)."""
+def _sample_plan(args: argparse.Namespace) -> SimpleNamespace:
+    """``canopy sample``'s arguments as typed objects, every check run by the object's
+    owner before torch is imported or a model loaded: ``specs`` (model specs), ``config``
+    (:class:`~canopy.settings.SamplingConfig`), ``runtime``, ``prompts()`` (reads them),
+    ``out`` (the store directory, created), ``ray``, ``workers``."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from canopy import cache_dir, preflight
-    from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
+    from canopy import cache_dir
+    from canopy.entries import entry_specs
+    from canopy.experiment import DEFAULT_EXPERIMENT, load_experiment
+    from canopy.models import check_models
+    from canopy.prompts import check_prompt_files, read_prompts
+    from canopy.settings import Runtime, check_batch_memory, check_ray, check_sampling
+    from canopy.store import check_out_dir
 
     flags = {"rollouts": args.rollouts, "max_new_tokens": args.max_new_tokens,
              "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-             "seed": args.seed, "batch_size": args.batch_size}
+             "seed": args.seed, "batch_size": args.batch_size,
+             "prompts_per_task": args.prompts_per_task}
     runtime_flags = {"engine": args.engine, "device": args.device, "dtype": args.dtype,
                      "threads": args.threads}
-    preflight.check_sampling(flags)
-    preflight.check_prompts_per_task(args.prompts_per_task)
-    preflight.check_runtime(runtime_flags)
     if args.experiment or args.profile:
-        exp = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
-                                 args.profile or "default",
-                                 {**flags, **runtime_flags,
-                                  "prompts_per_task": args.prompts_per_task,
-                                  "out": args.out, "ray": args.ray, "workers": args.workers})
-        models, sampling, out = _model_entries(args) or exp["entries"], exp["sampling"], exp["out"]
-        args.ray, args.workers = exp["ray"], exp["workers"]  # flags win over the file
-        runtime, per_task = exp["runtime"], exp["prompts_per_task"]
-        files = [(exp["prompts_dir"] / f"{task}.jsonl", task) for task in exp["tasks"]]
+        exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
+                              {**flags, **runtime_flags,
+                               "out": args.out, "ray": args.ray, "workers": args.workers})
+        models, config, out, runtime = (_model_entries(args) or exp.entries, exp.sampling,
+                                        exp.out, exp.runtime)
+        stated = exp.runtime_stated
+        per_task, ray, workers = exp.prompts_per_task, exp.ray, exp.workers
+        files = [(exp.prompts_dir / f"{task}.jsonl", task) for task in exp.tasks]
     else:
         models = _model_entries(args)
         if not models:
@@ -132,79 +136,68 @@ def _preflight_sample(args: argparse.Namespace):
                              "or --experiment FILE")
         if not args.prompts:
             raise ValueError("give --prompts FILE.jsonl or --experiment FILE")
-        sampling = {k: v for k, v in flags.items() if v is not None}
-        sampling.setdefault("top_k", DEFAULT_TOP_K)
+        config = check_sampling(flags)
+        runtime = Runtime(**{k: v for k, v in runtime_flags.items() if v is not None})
+        stated = {k for k, v in runtime_flags.items() if v is not None}
         out = args.out or cache_dir() / "rollouts" / "cli"
-        runtime = {k: v for k, v in runtime_flags.items() if v is not None}
-        per_task, files = args.prompts_per_task, []
+        per_task, ray, workers, files = args.prompts_per_task, args.ray, args.workers, []
     if args.prompts:
         files = [(path, None) for path in args.prompts]
-    n_prompts = 0
-    for path, task in files:
-        found = preflight.prompt_records(path, task)
-        n_prompts += len(found[:per_task] if per_task else found)
-    preflight.check_sampling(sampling, n_prompts=n_prompts)
-    from canopy.entries import entry_specs
-
-    specs = preflight.check_models(
-        entry_specs(models, variant=args.variant, family=args.family,
-                    chat_template=args.chat_template),
-        max_new_tokens=sampling.get("max_new_tokens", 128))
+    n_prompts = check_prompt_files(files, per_task)
+    check_batch_memory(config, n_prompts)
+    if ray not in (None, False) or workers is not None:
+        check_ray(ray, workers, out)
+    specs = check_models(entry_specs(models, variant=args.variant, family=args.family,
+                                     chat_template=args.chat_template),
+                         max_new_tokens=config.max_new_tokens)
     # about 64 bytes per generated token in a shard (ids, four float32 statistics, text)
-    need = (len(specs) * n_prompts * sampling.get("rollouts", 8)
-            * sampling.get("max_new_tokens", 128) * 64)
-    out = preflight.check_out_dir(out, need_bytes=need)
+    need = len(specs) * n_prompts * config.rollouts * config.max_new_tokens * 64
+    out = check_out_dir(out, need_bytes=need)
 
     def prompts():
-        from canopy.prompts import read_prompts
-
         found = []
         for path, task in files:
             these = read_prompts(path, task)
             found.extend(these[:per_task] if per_task else these)
         return found
 
-    return specs, sampling, runtime, prompts, out
+    return SimpleNamespace(specs=specs, config=config, runtime=runtime, prompts=prompts,
+                           out=out, ray=ray, workers=workers, stated=stated)
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    specs, sampling, runtime, read, out = _preflight_sample(args)
-    from canopy.sampling import Runtime, SamplingConfig
-    from canopy.store import sample_to_store
-
-    config = SamplingConfig(**sampling)
-    runtime_settings, runtime = runtime, Runtime(**runtime)
-    _refuse_changed_configuration(specs, config, runtime, out, args,
-                                  {k for k, v in runtime_settings.items() if v is not None})
-    prompts = read()
-    table = sample_to_store(specs, prompts, config, out, runtime=runtime, progress=True,
-                            ray=args.ray, workers=args.workers)
+    plan = _sample_plan(args)
+    _refuse_changed_configuration(plan, args.resample)
     from canopy.model_files import beyond_tokenizer_lines
+    from canopy.run import sample_to_store
 
-    for line in beyond_tokenizer_lines(table, specs):
+    prompts = plan.prompts()
+    table = sample_to_store(plan.specs, prompts, plan.config, plan.out, runtime=plan.runtime,
+                            progress=True, ray=plan.ray, workers=plan.workers)
+    for line in beyond_tokenizer_lines(table, plan.specs):
         print(f"canopy sample: {line}")
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
-    print(f"canopy sample: {len(specs)} model(s) x {len(prompts)} prompts x {config.rollouts} "
-          f"rollouts = {len(table)} rollouts, {tokens} tokens "
+    print(f"canopy sample: {len(plan.specs)} model(s) x {len(prompts)} prompts x "
+          f"{plan.config.rollouts} rollouts = {len(table)} rollouts, {tokens} tokens "
           f"({info['reused_prompts']} prompt shards reused, {info['sampled_prompts']} sampled) "
-          f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {out}")
+          f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {plan.out}")
 
 
-def _refuse_changed_configuration(specs, config, runtime, out, args, stated: set) -> None:
+def _refuse_changed_configuration(plan: SimpleNamespace, resample: bool) -> None:
     """Stop (one line) when the store holds one of the models in another configuration,
     unless ``--resample``; before any model is loaded."""
     from canopy.store import changed_configuration_message, configuration_change
 
-    if args.resample:
+    if resample:
         return
-    on_ray = args.ray not in (None, False) or args.workers is not None
-    record = None if on_ray else runtime.record()  # on Ray the device is the workers'
-    for spec in specs:
-        found = configuration_change(out, spec, config, record, stated)
+    on_ray = plan.ray not in (None, False) or plan.workers is not None
+    record = None if on_ray else plan.runtime.record()  # on Ray: the workers' device
+    for spec in plan.specs:
+        found = configuration_change(plan.out, spec, plan.config, record, plan.stated)
         if found is not None and found[1]:
-            raise ValueError(changed_configuration_message(out, spec.name, *found,
+            raise ValueError(changed_configuration_message(plan.out, spec.name, *found,
                                                            "add --resample"))
 
 
@@ -214,44 +207,38 @@ def _cmd_score(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from canopy import cache_dir
     from canopy.entries import entry_spec
-    from canopy.models import load_model
-    from canopy.sampling import Runtime, SamplingConfig
-    from canopy.score import check_rows, read_rollouts_file, score_to_store
+    from canopy.models import check_models
+    from canopy.settings import (
+        DEFAULT_BATCH_SIZE, Runtime, check_integer, check_ray, check_sampling,
+    )
 
     entries = _model_entries(args)
     if len(entries) != 1:
         raise ValueError("canopy score takes one model (--models NAME or --model SPEC); "
                          "score another model in another run")
-    config = SamplingConfig(**{k: v for k, v in {
-        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-        "top_k": args.top_k, "top_p": args.top_p}.items() if v is not None})
-    batch_size = 16 if args.batch_size is None else args.batch_size
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be ≥ 1, got {batch_size}")
+    config = check_sampling({"max_new_tokens": args.max_new_tokens,
+                             "temperature": args.temperature, "top_k": args.top_k,
+                             "top_p": args.top_p})
+    batch_size = DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size
+    check_integer("--batch-size", batch_size, 1)
     runtime = Runtime(**{k: v for k, v in {"device": args.device, "dtype": args.dtype,
                                             "threads": args.threads}.items() if v is not None})
+    out = args.out or cache_dir() / "rollouts" / "scored"
     on_ray = args.ray is not None or args.workers is not None
-    if not on_ray:  # on Ray the device is resolved on the workers
+    if on_ray:  # on Ray the device is resolved on the workers
+        check_ray(args.ray, args.workers, out)
+    else:
         runtime.resolved()  # an unavailable device fails before anything is loaded
+    from canopy.run import score_to_store
+    from canopy.score import check_rows, read_rollouts_file
+
     table = read_rollouts_file(args.rollouts)
     check_rows(table)  # before the model is loaded
     spec = entry_spec(entries[0], variant=args.variant, family=args.family,
                       chat_template=args.chat_template)
-    from canopy.preflight import check_models
-
     check_models([spec])  # tokenizer files, chat template: before the model is loaded
-    out = args.out or cache_dir() / "rollouts" / "scored"
-    if on_ray:
-        from canopy.cluster import score_on_ray
-        from canopy.store import _ray_arguments
-
-        _ray_arguments([spec], out, args.ray, args.workers)
-        scored = score_on_ray(spec, table, config, out, batch_size=batch_size,
-                              address=args.ray, workers=args.workers, runtime=runtime)
-    else:
-        loaded = load_model(spec, runtime=runtime)
-        scored = score_to_store(loaded, table, config, out, batch_size=batch_size,
-                                progress=True)
+    scored = score_to_store(spec, table, config, out, batch_size=batch_size, progress=True,
+                            runtime=runtime, ray=args.ray, workers=args.workers)
     info = scored.attrs["canopy"]
     outside = int(scored["outside_support"].sum())
     print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
@@ -270,7 +257,7 @@ def _model_option(text: str):
     """A ``--model`` value: ``KEY=VALUE,…`` with the keys of an experiment file's model
     entry (``path``, ``name``, ``family``, ``variant``, ``chat_template``, ``dtype``) → a
     mapping (``chat_template`` read as true/false); a value without ``=`` is a plain
-    name or path, as in ``--models``."""
+    name or path, as in ``--models``. Parsed only: :mod:`canopy.entries` checks it."""
     if "=" not in text:
         return text
     entry = {}
@@ -294,7 +281,7 @@ def _model_option(text: str):
 def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = True) -> None:
     """``--models`` (names/paths) and ``--model`` (one entry with its role), and the
     flags that apply to plain names/paths."""
-    p.add_argument("--models", nargs="+", metavar="MODEL", required=False,
+    p.add_argument("--models", nargs="+", metavar="MODEL",
                    help="registry names, local directories, .gguf files or Hugging Face ids" +
                         ("" if many else " (one)"))
     p.add_argument("--model", action="append", type=_model_option, metavar="SPEC",
@@ -318,24 +305,28 @@ def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = True) -> None:
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
-    """The settings that define q_t, shared by ``sample`` and ``score``."""
-    p.add_argument("--max-new-tokens", type=_int, help="maximum generated tokens (default 128)")
-    p.add_argument("--temperature", type=_float, help="temperature > 0 (default 1.0)")
+    """The settings that define q_t, shared by ``sample`` and ``score`` (defaults: those
+    of :class:`canopy.settings.SamplingConfig`)."""
+    from canopy.settings import SamplingConfig
+
+    p.add_argument("--max-new-tokens", type=_int, help=f"maximum generated tokens (default {SamplingConfig.max_new_tokens})")
+    p.add_argument("--temperature", type=_float, help=f"temperature > 0 (default {SamplingConfig.temperature})")
     p.add_argument("--top-k", type=_int,
-                   help=f"top-k, 0 = off (default {DEFAULT_TOP_K}, the experiment file's and "
-                        "the paper's setting)")
-    p.add_argument("--top-p", type=_float, help="top-p in (0, 1], 1 = off (default 1.0)")
+                   help=f"top-k, 0 = off (default {SamplingConfig.top_k}, the paper's setting)")
+    p.add_argument("--top-p", type=_float, help=f"top-p in (0, 1], 1 = off (default {SamplingConfig.top_p})")
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, engine: bool) -> None:
+    from canopy.settings import DTYPES, ENGINES
+
     if engine:
-        p.add_argument("--engine", choices=["hf", "vllm"],
+        p.add_argument("--engine", choices=ENGINES,
                        help="decode loop: hf (built in, default) or vllm (optional extra, "
                             "install with `make env-vllm`)")
     p.add_argument("--device",
                    help="auto (default: CUDA when available, else CPU), cpu, cuda, cuda:N "
                         "or mps")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", choices=DTYPES,
                    help="weights dtype (default float32; statistics are always float32 from "
                         "the model's logits, but bfloat16/float16 logits are slightly "
                         "inexact)")
@@ -377,7 +368,7 @@ def _parse_value(text: str):
 
 
 def _cmd_book(args: argparse.Namespace) -> None:
-    from canopy import preflight
+    from canopy.book_checks import book_models, check_book
     from canopy.experiment import resolve_experiment
 
     params = {}
@@ -388,7 +379,7 @@ def _cmd_book(args: argparse.Namespace) -> None:
         if "experiment_file" in params:
             raise ValueError("--experiment and -p experiment_file name the same thing; give one")
         params["experiment_file"] = args.experiment
-    preflight.check_book(params, args.only, profile=args.profile)
+    check_book(params, args.only, profile=args.profile)
     if params.get("experiment_file") is not None:
         # absolute: the chapters run in the project root, not in this directory
         params["experiment_file"] = str(Path(str(params["experiment_file"])).resolve())
@@ -398,7 +389,7 @@ def _cmd_book(args: argparse.Namespace) -> None:
 
     book.check_parameters(params, experiment["models"], args.only)
     if book.uses_models(book.selected_chapters(args.only)):
-        preflight.book_models(experiment["entries"])
+        book_models(experiment["entries"])
     book.build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
 
@@ -475,8 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resample", action="store_true",
                    help="sample even when the store (--out) holds a model in another "
                         "configuration (other family, variant, chat template, sampling or "
-                        "runtime settings); without it that is an error naming both. The "
-                        "new configuration becomes the store's current one")
+                        "stated runtime settings); without it that is an error naming both. "
+                        "The new configuration becomes the store's current one")
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
     _add_ray_flags(p)

@@ -7,13 +7,13 @@
    CPU actors of ``T`` threads each, ``T`` = the runtime's threads or the cluster's CPUs
    // N, so that N·T CPUs are never oversubscribed) and each loads the model once (the
    first alone, so a GGUF is converted once into the shared cache).
-2. Each worker computes the configuration record (:func:`canopy.store.config_record`)
+2. Each worker computes the configuration record (:func:`canopy.engines.config_record`)
    where it runs; all must agree (same weights, tokenizer, runtime), and the driver
    opens the configuration directory with it and finds the shards still to do — the
    same functions as the single-process path (:mod:`canopy.store`).
 3. The prompts still to do are cut into *units* that preserve the single-process batch
    plan (:func:`shard_units`); the driver hands units to idle workers. A worker
-   runs the single-process routine on it (``canopy.store._fill_shards``: reuse valid
+   runs the single-process routine on it (:func:`canopy.store.fill_shards`: reuse valid
    shards, claim the others, sample them with the runtime's engine), which writes each
    shard atomically (temporary file + rename) into the same store. Only small summaries
    travel back to the driver; at the end the driver reads the shards from the store (so
@@ -41,6 +41,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from canopy import cache_dir
+from canopy.engines import config_record, load, sampler
+from canopy.sampling import plan_batches
+from canopy.score import (
+    plan_scoring, prepare_rollouts, rows_per_batch, score_record, score_shards,
+)
+from canopy.settings import Runtime
+from canopy.store import (
+    ShardError, fill_shards, finished_shards, gather, open_config, prompt_keys, read_shard,
+    shard_expectation, shard_path,
+)
+
 __all__ = ["shard_units", "row_units", "connect", "sample_on_ray", "score_on_ray",
            "ShardWorker"]
 
@@ -64,8 +76,6 @@ def shard_units(n_prompts: int, rollouts: int, batch_size: int) -> list[range]:
     ``batch_size`` dividing ``rollouts`` a unit is one prompt; in general it holds
     ``batch_size / gcd(rollouts, batch_size)`` prompts (fewer at the end).
     """
-    from canopy.sampling import plan_batches
-
     starts = [0]
     for batch in plan_batches(n_prompts, rollouts, batch_size):
         prompt, first, _ = batch[0]
@@ -143,10 +153,8 @@ class ShardWorker:
         os.environ.update(env)
         import torch
 
-        from canopy.store import _as_loaded
-
         self.runtime = runtime.resolved()  # on a GPU worker Ray has set CUDA_VISIBLE_DEVICES
-        self.loaded = _as_loaded(spec, self.runtime)
+        self.loaded = load(spec, self.runtime)
         self.threads = torch.get_num_threads()
 
     def ready(self) -> bool:
@@ -156,12 +164,9 @@ class ShardWorker:
     def info(self, config, engine: str = "sample") -> dict:
         """Where this worker runs and the configuration record it works under
         (``engine="score"``: the record of :func:`canopy.score.score_record`)."""
-        from canopy.store import config_record
-
         model = getattr(self.loaded, "model", None)
         device = str(next(model.parameters()).device) if model is not None else "?"
         if engine == "score":
-            from canopy.score import score_record
             record = score_record(self.loaded, config)
         else:
             record = config_record(self.loaded, config, self.runtime)
@@ -171,18 +176,14 @@ class ShardWorker:
     def prepare(self, rollouts, config, batch_size: int):
         """Rollouts to score, normalised (:func:`canopy.score.prepare_rollouts`), and the
         rows per teacher-forced pass."""
-        from canopy.score import prepare_rollouts, rows_per_batch
-
         return (prepare_rollouts(self.loaded, rollouts),
                 rows_per_batch(self.loaded, config, batch_size))
 
     def sample(self, prompts, config, config_dir: str, digest: str) -> dict:
         """Sample the prompts of one unit whose shards are not in the store yet, write
         their shards; return a summary (no rollouts travel back)."""
-        from canopy.store import _fill_shards, _sampler, shard_expectation
-
         started, count = time.perf_counter(), {"rollouts": 0, "tokens": 0}
-        engine = _sampler(self.runtime)
+        engine = sampler(self.runtime)
 
         def counting(loaded, prompts, config, *, skip=None, on_prompt=None, progress=False):
             def on(i, table):
@@ -191,16 +192,14 @@ class ShardWorker:
                 on_prompt(i, table)
             return engine(loaded, prompts, config, skip=skip, on_prompt=on, progress=progress)
 
-        _, sampled = _fill_shards(self.loaded, prompts, config, Path(config_dir),
-                                  shard_expectation(digest, config), counting, False)
+        _, sampled = fill_shards(self.loaded, prompts, config, Path(config_dir),
+                                 shard_expectation(digest, config), counting, False)
         return {"pid": os.getpid(), "shards": sampled, **count,
                 "seconds": time.perf_counter() - started}
 
     def score(self, todo, config, batch_size: int) -> dict:
         """Score one unit of shards (:func:`canopy.score.score_shards`) and write them; a
         retried unit is scored again whole, which rewrites the same bytes."""
-        from canopy.score import score_shards
-
         started = time.perf_counter()
         fresh = score_shards(self.loaded, todo, config, batch_size=batch_size)
         return {"pid": os.getpid(), "shards": len(fresh),
@@ -259,8 +258,6 @@ def _plan_workers(ray, runtime, workers: int | None) -> tuple[int, dict, int | N
 
 
 def _worker_env() -> dict:
-    from canopy import cache_dir
-
     env = {k: os.environ[k] for k in _ENV if k in os.environ}
     env["CANOPY_CACHE"] = str(cache_dir().resolve())
     return env
@@ -296,8 +293,6 @@ def _pool(ray, spec, runtime, workers):
 
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from canopy.sampling import Runtime
 
     runtime = runtime or Runtime(dtype=spec.dtype)
     n, resources, threads = _plan_workers(ray, runtime, workers)
@@ -348,15 +343,10 @@ def _infos(ray, actors, config, engine: str = "sample") -> list[dict]:
 
 
 def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progress):
-    from canopy.store import (
-        ShardError, finished_shards, gather, open_config, read_shard, shard_expectation,
-        shard_path,
-    )
-
     with _pool(ray, spec, runtime, workers) as actors:
         infos = _infos(ray, actors, config)
-        config_dir, digest = open_config(out, infos[0]["spec"], infos[0]["record"], prompts,
-                                         config)
+        config_dir, digest = open_config(out, infos[0]["spec"], infos[0]["record"],
+                                         prompt_keys(prompts), batch_size=config.batch_size)
         expect = shard_expectation(digest, config)
         done = finished_shards(config_dir, prompts, expect)
         units = deque(u for u in shard_units(len(prompts), config.rollouts, config.batch_size)
@@ -385,13 +375,10 @@ def _sample_model(ray, spec, prompts, config, out: Path, workers, runtime, progr
 def score_on_ray(spec, rollouts: pd.DataFrame, config, out, *, batch_size: int = 16,
                  address=True, workers: int | None = None, runtime=None,
                  progress: bool = True) -> pd.DataFrame:
-    """:func:`canopy.score.score_to_store` on Ray workers (``canopy score --ray``): the
+    """:func:`canopy.run.score_to_store` on Ray workers (``canopy score --ray``): the
     same store, the same scores (units of shards replay the single-process packing,
     :func:`row_units`). Returns the scored table; ``attrs["canopy"]`` holds
     ``{"reused_prompts", "scored_prompts", "workers"}``."""
-    from canopy.score import plan_scoring
-    from canopy.store import read_shard
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     ray = _ray()

@@ -3,7 +3,7 @@
 An experiment file::
 
     models: [gemma-3-270m, gemma-3-270m-sft, smollm2-135m-instruct]   # registry names/paths
-    # or, stating each model's role (canopy.models.entry_spec; paths relative to this file):
+    # or, stating each model's role (canopy.entries.entry_spec; paths relative to this file):
     # models:
     #   - {path: ../my-base, family: mine, variant: base}
     #   - {path: ../my-sft, family: mine, variant: instruct, chat_template: true}
@@ -14,10 +14,11 @@ An experiment file::
     ray: null                    # optional: true (a local Ray instance) or a cluster
     workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
     simulation_seeds: 200        # optional: simulated panels per scenario (chapter 6)
-    sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_k: 100, top_p: 1.0,
-               seed: 0, batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all
+    sampling: {rollouts: 8, max_new_tokens: 128, temperature: 1.0, top_p: 1.0, seed: 0,
+               batch_size: 16, prompts_per_task: 10}   # prompts_per_task null = all;
+               # left out: the defaults of canopy.settings.SamplingConfig (top_k 100)
     runtime: {engine: hf, device: auto, dtype: float32, threads: null}   # optional;
-               # these are the defaults (canopy.sampling.Runtime); threads null = default
+               # these are the defaults (canopy.settings.Runtime); threads null = default
     profiles:
       quick: {sampling: {rollouts: 4, max_new_tokens: 32, prompts_per_task: 2}}
       default: {}
@@ -32,17 +33,17 @@ Prompt files (``<prompts_dir>/<task>.jsonl``) are read by :mod:`canopy.prompts`.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
 from canopy.entries import check_entry, entry_name, entry_specs
 from canopy.models import ModelSpec
-from canopy.preflight import (
-    RUNTIME_KEYS, SAMPLING_KEYS, check_prompts_per_task, check_runtime, check_sampling,
-)
 from canopy.prompts import read_prompts
+from canopy.settings import (
+    RUNTIME_KEYS, SAMPLING_KEYS, Runtime, SamplingConfig, check_runtime, check_sampling,
+)
 
 __all__ = ["Experiment", "profile_names", "load_experiment", "resolve_experiment",
            "DEFAULT_EXPERIMENT"]
@@ -62,7 +63,7 @@ class Experiment:
     rollouts live. ``entries``: the models as written (names, paths or mappings:
     :func:`canopy.entries.entry_spec`; relative paths made absolute); ``models``: their
     names; ``specs``: how each is taken (family, variant, chat template), in the same
-    order."""
+    order. ``runtime_stated``: the runtime settings the file or the caller set."""
 
     models: list[str]
     tasks: list[str]
@@ -73,7 +74,7 @@ class Experiment:
     name: str = "experiment"
     profile: str = "default"
     raw: dict = field(default_factory=dict, repr=False)
-    runtime: Runtime = None  # canopy.sampling.Runtime; load_experiment always sets it
+    runtime: Runtime = field(default_factory=Runtime)
     ray: bool | str | None = None
     workers: int | None = None
     simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
@@ -96,27 +97,26 @@ class Experiment:
     def rollouts(self, *, progress: bool = True, resample: bool = False):
         """The experiment's rollouts, all models: read straight from the store when a
         model's shards are complete (no model is loaded: see
-        :func:`canopy.store.cached_rollouts`), sampled (resumably) otherwise.
+        :func:`canopy.run.cached_rollouts`), sampled (resumably) otherwise.
 
         When the store holds a model in another configuration (other family, variant,
-        chat template, sampling or runtime settings: :func:`canopy.store.configuration_change`)
-        this is a one-line ``ValueError`` naming both, unless ``resample`` (a chapter's
-        ``resample`` parameter: ``canopy book -p resample true``) asks to sample the
-        experiment's configuration (it then becomes the store's current one)."""
+        chat template, sampling settings or stated runtime settings:
+        :func:`canopy.store.configuration_change`) this is a one-line ``ValueError``
+        naming both, unless ``resample`` (a chapter's ``resample`` parameter: ``canopy
+        book -p resample true``) asks to sample the experiment's configuration (it then
+        becomes the store's current one)."""
         import pandas as pd
 
-        from canopy.sampling import Runtime
-        from canopy.store import (
-            cached_rollouts, changed_configuration_message, configuration_change,
-            sample_to_store,
-        )
+        from canopy.model_files import beyond_tokenizer_lines
+        from canopy.run import cached_rollouts, sample_to_store
+        from canopy.store import changed_configuration_message, configuration_change
 
         prompts, tables = self.prompts(), []
         for spec in self.specs:
             table = cached_rollouts(spec, prompts, self.sampling, self.out, self.runtime)
             if table is None and not resample:
                 try:
-                    record = (self.runtime or Runtime(dtype=spec.dtype)).record()
+                    record = self.runtime.record()
                 except ValueError:  # a device that is not here: sampling says so
                     record = None
                 found = configuration_change(self.out, spec, self.sampling, record,
@@ -132,8 +132,6 @@ class Experiment:
                                         ray=self.ray, workers=self.workers)
             tables.append(table)
         table = pd.concat(tables, ignore_index=True)
-        from canopy.model_files import beyond_tokenizer_lines
-
         for line in beyond_tokenizer_lines(table, self.specs):
             warnings.warn(line, stacklevel=2)
         return table
@@ -173,9 +171,7 @@ def load_experiment(path=None, profile: str = "default",
     """Read an experiment file (default ``data/experiments/default.yaml``), apply the
     ``profile`` and then ``overrides`` (top-level keys, or sampling and runtime keys given
     flat, e.g. ``{"models": [...], "rollouts": 4, "device": "cpu"}``; ``None`` values are
-    ignored)."""
-    from canopy.sampling import Runtime, SamplingConfig
-
+    ignored). Imports no torch: the CLI checks experiments with it."""
     resolved = resolve_experiment(path, profile, overrides)
     try:
         runtime = Runtime(**resolved["runtime"])
@@ -202,9 +198,9 @@ def profile_names(path=None) -> list[str]:
 
 def resolve_experiment(path=None, profile: str = "default",
                        overrides: dict | None = None) -> dict:
-    """:func:`load_experiment` without torch: a dict of the fields of
-    :class:`Experiment` (plus ``path``), with ``sampling`` and ``runtime`` plain dicts;
-    the sampling settings are checked by :func:`canopy.preflight.check_sampling`."""
+    """:func:`load_experiment` as a dict of the fields of :class:`Experiment` (plus
+    ``path``), with ``sampling`` and ``runtime`` plain dicts, checked by
+    :func:`canopy.settings.check_sampling` and :func:`canopy.settings.check_runtime`."""
     import yaml
 
     path = Path(path) if path is not None else DEFAULT_EXPERIMENT
@@ -242,10 +238,9 @@ def resolve_experiment(path=None, profile: str = "default",
     if unknown:
         raise ValueError(f"{path}: unknown sampling key(s) {sorted(unknown)}; "
                          f"allowed: {sorted(_SAMPLING_KEYS)}")
-    per_task = sampling.pop("prompts_per_task", None)
+    per_task = sampling.get("prompts_per_task")
     try:
-        check_prompts_per_task(per_task)
-        check_sampling(sampling)
+        sampling = asdict(check_sampling(sampling))  # every setting, defaults filled in
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     try:

@@ -220,8 +220,8 @@ def _teacher_responses(config: FinetuneConfig, prompts, out: Path, progress: boo
     cut after its last complete sentence (dropped if it has none).
     """
     from canopy.models import get_spec
-    from canopy.sampling import Runtime, SamplingConfig
-    from canopy.store import cached_rollouts, sample_to_store
+    from canopy.run import cached_rollouts, sample_to_store
+    from canopy.settings import Runtime, SamplingConfig
 
     sampling = SamplingConfig(rollouts=1, max_new_tokens=config.teacher_max_new_tokens,
                               temperature=config.teacher_temperature,
@@ -326,7 +326,7 @@ def finetune_hash(config: FinetuneConfig, pool_sha: str, runtime_record: dict,
                   base_signature: dict, pairs) -> str:
     """The 16-hex-digit hash that names a fine-tune result: everything that changes it —
     the settings, the prompt pool's sha256, :data:`RECIPE_VERSION`, the runtime
-    (:meth:`canopy.sampling.Runtime.record`: engine, device type, dtype, CPU threads),
+    (:meth:`canopy.settings.Runtime.record`: engine, device type, dtype, CPU threads),
     the base weights' :func:`~canopy.models.source_signature` and the teacher's
     (prompt, response) training and held-out pairs."""
     payload = json.dumps({"config": asdict(config), "pool_sha256": pool_sha,
@@ -433,7 +433,8 @@ def _mean_response_loss(model, examples, pad_id: int) -> float:
 def _stop_fraction(loaded, prompts, config: FinetuneConfig) -> float:
     """Fraction of rollouts on ``prompts`` that stop within ``eval_max_new_tokens``
     (temperature 1.0, top-k ``eval_top_k``, ``eval_rollouts`` per prompt)."""
-    from canopy.sampling import SamplingConfig, sample_prompts
+    from canopy.sampling import sample_prompts
+    from canopy.settings import SamplingConfig
 
     table = sample_prompts(loaded, prompts, SamplingConfig(
         rollouts=config.eval_rollouts, max_new_tokens=config.eval_max_new_tokens,
@@ -447,16 +448,16 @@ def finetune(config: FinetuneConfig | str = "default", *, progress: bool = True,
 
     ``config``: a :class:`FinetuneConfig` or a profile name (``default``, ``quick``).
     ``device``: where the teacher samples and the LoRA trains (``auto``: CUDA when
-    available, else CPU; see :class:`canopy.sampling.Runtime`); float32 always. The
+    available, else CPU; see :class:`canopy.settings.Runtime`); float32 always. The
     result's hash is :func:`finetune_hash` (runtime and thread count included); the
     teacher's responses come first (from the rollout store when cached).
-    ``threads``: CPU threads (default: :func:`canopy.sampling.default_threads`).
+    ``threads``: CPU threads (default: :func:`canopy.settings.default_threads`).
     A published result whose hash matches is reused unless ``force``. Interrupted runs
     resume from the last checkpoint (and the teacher's cached responses). Processes
     making the same fine-tune take turns (a file lock); the later ones reuse the result.
     """
     from canopy.models import get_spec
-    from canopy.sampling import Runtime
+    from canopy.settings import Runtime
 
     runtime = Runtime(device=device, threads=threads).resolved()
     if isinstance(config, str):

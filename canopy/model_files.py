@@ -6,7 +6,7 @@ A model saved with ``save_pretrained`` is a folder: ``config.json`` (its vocabul
 ``vocab.txt``) and, for a chat model, a chat template (``chat_template.jinja``,
 ``chat_template.json`` or the ``chat_template`` key of ``tokenizer_config.json``).
 :func:`check_model_files` turns three mistakes into one-line errors before anything is
-loaded (:func:`canopy.preflight.check_models` calls it):
+loaded (:func:`canopy.models.check_models` calls it):
 
 - a folder without tokenizer files (transformers would fail after loading the weights,
   without naming the folder);

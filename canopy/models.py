@@ -39,19 +39,22 @@ from pathlib import Path
 from typing import Any
 
 from canopy import cache_dir
+from canopy.gguf_files import check_gguf
+from canopy.prompts import render_prompt
+from canopy.settings import DTYPES, Runtime
 
 __all__ = [
     "ModelSpec", "LoadedModel", "REGISTRY", "register", "get_spec", "resolve_spec",
     "load_model", "available", "list_models", "stop_token_ids", "model_fingerprint",
-    "source_signature",
-    "render_prompt", "gguf_path", "tokenizer_record", "PROBE_PROMPT",
+    "source_signature", "gguf_path", "convert_gguf", "installed_gguf", "offline",
+    "hub_cached", "CONVERTED_MARKER", "context_length", "check_models", "check_gguf_source",
+    "tokenizer_record", "PROBE_PROMPT", "apply_gguf_bos", "TOKENIZER_NOTE",
 ]
 
 KINDS = ("package", "gguf", "dir", "hub", "adapter")
 VARIANTS = ("base", "fine-tuned")
-DTYPES = ("float32", "bfloat16", "float16")
 #: Marker written next to converted safetensors; records the GGUF it came from.
-_MARKER = "canopy-converted.json"
+CONVERTED_MARKER = "canopy-converted.json"
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ def resolve_spec(name_or_path: str, *, variant: str = "base",
     if _HUB_ID.fullmatch(name_or_path):
         # a Hugging Face id ("org/name", or a legacy bare one such as "gpt2"): usable
         # online or from the local cache; otherwise say so rather than "unknown"
-        if "/" in name_or_path or not _offline() or _hub_cached(name_or_path):
+        if "/" in name_or_path or not offline() or hub_cached(name_or_path):
             name = parts[-1]
             return ModelSpec(name=name, family=name, variant=variant, kind="hub",
                              source=name_or_path, chat_template=chat)
@@ -275,7 +278,8 @@ def resolve_spec(name_or_path: str, *, variant: str = "base",
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
-def _hub_cached(source: str) -> bool:
+
+def hub_cached(source: str) -> bool:
     """Whether the Hugging Face cache holds ``source``'s config.json (no network)."""
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -318,7 +322,7 @@ def list_models() -> list[dict[str, Any]]:
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
         ok, needs = available(spec)
-        converted = (cache_dir() / "models" / name / _MARKER).is_file()
+        converted = (cache_dir() / "models" / name / CONVERTED_MARKER).is_file()
         rows.append({"name": name, "family": spec.family, "variant": spec.variant,
                      "kind": spec.kind, "chat_template": spec.chat_template,
                      "available": ok, "converted": converted, "needs": needs})
@@ -347,7 +351,7 @@ def gguf_path(spec: ModelSpec) -> Path:
 class LoadedModel:
     """A model ready to sample: ``model`` (eval mode), ``tokenizer``, ``spec``,
     ``stop_ids`` (every id that ends a rollout), ``fingerprint`` (sha256 of the weights),
-    ``runtime`` (the resolved :class:`canopy.sampling.Runtime` it was loaded for; ``None``
+    ``runtime`` (the resolved :class:`canopy.settings.Runtime` it was loaded for; ``None``
     for models built by hand, read as the default CPU float32 runtime)."""
 
     model: Any
@@ -358,7 +362,8 @@ class LoadedModel:
     runtime: Any = None
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """Whether the Hugging Face hub is off (``HF_HUB_OFFLINE`` set)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
@@ -376,22 +381,23 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from canopy.locks import remove_dead_temporaries
-    from canopy.preflight import check_gguf
 
     src = gguf_path(spec)
     target = cache_dir() / "models" / spec.name
     signature = _gguf_signature(src)
-    marker = target / _MARKER
+    marker = target / CONVERTED_MARKER
     if not force and marker.is_file():
         try:
             if json.loads(marker.read_text()) == signature:
+                if not (target / TOKENIZER_NOTE).is_file():  # converted before the note existed
+                    _write_tokenizer_note(target, check_gguf(src)["add_bos_token"])
                 return target
         except (OSError, ValueError):
             pass
     remove_dead_temporaries(target.parent)  # of conversions that were killed
     tmp = target.with_name(f".{spec.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    check_gguf(src)
+    adds_bos = check_gguf(src)["add_bos_token"]
     damaged = (f"damaged GGUF file {src}: {{}}; reinstall the package that provides it"
                + (f" ({spec.install})" if spec.install else "") + " or download the file again")
     try:
@@ -410,11 +416,40 @@ def convert_gguf(spec: ModelSpec, *, force: bool = False) -> Path:
         delattr(model.config, "quantization_config")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / _MARKER).write_text(json.dumps(signature))
+    _write_tokenizer_note(tmp, adds_bos)
+    (tmp / CONVERTED_MARKER).write_text(json.dumps(signature))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
+
+
+#: File in a converted directory: what the GGUF says about its tokenizer that the
+#: conversion loses (``{"add_bos_token": bool}``; see :func:`apply_gguf_bos`).
+TOKENIZER_NOTE = "canopy-tokenizer.json"
+
+
+def _write_tokenizer_note(folder: Path, adds_bos: bool) -> None:
+    tmp = folder / f".{TOKENIZER_NOTE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"add_bos_token": bool(adds_bos)}))
+    os.replace(tmp, folder / TOKENIZER_NOTE)
+
+
+def apply_gguf_bos(tokenizer, folder) -> None:
+    """Make ``tokenizer`` (loaded from ``folder``) put BOS in front of a text when the
+    GGUF it was converted from says so (``tokenizer.ggml.add_bos_token``, kept in
+    ``folder/``:data:`TOKENIZER_NOTE`) and it does not already. transformers 5 converts
+    Gemma's GGUF tokenizer without BOS (4.57 added it), and Gemma prompted without
+    ``<bos>`` falls into loops; SmolLM2's GGUF says no BOS, and gets none. A folder
+    without the note (not converted from a GGUF) leaves the tokenizer as it is."""
+    note = Path(folder) / TOKENIZER_NOTE
+    if not note.is_file() or not json.loads(note.read_text()).get("add_bos_token"):
+        return
+    if tokenizer.bos_token_id is None:
+        return
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if probe[:1] != [tokenizer.bos_token_id]:
+        tokenizer.add_bos_token = True
 
 
 def _all_finite(model) -> bool:
@@ -440,6 +475,7 @@ def _load_dir(path: str | Path, *, local_only: bool, name: str):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32",
                                                      local_files_only=local_only)
+        apply_gguf_bos(tokenizer, path)
     except OSError as exc:
         if local_only and not Path(str(path)).exists():
             raise ValueError(f"model {path} is not available offline: set HF_HUB_OFFLINE=0 "
@@ -473,7 +509,7 @@ def source_signature(spec: ModelSpec) -> dict[str, Any]:
         return [str(path), path.stat().st_size, path.stat().st_mtime_ns] if path.exists() else [str(path)]
 
     if spec.kind in ("package", "gguf"):
-        return {"converted": stat(cache_dir() / "models" / spec.name / _MARKER)}
+        return {"converted": stat(cache_dir() / "models" / spec.name / CONVERTED_MARKER)}
     if spec.kind == "dir":
         return {"files": [stat(p) for p in sorted(spec.path().glob("*.safetensors"))
                           + sorted(spec.path().glob("*.bin")) + [spec.path() / "config.json"]]}
@@ -500,7 +536,7 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
                runtime=None) -> LoadedModel:
     """Load ``spec`` (or a name/path for :func:`resolve_spec`) for sampling.
 
-    ``runtime``: a :class:`canopy.sampling.Runtime` (device, dtype, threads); ``None``
+    ``runtime``: a :class:`canopy.settings.Runtime` (device, dtype, threads); ``None``
     means ``Runtime(dtype=spec.dtype)`` — CUDA when available, else CPU. The runtime is
     resolved (an unavailable device is a one-line error), its thread count applied, and
     stored in ``LoadedModel.runtime``. GGUF sources are converted once
@@ -509,8 +545,6 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
     the weights, not the runtime. Errors a user can cause are one-line ``ValueError`` /
     ``FileNotFoundError``.
     """
-    from canopy.sampling import Runtime
-
     if isinstance(spec, str):
         spec = resolve_spec(spec)
     runtime = (runtime or Runtime(dtype=spec.dtype)).resolved()
@@ -523,7 +557,7 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
     elif spec.kind == "dir":
         model, tokenizer = _load_dir(spec.path(), local_only=True, name=spec.name)
     elif spec.kind == "hub":
-        model, tokenizer = _load_dir(spec.source, local_only=_offline(), name=spec.name)
+        model, tokenizer = _load_dir(spec.source, local_only=offline(), name=spec.name)
     else:  # adapter
         from peft import PeftModel
 
@@ -555,30 +589,6 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
                        runtime=runtime)
 
 
-def render_prompt(tokenizer, text: str, chat_template: bool) -> tuple[str, list[int]]:
-    """(rendered text, token ids) given to the model for the prompt ``text``.
-
-    With ``chat_template`` the text is one user message rendered with the generation
-    prompt (the template writes any BOS itself); otherwise the raw text with the
-    tokenizer's special tokens, and the BOS id put first when the tokenizer has a BOS
-    distinct from its EOS and did not add it (transformers 5 converts Gemma's GGUF
-    tokenizer without adding BOS; Gemma without ``<bos>`` falls into loops).
-    """
-    if chat_template:
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    else:
-        rendered = text
-        ids = [int(i) for i in tokenizer(text, add_special_tokens=True)["input_ids"]]
-        bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
-        if bos is not None and bos != eos and ids[:1] != [int(bos)]:
-            ids = [int(bos)] + ids
-    if not ids:
-        raise ValueError("the prompt renders to zero tokens; give a non-empty prompt")
-    return rendered, [int(i) for i in ids]
-
-
 #: The prompt whose token ids the configuration record keeps (see :func:`tokenizer_record`).
 PROBE_PROMPT = "Name three colours, then stop."
 
@@ -601,3 +611,89 @@ def tokenizer_record(tokenizer, chat_template: bool) -> dict[str, Any]:
             "chat_template_sha256": hashlib.sha256((template or "").encode()).hexdigest(),
             "definition_sha256": hashlib.sha256(definition.encode()).hexdigest(),
             "probe_ids": render_prompt(tokenizer, PROBE_PROMPT, chat_template)[1]}
+
+
+# ------------------------------------------------------ checks before anything is loaded
+
+
+def context_length(spec) -> int | None:
+    """The longest sequence a model takes (``max_position_embeddings`` of its config, or
+    the GGUF header's context length), or ``None`` when it is not cheap to know."""
+    if spec.kind == "adapter":
+        return context_length(get_spec(spec.base))
+    if spec.kind in ("package", "gguf"):
+        folder = cache_dir() / "models" / spec.name
+    elif spec.kind == "dir":
+        folder = spec.path()
+    else:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config") or config
+    value = config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_models(specs, *, max_new_tokens: int | None = None, need_fresh: bool = True) -> list:
+    """Check that every model (specs: :func:`canopy.entries.entry_specs`) loads offline
+    now, before the first is loaded, with its tokenizer files and chat template
+    (:func:`canopy.model_files.check_model_files`; its notes go to stderr); returns the
+    specs. ``need_fresh``: also check the files a first load converts (GGUFs)."""
+    import sys
+
+    from canopy.model_files import check_model_files
+
+    checked = []
+    for spec in specs:
+        name = spec.name
+        if spec.kind == "hub":
+            if offline() and not hub_cached(spec.source):
+                where = ("neither a local path (no such directory) nor, as a Hugging Face "
+                         "id, available offline" if "/" in spec.source
+                         else "not available offline")
+                raise ValueError(f"model {spec.source} is {where}: set HF_HUB_OFFLINE=0 or "
+                                 "give a local path")
+        else:
+            ok, needs = available(spec)
+            if not ok:
+                raise ValueError(f"model {name} is not available: {needs}")
+        for line in check_model_files(spec):
+            print(f"canopy: note: {line}", file=sys.stderr)
+        header = check_gguf_source(spec) if need_fresh else None
+        if max_new_tokens is not None:
+            limit = context_length(spec) or (header or {}).get("context_length")
+            if limit is not None and max_new_tokens > limit:
+                raise ValueError(f"max_new_tokens {max_new_tokens} is more than the context "
+                                 f"of model {name} ({limit} tokens); lower --max-new-tokens")
+        checked.append(spec)
+    return checked
+
+
+def check_gguf_source(spec: ModelSpec) -> dict | None:
+    """For a GGUF model not converted yet: the file is intact (header and length; for a
+    packaged file also its sha256 from the package's RECORD). Returns the header
+    (:func:`check_gguf`) when it was read."""
+    if spec.kind == "adapter":
+        return check_gguf_source(get_spec(spec.base))
+    if spec.kind not in ("package", "gguf"):
+        return None
+    if (cache_dir() / "models" / spec.name / CONVERTED_MARKER).is_file():
+        return None  # converted: the file was read whole once already
+    path, expected = installed_gguf(spec)
+    if path is None:
+        return None  # made on first load (gemma's assembled file); verified then
+    header = check_gguf(path)
+    if expected is not None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            raise ValueError(f"damaged GGUF file {path}: its sha256 differs from the "
+                             f"package's record; reinstall it: "
+                             f"{spec.install.replace('pip install', 'pip install --force-reinstall')}")
+    return header

@@ -39,171 +39,33 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from canopy.preflight import check_runtime
-from canopy.prompts import Prompt
+from canopy.prompts import Prompt, render_prompts
+from canopy.settings import Runtime, SamplingConfig, default_threads
+from canopy.store import ROLLOUT_SCHEMA_COLUMNS, progress_bar
 
 __all__ = [
-    "SamplingConfig", "process_logits", "entropy", "rollout_seed",
-    "rollout_uniforms", "sample_batch", "plan_batches", "sample_prompts",
-    "ROLLOUT_SCHEMA_COLUMNS", "Runtime", "default_threads", "model_forward",
+    "process_logits", "entropy", "rollout_seed", "rollout_uniforms", "sample_batch",
+    "plan_batches", "sample_prompts", "ALGORITHM_VERSION",
+    "model_forward", "BatchResult", "Finished", "rollout_rows",
+    # defined in canopy.settings and canopy.store, named here for the sampling API's users
+    "SamplingConfig", "Runtime", "ROLLOUT_SCHEMA_COLUMNS",
 ]
+
+default_threads()  # pin torch's own default thread count before anyone changes it
 
 #: Bump when the sampling algorithm or prompt rendering changes in a way that changes
 #: results; cached rollouts of another version are resampled, never reused.
-#: 2: raw prompts start with the tokenizer's BOS (:func:`canopy.models.render_prompt`).
+#: 2: a tokenizer converted from a GGUF puts BOS in front of raw prompts when the GGUF
+#: says so (:func:`canopy.models.apply_gguf_bos`; Gemma did not get it under transformers 5).
 ALGORITHM_VERSION = 2
-
-ROLLOUT_SCHEMA_COLUMNS = (
-    "model", "family", "variant", "task", "prompt_id", "rollout_id", "prompt_text",
-    "prompt_token_ids", "token_ids", "text", "step_entropy", "step_logprob",
-    "step_entropy_raw", "step_stop_logprob", "length", "truncated", "summed_entropy",
-    "surprisal",
-)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Sampling settings. ``rollouts``: M per prompt (≥ 1). ``max_new_tokens``: T_max.
-    ``temperature`` > 0. ``top_k`` ≥ 0 (0 = off). ``top_p`` in (0, 1] (1 = off).
-    ``seed``: integer ≥ 0. ``batch_size``: rows (rollouts) per forward pass; it does not
-    change the distribution (see the module docstring on determinism)."""
-
-    rollouts: int = 8
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        def integer(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be ≥ {low}, got {value}")
-
-        integer("rollouts", 1)
-        integer("max_new_tokens", 1)
-        integer("top_k", 0)
-        integer("seed", 0)
-        integer("batch_size", 1)
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be > 0 (greedy decoding is not sampling), "
-                             f"got {self.temperature}")
-        if not (0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    def distribution(self) -> dict:
-        """The settings that define the sampled distribution (batch_size excluded)."""
-        d = asdict(self)
-        d.pop("batch_size")
-        return d
-
-
-# ------------------------------------------------------------------------ the runtime
-
-#: torch's own intra-op thread count as found when canopy was imported (it honours
-#: ``OMP_NUM_THREADS``); the default of :attr:`Runtime.threads`, capped by the CPUs this
-#: process may use.
-_TORCH_DEFAULT_THREADS = torch.get_num_threads()
-
-
-def default_threads() -> int:
-    """The CPU thread count used when none is given: what torch would use on an idle
-    machine (its default, which honours ``OMP_NUM_THREADS``), capped by the CPUs this
-    process may run on. Deterministic (it does not look at the load), so it can go into
-    the configuration hash. Robustness on a busy machine comes from OpenMP's passive
-    wait policy, set in :mod:`canopy` before torch is imported (see README, Threads)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
-    return max(1, min(_TORCH_DEFAULT_THREADS, usable))
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how a model runs: settings that can change results by floating-point
-    rounding but do not define the sampled distribution.
-
-    ``engine``: ``"hf"`` (the built-in decode loop on transformers) or ``"vllm"``
-    (:mod:`canopy.vllm_engine`, optional). ``device``: ``auto`` (CUDA when available,
-    else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. ``dtype``: of the weights,
-    ``float32`` (default), ``bfloat16`` or ``float16``; statistics are always computed in
-    float32 from the logits the model produced. ``threads``: CPU threads (``None``:
-    :func:`default_threads`). Use :meth:`resolved` for the concrete device and threads.
-    """
-
-    engine: str = "hf"
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        threads = self.threads
-        if isinstance(threads, np.integer):
-            object.__setattr__(self, "threads", threads := int(threads))
-        check_runtime(asdict(self))
-
-    def resolved(self) -> "Runtime":
-        """The same runtime with a concrete ``device`` (``auto`` resolved; an unavailable
-        device is a one-line ``ValueError``) and ``threads`` (the default filled in)."""
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {device!r} requested but CUDA is not available "
-                                 "(torch.cuda.is_available() is False); use --device cpu")
-            index = int(device.split(":")[1]) if ":" in device else 0
-            if index >= torch.cuda.device_count():
-                raise ValueError(f"device {device!r} requested but only "
-                                 f"{torch.cuda.device_count()} CUDA device(s) exist")
-        elif device == "mps" and not (getattr(torch.backends, "mps", None)
-                                      and torch.backends.mps.is_available()):
-            raise ValueError("device 'mps' requested but MPS is not available; use --device cpu")
-        threads = self.threads if self.threads is not None else default_threads()
-        return Runtime(engine=self.engine, device=device, dtype=self.dtype, threads=int(threads))
-
-    @property
-    def device_type(self) -> str:
-        """``cpu``, ``cuda`` or ``mps`` (``auto`` resolved)."""
-        return self.resolved().device.split(":")[0] if self.device == "auto" else self.device.split(":")[0]
-
-    def record(self) -> dict:
-        """What goes into the configuration hash: engine, device type, dtype and, on CPU,
-        the thread count (CPU kernels split reductions by thread, so results differ by
-        ~1e-5 nats between thread counts; on a GPU the CPU threads do not touch the math).
-        """
-        r = self.resolved()
-        kind = r.device.split(":")[0]
-        return {"engine": r.engine, "device_type": kind, "dtype": r.dtype,
-                "threads": r.threads if kind == "cpu" else None}
-
-    def apply(self) -> None:
-        """Set torch's intra-op thread count to the resolved ``threads``."""
-        threads = self.resolved().threads
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-    def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[self.dtype]
 
 
 # ------------------------------------------------------------------ the distribution
@@ -505,7 +367,10 @@ def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
     """Sample ``config.rollouts`` rollouts for every prompt with a loaded model.
 
     ``loaded``: a :class:`canopy.models.LoadedModel`. ``skip(i)``: prompt ``i`` is
-    already done (its rows are not returned; batches of done prompts only are skipped).
+    done or taken by another run (its rows are not returned; batches of such prompts
+    only are skipped). It is asked when a batch holding the prompt is reached, so a
+    ``skip`` that claims the prompt (:func:`canopy.store.fill_shards`) claims it just
+    before sampling it and concurrent runs split the prompts.
     ``on_prompt(i, table)`` is called as soon as prompt ``i``'s rollouts are complete.
     ``progress``: True for a tqdm bar, or a tqdm instance to update. Returns the rollout
     table of the prompts sampled here (one row per rollout, columns
@@ -514,14 +379,15 @@ def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
     spec, tok, model = loaded.spec, loaded.tokenizer, loaded.model
     rendered = render_prompts(prompts, tok, spec.chat_template)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else loaded.stop_ids[0]
-    skip = skip or (lambda i: False)
-    finished = Finished(progress, len(prompts), sum(1 for i in range(len(prompts)) if skip(i)),
-                        spec.name, on_prompt)
+    finished = Finished(progress, len(prompts), spec.name, on_prompt)
+    skipping = finished.skipper(skip)
     stop_set = set(loaded.stop_ids)
     pending: dict[int, _Pending] = {}
     try:
         for batch in plan_batches(len(prompts), config.rollouts, config.batch_size):
-            if all(skip(p) for p, _, _ in batch):
+            # asked as each batch is reached, never up front: skip() may take a claim
+            skipped = {p: skipping(p) for p, _, _ in batch}
+            if all(skipped.values()):
                 continue
             uniforms = rollout_uniforms(
                 [rollout_seed(config.seed, prompts[p].task, prompts[p].prompt_id, r)
@@ -532,10 +398,10 @@ def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
                 top_k=config.top_k, top_p=config.top_p, pad_id=pad_id)
             row = 0
             for p, a, b in batch:
-                part = _rows(result, row, row + (b - a), a, spec, prompts[p], rendered[p],
-                             tok, stop_set)
+                part = rollout_rows(result, row, row + (b - a), a, spec, prompts[p],
+                                    rendered[p], tok, stop_set)
                 row += b - a
-                if skip(p):
+                if skipped[p]:
                     continue
                 entry = pending.setdefault(p, _Pending())
                 entry.parts[a] = part
@@ -548,35 +414,35 @@ def sample_prompts(loaded, prompts: Sequence[Prompt], config: SamplingConfig, *,
     return finished.table()
 
 
-def render_prompts(prompts: Sequence[Prompt], tokenizer, chat_template: bool
-                   ) -> list[tuple[str, list[int]]]:
-    """Each prompt rendered as the model sees it, ``(text, token ids)``
-    (:func:`canopy.models.render_prompt`); a duplicate ``(task, prompt_id)`` is a one-line
-    error (ids name the shards)."""
-    from canopy.models import render_prompt
-
-    seen: set[tuple[str, str]] = set()
-    for p in prompts:
-        if (p.task, p.prompt_id) in seen:
-            raise ValueError(f"duplicate prompt id {p.prompt_id!r} in task {p.task!r}")
-        seen.add((p.task, p.prompt_id))
-    return [render_prompt(tokenizer, p.text, chat_template) for p in prompts]
-
-
 class Finished:
     """The prompts an engine has finished: each prompt's rows become its rollout table,
     handed to ``on_prompt(i, table)`` at once, and the progress bar (``progress``: True,
-    a tqdm instance, or False) advances with rollouts/s and tokens/s. ``done``: prompts
-    already finished before (skipped). Shared by every engine's ``sample_prompts``."""
+    a tqdm instance, or False) advances with rollouts/s and tokens/s; skipped prompts
+    (:meth:`skipper`) advance it too. Shared by every engine's ``sample_prompts``."""
 
-    def __init__(self, progress, total: int, done: int, name: str,
+    def __init__(self, progress, total: int, name: str,
                  on_prompt: Callable[[int, pd.DataFrame], None] | None = None) -> None:
-        self.bar, self._own_bar = _progress_bar(progress, total, name)
-        if self.bar is not None:
-            self.bar.update(done)
+        self.bar, self._own_bar = progress_bar(progress, total, name)
         self.on_prompt = on_prompt
         self.tables: list[pd.DataFrame] = []
         self.started, self.rollouts, self.tokens = time.perf_counter(), 0, 0
+
+    def skipper(self, skip: Callable[[int], bool] | None) -> Callable[[int], bool]:
+        """``skip`` asked at most until it says yes for a prompt (then remembered), each
+        skipped prompt advancing the bar once."""
+        skipped: set[int] = set()
+
+        def skipping(index: int) -> bool:
+            if index in skipped:
+                return True
+            if skip is None or not skip(index):
+                return False
+            skipped.add(index)
+            if self.bar is not None:
+                self.bar.update(1)
+            return True
+
+        return skipping
 
     def add(self, index: int, rows: list[dict]) -> None:
         """Prompt ``index`` is complete with these rollout rows (rollout order)."""
@@ -603,17 +469,12 @@ class Finished:
         return pd.concat(self.tables, ignore_index=True)
 
 
-def _progress_bar(progress, total: int, name: str):
-    if progress is True:
-        from tqdm.auto import tqdm
-        return tqdm(total=total, desc=f"sample {name}", unit="prompt"), True
-    if progress:
-        return progress, False
-    return None, False
-
-
-def _rows(result: BatchResult, lo: int, hi: int, first_rollout: int, spec, prompt: Prompt,
-          rendered: tuple[str, list[int]], tok, stop_set: set[int]) -> list[dict]:
+def rollout_rows(result: BatchResult, lo: int, hi: int, first_rollout: int, spec,
+                 prompt: Prompt, rendered: tuple[str, list[int]], tok,
+                 stop_set: set[int]) -> list[dict]:
+    """The rollout-table rows (:data:`ROLLOUT_SCHEMA_COLUMNS`) of rows ``lo..hi-1`` of a
+    :class:`BatchResult`, all of ``prompt`` (``rendered``: its text and ids), rollout ids
+    from ``first_rollout``; the text leaves out a final stop token."""
     rows = []
     for k, r in enumerate(range(lo, hi)):
         n = int(result.lengths[r])

@@ -36,13 +36,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from canopy.sampling import (
-    ROLLOUT_SCHEMA_COLUMNS, SamplingConfig, entropy, model_forward, process_logits,
-)
+from canopy.engines import config_record
+from canopy.prompts import render_prompt
+from canopy.sampling import ROLLOUT_SCHEMA_COLUMNS, entropy, model_forward, process_logits
+from canopy.settings import SamplingConfig
+from canopy.store import ShardError, now, open_config, read_shard, shard_path, write_shard
 
-__all__ = ["score_rollouts", "read_rollouts_file", "row_place", "check_rows", "prepare_rollouts",
-           "rows_per_batch", "score_record", "plan_scoring", "score_shards",
-           "score_to_store"]
+__all__ = ["score_rollouts", "read_rollouts_file", "row_place", "check_rows",
+           "prepare_rollouts", "rows_per_batch", "score_record", "plan_scoring",
+           "score_shards"]
 
 #: Why an empty completion text cannot be scored, and the fix.
 EMPTY_COMPLETION = (
@@ -149,8 +151,6 @@ def prepare_rollouts(loaded, table: pd.DataFrame) -> pd.DataFrame:
     distinct prompts of its task in order of appearance; ``rollout_id`` = the row's rank
     among its prompt's rows. Bad rows are one-line ``ValueError``\\ s naming the row.
     """
-    from canopy.models import render_prompt
-
     tok, spec = loaded.tokenizer, loaded.spec
     head = loaded.model.get_output_embeddings() if hasattr(loaded.model, "get_output_embeddings") else None
     vocab = head.weight.shape[0] if head is not None else None
@@ -295,7 +295,7 @@ def score_rollouts(loaded, rollouts: pd.DataFrame, config: SamplingConfig, *,
     ``step_logprob`` is NaN). Rules for stops and truncation: module docstring.
     """
     if not isinstance(config, SamplingConfig):
-        raise ValueError("config must be a canopy.sampling.SamplingConfig")
+        raise ValueError("config must be a canopy.settings.SamplingConfig")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     needed = {"task", "prompt_id", "rollout_id", "prompt_text", "prompt_token_ids", "token_ids"}
@@ -393,8 +393,6 @@ def rows_per_batch(loaded, config: SamplingConfig, batch_size: int) -> int:
 def score_record(loaded, config: SamplingConfig) -> dict:
     """The configuration record of scored rollouts: engine ``"score"``, without the
     sampling keys scoring does not use (``rollouts``, ``seed``)."""
-    from canopy.store import config_record
-
     record = config_record(loaded, config, engine="score")
     for key in ("rollouts", "seed"):  # not used by scoring
         record["sampling"].pop(key, None)
@@ -402,34 +400,16 @@ def score_record(loaded, config: SamplingConfig) -> dict:
 
 
 def plan_scoring(record: dict, spec, table: pd.DataFrame, out) -> tuple[list, list]:
-    """Open the configuration directory of ``record`` under ``out`` (manifest, the
-    model's ``current.json``) and split the prepared ``table`` by (task, prompt) into
-    ``done`` (valid shards already there, as tables) and ``todo`` (``(task, prompt_id,
-    group, expect, path)`` in table order). Shared by :func:`score_to_store` and the Ray
+    """Open the configuration directory of ``record`` under ``out``
+    (:func:`canopy.store.open_config`, keyed by each prompt's rendered ids and
+    completions) and split the prepared ``table`` by (task, prompt) into ``done`` (valid
+    shards already there, as tables) and ``todo`` (``(task, prompt_id, group, expect,
+    path)`` in table order). Shared by :func:`canopy.run.score_to_store` and the Ray
     workers (:mod:`canopy.cluster`)."""
-    from canopy.store import (
-        ShardError, _now, _safe, _versions, _write_json, config_hash, read_shard, shard_path,
-        source_signature,
-    )
-
-    digest = config_hash(record)
-    model_dir = Path(out) / _safe(spec.name)
-    config_dir = model_dir / digest[:12]
-    config_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = config_dir / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    except ValueError:
-        manifest = {}
     groups = list(table.groupby(["task", "prompt_id"], sort=False))
     keys = {(t, p): _prompt_digest(g) for (t, p), g in groups}
-    manifest.update({"config_hash": digest, "config": record, "spec": spec.describe(),
-                     "source_signature": source_signature(spec),
-                     "package_versions": _versions(), "updated": _now()})
-    manifest.setdefault("created", manifest["updated"])
-    manifest.setdefault("prompts", {}).update({f"{t}/{p}": k for (t, p), k in keys.items()})
-    _write_json(manifest_path, manifest)
-    _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
+    config_dir, digest = open_config(out, spec, record,
+                                     {f"{t}/{p}": k for (t, p), k in keys.items()})
     done, todo = [], []
     for (task, pid), group in groups:
         expect = {"config_hash": digest, "prompt_sha256": keys[(task, pid)],
@@ -450,8 +430,6 @@ def score_shards(loaded, todo: list, config: SamplingConfig, *, batch_size: int 
     """Score the ``todo`` shards of :func:`plan_scoring` in one :func:`score_rollouts`
     call (rows packed in ``todo`` order) and write each shard atomically; returns their
     tables."""
-    from canopy.store import _now, write_shard
-
     if not todo:
         return []
     pending = pd.concat([g for _, _, g, _, _ in todo], ignore_index=True)
@@ -460,22 +438,6 @@ def score_shards(loaded, todo: list, config: SamplingConfig, *, batch_size: int 
     for task, pid, _, expect, path in todo:
         part = scored[(scored["task"] == task) & (scored["prompt_id"] == pid)]
         part = part.sort_values("rollout_id").reset_index(drop=True)
-        write_shard(path, part, {**expect, "task": task, "prompt_id": pid, "written": _now()})
+        write_shard(path, part, {**expect, "task": task, "prompt_id": pid, "written": now()})
         fresh.append(part)
     return fresh
-
-
-def score_to_store(loaded, rollouts: pd.DataFrame, config: SamplingConfig, out, *,
-                   batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
-    """Score ``rollouts`` and write them to the resumable store under ``out`` (same
-    layout as :func:`canopy.store.sample_to_store`, engine ``"score"`` in the
-    configuration record, one shard per (task, prompt) keyed by its prompt and
-    completions). Finished shards are reused. Returns the scored table;
-    ``attrs["canopy"]`` holds ``{"reused_prompts", "scored_prompts"}``. On Ray workers:
-    :func:`canopy.cluster.score_on_ray` (``canopy score --ray``)."""
-    table = prepare_rollouts(loaded, rollouts)
-    done, todo = plan_scoring(score_record(loaded, config), loaded.spec, table, out)
-    fresh = score_shards(loaded, todo, config, batch_size=batch_size, progress=progress)
-    result = pd.concat(done + fresh, ignore_index=True)
-    result.attrs["canopy"] = {"reused_prompts": len(done), "scored_prompts": len(todo)}
-    return result

@@ -95,7 +95,7 @@ def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL, device: str | None = Non
     if device == "auto":  # sentence-transformers' own choice: CUDA, then MPS, then CPU
         device = None
     if device is not None:
-        from canopy.sampling import Runtime
+        from canopy.settings import Runtime
         device = Runtime(device=device).resolved().device  # one-line error if unavailable
     key = f"{model}|{device}"
     if key not in _EMBEDDERS:

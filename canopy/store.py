@@ -37,30 +37,38 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from canopy.digests import digest_meta, skips_page_checksums, verify
 from canopy.locks import Claims, remove_dead_temporaries, store_lock
-from canopy.models import source_signature, tokenizer_record
-from canopy.prompts import Prompt, as_prompts
-from canopy.sampling import (
-    ALGORITHM_VERSION, ROLLOUT_SCHEMA_COLUMNS, Runtime, SamplingConfig,
-    sample_prompts,
-)
+from canopy.models import source_signature
+from canopy.prompts import Prompt
+from canopy.settings import SamplingConfig, check_integer
 
-__all__ = ["sample_to_store", "load_rollouts", "cached_rollouts", "configuration_change",
-           "changed_configuration_message", "config_record", "config_hash", "shard_path",
-           "read_shard", "write_shard", "ShardError", "damaged_shards",
-           "open_config", "shard_expectation", "finished_shards", "gather", "read_verified",
-           "store_shards", "damaged_message"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["load_rollouts", "config_hash", "shard_path", "read_shard", "read_verified",
+           "write_shard", "ShardError", "damaged_shards", "damaged_message", "store_shards",
+           "open_config", "prompt_keys", "shard_expectation", "finished_shards",
+           "fill_shards", "gather", "configuration_change", "changed_configuration_message",
+           "safe_name", "now", "package_versions", "write_json",
+           "check_out_dir", "check_metrics", "progress_bar", "ROLLOUT_SCHEMA_COLUMNS"]
 
 _META_KEY = b"canopy"
+
+#: The columns of a rollout table and of every shard (format: :mod:`canopy.entropy`).
+ROLLOUT_SCHEMA_COLUMNS = (
+    "model", "family", "variant", "task", "prompt_id", "rollout_id", "prompt_text",
+    "prompt_token_ids", "token_ids", "text", "step_entropy", "step_logprob",
+    "step_entropy_raw", "step_stop_logprob", "length", "truncated", "summed_entropy",
+    "surprisal",
+)
 
 
 class ShardError(Exception):
@@ -70,49 +78,15 @@ class ShardError(Exception):
 # ------------------------------------------------------------------------ configuration
 
 
-def _runtime_of(loaded, runtime: Runtime | None = None) -> Runtime:
-    """The runtime a loaded model runs under: ``runtime`` if given, else the one it was
-    loaded for, else (a model built by hand) CPU, the spec's dtype and torch's current
-    thread count."""
-    found = runtime or getattr(loaded, "runtime", None)
-    if found is None:
-        import torch
-        found = Runtime(device="cpu", dtype=getattr(loaded.spec, "dtype", "float32"),
-                        threads=torch.get_num_threads())
-    return found.resolved()
-
-
-def config_record(loaded, config: SamplingConfig, runtime: Runtime | None = None, *,
-                  engine: str | None = None) -> dict:
-    """The dict whose hash names a configuration directory (see the module docstring).
-
-    ``runtime`` (default: the one the model was loaded for) adds ``{"engine",
-    "device_type", "dtype", "threads"}`` (threads on CPU only), so runs on another
-    engine, device type, dtype or CPU thread count never share shards. ``engine``
-    overrides the recorded engine (``"score"`` for :mod:`canopy.score`).
-    """
-    spec, tok = loaded.spec, loaded.tokenizer
-    record_runtime = _runtime_of(loaded, runtime).record()
-    if engine is not None:
-        record_runtime["engine"] = engine
-    return {
-        "algorithm_version": ALGORITHM_VERSION,
-        "runtime": record_runtime,
-        "model": {"name": spec.name, "family": spec.family, "variant": spec.variant,
-                  "dtype": record_runtime["dtype"], "chat_template": spec.chat_template},
-        "fingerprint": loaded.fingerprint,
-        "tokenizer": tokenizer_record(tok, spec.chat_template),
-        "stop_ids": list(loaded.stop_ids),
-        "sampling": config.distribution(),
-    }
-
-
 def config_hash(record: dict) -> str:
     """sha256 (hex) of the canonical JSON of ``record``."""
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _versions() -> dict:
+def package_versions() -> dict:
+    """The versions of canopy and the packages its numbers depend on (for manifests)."""
+    import pandas as pd
+
     import numpy
     import torch
     import transformers
@@ -123,11 +97,13 @@ def _versions() -> dict:
             "pandas": pd.__version__, "python": platform.python_version()}
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now, UTC, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` as JSON atomically (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
@@ -136,7 +112,7 @@ def _write_json(path: Path, data: dict) -> None:
 # ------------------------------------------------------------------------------ shards
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     """A file-system-safe, collision-free name for a task or prompt id."""
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", name):
         return name
@@ -146,7 +122,7 @@ def _safe(name: str) -> str:
 
 def shard_path(config_dir: Path, task: str, prompt_id: str) -> Path:
     """Where the shard of (task, prompt_id) lives in a configuration directory."""
-    return Path(config_dir) / _safe(str(task)) / f"{_safe(str(prompt_id))}.parquet"
+    return Path(config_dir) / safe_name(str(task)) / f"{safe_name(str(prompt_id))}.parquet"
 
 
 def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
@@ -217,43 +193,47 @@ def _shard_meta(schema) -> dict:
 # ---------------------------------------------------------------------------- sampling
 
 
-def cached_rollouts(spec, prompts: list[Prompt], config: SamplingConfig, out,
-                    runtime: Runtime | None = None) -> pd.DataFrame | None:
-    """The rollouts of ``prompts`` for ``spec`` from the store, without loading the model,
-    or ``None`` unless every shard is there and valid.
+# The steps of filling the store, shared by the single-process path (:mod:`canopy.run`),
+# scoring (:mod:`canopy.score`) and the Ray workers (:mod:`canopy.cluster`): open the
+# configuration directory, find the shards still to do, fill the missing shards.
 
-    Trusts the latest configuration directory of the model (``current.json``) when its
-    manifest has the same :data:`~canopy.sampling.ALGORITHM_VERSION`, spec, sampling settings and :func:`~canopy.models.source_signature`
-    (the weights' files unchanged) — a cheap check in place of the weights fingerprint —
-    and the same runtime record (``runtime``; default: ``Runtime(dtype=spec.dtype)``).
-    """
-    model_dir = Path(out) / _safe(spec.name)
-    try:
-        current = json.loads((model_dir / "current.json").read_text())["config_hash"]
-        config_dir = model_dir / current
-        manifest = json.loads((config_dir / "manifest.json").read_text())
-    except (OSError, ValueError, KeyError):
-        return None
-    if (manifest.get("config", {}).get("algorithm_version") != ALGORITHM_VERSION
-            or manifest.get("spec") != json.loads(json.dumps(spec.describe()))
-            or manifest.get("config", {}).get("sampling") != json.loads(json.dumps(config.distribution()))
-            or manifest.get("source_signature") != json.loads(json.dumps(source_signature(spec)))):
-        return None
-    try:
-        wanted = (runtime or Runtime(dtype=spec.dtype)).record()
-    except ValueError:  # e.g. a device that is not here
-        return None
-    if manifest.get("config", {}).get("runtime") != wanted:
-        return None
-    tables = []
-    for p in prompts:
-        try:
-            tables.append(read_shard(shard_path(config_dir, p.task, p.prompt_id),
-                                     {"config_hash": manifest["config_hash"],
-                                      "prompt_sha256": p.sha256(), "rollouts": config.rollouts}))
-        except (ShardError, OSError):
-            return None
-    return pd.concat(tables, ignore_index=True)
+
+def prompt_keys(prompts: list[Prompt]) -> dict[str, str]:
+    """``{"task/prompt_id": sha256 of the prompt text}``: the manifest's prompt keys."""
+    return {f"{p.task}/{p.prompt_id}": p.sha256() for p in prompts}
+
+
+def open_config(out: Path, spec, record: dict, keys: dict[str, str],
+                **fields) -> tuple[Path, str]:
+    """Create (or update) the configuration directory of ``record`` under ``out``, under
+    a lock shared by concurrent runs: its ``manifest.json`` (``record``, the spec, its
+    source signature, package versions, the prompts' ``keys`` merged into those already
+    there, and any other ``fields``) and the model's ``current.json``. Returns
+    ``(config_dir, digest)`` (``digest``: the full configuration hash)."""
+    digest = config_hash(record)
+    model_dir = Path(out) / safe_name(spec.name)
+    config_dir = model_dir / digest[:12]
+    config_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(model_dir)
+    remove_dead_temporaries(config_dir, recursive=True)
+    with store_lock(config_dir / ".manifest.lock"):  # runs sharing the store
+        manifest_path = config_dir / "manifest.json"
+        manifest = {}
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except ValueError:
+                warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
+        manifest.update({"config_hash": digest, "config": record,
+                         "spec": spec.describe(), **fields,
+                         "source_signature": source_signature(spec),
+                         "package_versions": package_versions(), "updated": now()})
+        manifest.setdefault("created", manifest["updated"])
+        manifest.setdefault("prompts", {})
+        manifest["prompts"].update(keys)
+        write_json(manifest_path, manifest)
+        write_json(model_dir / "current.json", {"config_hash": digest[:12]})
+    return config_dir, digest
 
 
 #: The runtime setting behind each key of a runtime record.
@@ -266,7 +246,7 @@ def configuration_change(out, spec, config: SamplingConfig, runtime_record: dict
     """How the configuration the store ``out`` holds for ``spec``'s model (its current
     one, ``current.json``) differs from the one asked for, in what a user states: the
     model entry (family, variant, chat template, dtype, source), the sampling settings
-    and ``runtime_record`` (:meth:`canopy.sampling.Runtime.record`, when given; with
+    and ``runtime_record`` (:meth:`canopy.settings.Runtime.record`, when given; with
     ``stated``, only the record keys of the runtime settings named there — a default such
     as the thread count, which differs by machine, is not something the user asked for).
     Read without loading anything.
@@ -275,7 +255,7 @@ def configuration_change(out, spec, config: SamplingConfig, runtime_record: dict
     ``(hash12 of the stored configuration, differences)``: one ``"key: stored → asked"``
     string per differing setting (empty when they agree; a change of the weights' files
     or of canopy's algorithm is not listed: it is resampled, as it must be)."""
-    model_dir = Path(out) / _safe(spec.name)
+    model_dir = Path(out) / safe_name(spec.name)
     try:
         current = json.loads((model_dir / "current.json").read_text())["config_hash"]
         manifest = json.loads((model_dir / current / "manifest.json").read_text())
@@ -309,76 +289,6 @@ def changed_configuration_message(out, name: str, current: str, changes: list[st
             f"{how}; to keep the stored one, ask for its settings")
 
 
-def _vllm_engine():
-    try:
-        import canopy.vllm_engine as engine
-    except ImportError as exc:
-        raise ValueError(f"engine 'vllm' is not available ({exc}); install it with "
-                         "`make env-vllm`, or use --engine hf") from None
-    return engine
-
-
-def _as_loaded(model, runtime: Runtime | None = None):
-    """A loaded model for ``runtime`` (``None``: the default runtime for its spec)."""
-    from canopy.models import LoadedModel, ModelSpec, load_model, resolve_spec
-
-    if isinstance(model, LoadedModel) or (not isinstance(model, (ModelSpec, str))
-                                          and hasattr(model, "stop_ids")):
-        return model
-    if not isinstance(model, (ModelSpec, str)):
-        raise ValueError(f"models must be names, paths, ModelSpec or LoadedModel, got "
-                         f"{type(model).__name__}")
-    spec = resolve_spec(model) if isinstance(model, str) else model
-    runtime = runtime or Runtime(dtype=spec.dtype)
-    if runtime.engine == "vllm":
-        return _vllm_engine().load(spec, runtime.resolved())
-    return load_model(spec, runtime=runtime)
-
-
-def _sampler(runtime: Runtime):
-    """The ``sample_prompts`` function of the runtime's engine."""
-    if runtime.engine == "vllm":
-        return _vllm_engine().sample_prompts
-    return sample_prompts
-
-
-# The steps of sampling one model into the store, shared by the local path
-# (:func:`_sample_model`) and the Ray workers (:mod:`canopy.cluster`): open the
-# configuration directory, find the shards still to do, fill the missing shards.
-
-
-def open_config(out: Path, spec, record: dict, prompts: list[Prompt],
-                config: SamplingConfig) -> tuple[Path, str]:
-    """Create (or update) the configuration directory of ``record`` under ``out``: its
-    ``manifest.json`` and the model's ``current.json``. Returns ``(config_dir, digest)``
-    (``digest``: the full configuration hash)."""
-    digest = config_hash(record)
-    model_dir = Path(out) / _safe(spec.name)
-    config_dir = model_dir / digest[:12]
-    config_dir.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(model_dir)
-    remove_dead_temporaries(config_dir, recursive=True)
-    with store_lock(config_dir / ".manifest.lock"):  # runs sharing the store
-        manifest_path = config_dir / "manifest.json"
-        manifest = {}
-        if manifest_path.is_file():
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except ValueError:
-                warnings.warn(f"rewriting unreadable manifest {manifest_path}", stacklevel=3)
-        manifest.update({"config_hash": digest, "config": record,
-                         "spec": spec.describe(), "batch_size": config.batch_size,
-                         "source_signature": source_signature(spec),
-                         "package_versions": _versions(), "updated": _now()})
-        manifest.setdefault("created", manifest["updated"])
-        manifest.setdefault("prompts", {})
-        manifest["prompts"].update({f"{p.task}/{p.prompt_id}": p.sha256() for p in prompts})
-        _write_json(manifest_path, manifest)
-        _write_json(model_dir / "current.json", {"config_hash": digest[:12]})
-
-    return config_dir, digest
-
-
 def shard_expectation(digest: str, config: SamplingConfig):
     """``expect(prompt)``: the metadata a valid shard of ``prompt`` carries."""
     def expect(p: Prompt) -> dict:
@@ -388,7 +298,7 @@ def shard_expectation(digest: str, config: SamplingConfig):
 
 def finished_shards(config_dir: Path, prompts: list[Prompt], expect) -> set[int]:
     """Indices of the prompts whose shard in ``config_dir`` is valid (the rest are still
-    to do; damaged shards are reported and deleted, as :func:`_fill_shards` does)."""
+    to do; damaged shards are reported and deleted, as :func:`fill_shards` does)."""
     done = set()
     for i, p in enumerate(prompts):
         path = shard_path(config_dir, p.task, p.prompt_id)
@@ -404,6 +314,8 @@ def finished_shards(config_dir: Path, prompts: list[Prompt], expect) -> set[int]
 
 def gather(prompts: list[Prompt], tables: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate rollout tables into the given prompt order (rollouts in order)."""
+    import pandas as pd
+
     table = pd.concat([t for t in tables if len(t)], ignore_index=True)
     order = {(p.task, p.prompt_id): i for i, p in enumerate(prompts)}
     table["_order"] = [order[(t, str(q))] for t, q in zip(table["task"], table["prompt_id"])]
@@ -411,21 +323,21 @@ def gather(prompts: list[Prompt], tables: list[pd.DataFrame]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _sample_model(loaded, prompts: list[Prompt], config: SamplingConfig, out: Path,
-                  progress, runtime: Runtime) -> tuple[pd.DataFrame, int]:
-    record = config_record(loaded, config, runtime)
-    config_dir, digest = open_config(out, loaded.spec, record, prompts, config)
-    expect = shard_expectation(digest, config)
-    done, sampled = _fill_shards(loaded, prompts, config, config_dir, expect,
-                                 _sampler(runtime), progress)
-    table = pd.concat([done[i] for i in range(len(prompts))], ignore_index=True)
-    return table, len(prompts) - sampled
+def progress_bar(progress, total: int, name: str):
+    """(bar, whether the caller owns it): a new tqdm bar for ``progress=True``, the given
+    bar for a bar, ``None`` for ``False``."""
+    if progress is True:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=f"sample {name}", unit="prompt"), True
+    if progress:
+        return progress, False
+    return None, False
 
 
 # ------------------------------------------------------------ claims: runs sharing a store
 
 
-def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_dir: Path,
+def fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_dir: Path,
                  expect, sampler, progress, poll: float = 1.0) -> tuple[dict, int]:
     """Make sure every prompt has a valid shard in ``config_dir``; returns ({prompt
     index: its rollout table}, how many prompts this process sampled).
@@ -437,8 +349,6 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
     over those whose run died. ``sampler`` has the signature of
     :func:`canopy.sampling.sample_prompts`.
     """
-    from canopy.sampling import _progress_bar
-
     claims = Claims()
     done: dict[int, pd.DataFrame] = {}
     sampled = 0
@@ -457,7 +367,7 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
 
     for i in range(len(prompts)):
         reuse(i)
-    bar, own_bar = _progress_bar(progress, len(prompts), loaded.spec.name)
+    bar, own_bar = progress_bar(progress, len(prompts), loaded.spec.name)
     if bar is not None:
         bar.update(len(done))
 
@@ -479,7 +389,7 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
         nonlocal sampled
         p = prompts[i]
         write_shard(paths[i], table, {**expect(p), "task": p.task, "prompt_id": p.prompt_id,
-                                      "written": _now()})
+                                      "written": now()})
         claims.release(paths[i])
         done[i] = table
         sampled += 1
@@ -495,8 +405,7 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
     try:
         while len(done) < len(prompts):
             before = len(done)
-            # progress=False: the bar is ours (sample_prompts would ask skip() for every
-            # prompt up front to count the finished ones, claiming them all at once)
+            # progress=False: the bar is ours
             sampler(loaded, prompts, config, skip=skip, on_prompt=write, progress=False)
             if len(done) < len(prompts) and len(done) == before:
                 if not announced:
@@ -510,100 +419,6 @@ def _fill_shards(loaded, prompts: list[Prompt], config: SamplingConfig, config_d
         if own_bar:
             bar.close()
     return done, sampled
-
-
-def sample_to_store(models, prompts, config: SamplingConfig, out=None, *,
-                    runtime: Runtime | None = None, progress: bool = True, ray=None,
-                    workers: int | None = None) -> pd.DataFrame:
-    """Sample ``config.rollouts`` rollouts of every prompt with every model.
-
-    ``models``: one or a list of registry names, paths, :class:`~canopy.models.ModelSpec`
-    or :class:`~canopy.models.LoadedModel` (loaded one at a time). ``prompts``: a JSONL
-    path, :class:`~canopy.prompts.Prompt` objects or strings. ``out``: the store
-    directory; finished shards there are reused and new ones written as prompts
-    complete, so an interrupted call resumes. ``out=None`` samples in memory only.
-    ``runtime``: :class:`~canopy.sampling.Runtime` (engine, device, dtype, threads);
-    ``None`` = the default (``hf``, CUDA if available else CPU, the spec's dtype). Each
-    model is loaded for it and sampled by its engine: ``hf`` →
-    :func:`canopy.sampling.sample_prompts`, ``vllm`` → :mod:`canopy.vllm_engine`
-    (imported only then). An already loaded model keeps the runtime it was loaded for.
-    ``ray``: ``True`` (a local Ray instance) or a cluster ADDRESS spreads the shards
-    still to do over ``workers`` Ray workers (:mod:`canopy.cluster`, imported only then);
-    the store is the same, and so are the rollouts on the same device type, thread count
-    and batch plan. ``None`` (default): this process only.
-    Returns the rollout DataFrame (all models, prompts in the given order);
-    ``table.attrs["canopy"]`` holds ``{"reused_prompts", "sampled_prompts", "seconds"}``
-    (and ``"workers"``, one summary line per Ray worker, with ``ray``).
-    """
-    if not isinstance(config, SamplingConfig):
-        raise ValueError("config must be a canopy.sampling.SamplingConfig")
-    if runtime is not None and not isinstance(runtime, Runtime):
-        raise ValueError("runtime must be a canopy.sampling.Runtime")
-    prompts = as_prompts(prompts)
-    if isinstance(models, (str, Path)) or not isinstance(models, Sequence):
-        models = [models]
-    if not models:
-        raise ValueError("no models given")
-    models = [str(m) if isinstance(m, Path) else m for m in models]
-    started = time.perf_counter()
-    # ---- Ray (canopy.cluster): the same steps, on workers (the device is resolved there)
-    if ray not in (None, False) or workers is not None:
-        specs = _ray_arguments(models, out, ray, workers)
-        from canopy.cluster import sample_on_ray
-
-        tables, reused, sampled, lines = sample_on_ray(
-            specs, prompts, config, Path(out), address=ray, workers=workers,
-            runtime=runtime, progress=progress)
-        result = pd.concat(tables, ignore_index=True)
-        result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
-                                  "seconds": time.perf_counter() - started, "workers": lines}
-        return result
-    # ---- this process
-    if runtime is not None:
-        runtime.resolved()  # an unavailable device fails before any model is loaded
-    tables, reused, sampled = [], 0, 0
-    for model in models:
-        loaded = _as_loaded(model, runtime)
-        used = _runtime_of(loaded, runtime if getattr(loaded, "runtime", None) is None else None)
-        used.apply()  # the recorded thread count is the one used
-        if out is None:
-            table = _sampler(used)(loaded, prompts, config, progress=progress)
-            n_reused = 0
-        else:
-            table, n_reused = _sample_model(loaded, prompts, config, Path(out), progress, used)
-        reused += n_reused
-        sampled += len(prompts) - n_reused
-        tables.append(table)
-        del loaded
-    result = pd.concat(tables, ignore_index=True)
-    result.attrs["canopy"] = {"reused_prompts": reused, "sampled_prompts": sampled,
-                              "seconds": time.perf_counter() - started}
-    return result
-
-
-def _ray_arguments(models, out, ray, workers) -> list:
-    """Check the Ray arguments of :func:`sample_to_store` (one-line errors, before Ray is
-    imported or a model loaded); returns the models as specs."""
-    from canopy.models import LoadedModel, ModelSpec, resolve_spec
-
-    if ray in (None, False):
-        raise ValueError("workers=N needs ray (--ray [ADDRESS]): workers are Ray workers")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise ValueError(f"workers must be an integer ≥ 1 (Ray workers), got {workers!r}")
-    if ray is not True and not (isinstance(ray, str) and ray):
-        raise ValueError(f"ray must be True (a local instance) or an address HOST:PORT, got "
-                         f"{ray!r}")
-    if out is None:
-        raise ValueError("sampling on Ray needs a store directory (out / --out) that every "
-                         "worker can write")
-    specs = []
-    for m in models:
-        if isinstance(m, LoadedModel) or not isinstance(m, (str, ModelSpec)):
-            raise ValueError("with ray, give models as names, paths or ModelSpec (each "
-                             "worker loads its own copy), not loaded models")
-        specs.append(resolve_spec(m) if isinstance(m, str) else m)
-    return specs
 
 
 # ----------------------------------------------------------------------------- reading
@@ -668,6 +483,8 @@ def load_rollouts(directory) -> pd.DataFrame:
     shards and the command that resamples them: reading the rest would silently drop
     those prompts).
     """
+    import pandas as pd
+
     root = Path(directory)
     tables, damaged = [], []
     for path, expect in store_shards(root):
@@ -715,3 +532,49 @@ def damaged_shards(directory) -> list[tuple[Path, str]]:
                 found.append((path, str(exc)))
     return found
 
+
+# ------------------------------------------------------------------ output directories
+
+
+def check_out_dir(path, *, flag: str = "--out", need_bytes: int = 0) -> Path:
+    """Make sure ``path`` is (or can be created as) a writable directory with
+    ``need_bytes`` free; creates it. Returns it."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file; give a directory (created if missing)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path}: {parent} is a file, not a directory")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be created ({exc.strerror}); give a "
+                         "writable directory") from None
+    probe = path / f".canopy-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} is not writable ({exc.strerror}); give a writable "
+                         "directory") from None
+    if need_bytes:
+        free = shutil.disk_usage(path).free
+        if free < need_bytes:
+            raise ValueError(f"{flag} {path}: {free / 2**20:.0f} MiB free, about "
+                             f"{need_bytes / 2**20:.0f} MiB needed; free some space or give "
+                             "another directory")
+    return path
+
+
+def check_metrics(rollouts, out, n_boot: int, seed: int) -> None:
+    """``canopy metrics`` arguments: a store directory, a writable output directory, a
+    non-negative number of bootstrap resamples and seed."""
+    check_integer("--n-boot", n_boot, 0)
+    check_integer("--seed", seed, 0)
+    root = Path(rollouts)
+    if not root.is_dir():
+        raise ValueError(f"no rollouts: {root} is not a directory (write one with "
+                         f"`canopy sample --out {root}`)")
+    check_out_dir(out)

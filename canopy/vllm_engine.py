@@ -57,13 +57,13 @@ import pandas as pd
 
 from canopy import cache_dir
 from canopy.models import (
-    ModelSpec, available, convert_gguf, model_fingerprint, render_prompt,
+    ModelSpec, apply_gguf_bos, available, convert_gguf, load_model, model_fingerprint,
+    offline,
     resolve_spec, source_signature, stop_token_ids,
 )
-from canopy.prompts import Prompt
-from canopy.sampling import (
-    BatchResult, Finished, SamplingConfig, _rows, render_prompts, rollout_seed,
-)
+from canopy.prompts import Prompt, render_prompts
+from canopy.sampling import BatchResult, Finished, rollout_rows, rollout_seed
+from canopy.settings import Runtime, SamplingConfig
 
 if importlib.util.find_spec("vllm") is None:  # the store turns this into a one-line error
     raise ImportError("vllm is not installed (make env-vllm)")
@@ -107,10 +107,8 @@ class VllmModel:
 
 
 def _resolve_runtime(runtime, spec: ModelSpec):
-    """``runtime`` (a :class:`canopy.sampling.Runtime`, validated there) resolved; default
+    """``runtime`` (a :class:`canopy.settings.Runtime`, validated there) resolved; default
     ``Runtime(engine="vllm", dtype=spec.dtype)``."""
-    from canopy.sampling import Runtime
-
     runtime = runtime or Runtime(engine="vllm", dtype=spec.dtype)
     if runtime.engine != "vllm":
         raise ValueError(f"canopy.vllm_engine needs a runtime with engine='vllm', got "
@@ -152,10 +150,6 @@ def _prepare_environment(device: str) -> None:
 # ---------------------------------------------------------------------------- weights
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def weights_dir(spec: ModelSpec) -> Path:
     """The local directory (config, safetensors, tokenizer) vLLM loads for ``spec``.
 
@@ -171,19 +165,17 @@ def weights_dir(spec: ModelSpec) -> Path:
         from huggingface_hub import snapshot_download
         try:
             return Path(snapshot_download(
-                spec.source, local_files_only=_offline(),
+                spec.source, local_files_only=offline(),
                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt",
                                 "tokenizer*"]))
         except Exception as exc:  # noqa: BLE001 - any failure: not loadable now
             raise ValueError(f"model {spec.name!r} ({spec.source}) is not available"
                              + (" offline; set HF_HUB_OFFLINE=0 with network access"
-                                if _offline() else "") + f": {str(exc).splitlines()[0]}") from None
+                                if offline() else "") + f": {str(exc).splitlines()[0]}") from None
     return _merged_adapter(spec)
 
 
 def _merged_adapter(spec: ModelSpec) -> Path:
-    from canopy.models import load_model
-
     target = cache_dir() / "models" / f"{spec.name}-merged"
     marker = target / "canopy-merged.json"
     signature = json.loads(json.dumps(source_signature(spec)))
@@ -233,8 +225,8 @@ def _fingerprint(path: Path) -> str:
 
 def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmModel:
     """Load ``spec`` (a spec, or a name/path for :func:`canopy.models.resolve_spec`) into
-    vLLM for ``runtime`` (duck-typed :class:`canopy.sampling.Runtime`: engine ``vllm``,
-    device ``auto``/``cpu``/``cuda``, dtype, threads; ``None``: the defaults).
+    vLLM for ``runtime`` (a :class:`canopy.settings.Runtime` with engine ``vllm`` and
+    device ``auto``, ``cpu`` or ``cuda``; ``None``: the defaults).
     ``capture=False`` leaves the exact-statistics processor out (benchmarks only; such a
     model cannot :func:`sample_prompts`). Errors a user can cause are one-line
     ``ValueError``s."""
@@ -249,6 +241,7 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
         raise ValueError(f"model {spec.name!r} is not available: {needs}")
     path = weights_dir(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    apply_gguf_bos(tokenizer, path)
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"model {spec.name} is taken with a chat template but its tokenizer "
                          "has none; give it chat_template: false in its experiment entry "
@@ -274,9 +267,8 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
         kwargs["logits_processors"] = [ExactCapture]
     set_threads = torch.set_num_threads
     preload = os.environ.get("LD_PRELOAD")
-    threads = getattr(runtime, "threads", None)
-    if device == "cpu" and threads:
-        torch.set_num_threads(int(threads))
+    if device == "cpu":
+        torch.set_num_threads(runtime.threads)
     try:
         llm = LLM(**kwargs)
     finally:
@@ -315,10 +307,21 @@ def _sampling_params(config: SamplingConfig, seed: int, slot: int | None, stop_i
         detokenize=False, extra_args=extra)
 
 
-def _groups(todo: list[int], rollouts: int, batch_size: int) -> list[list[int]]:
-    """Consecutive prompts with at most ``max(batch_size, rollouts)`` rollouts per group."""
+def _groups(n_prompts: int, rollouts: int, batch_size: int, skip):
+    """Consecutive prompts not skipped, at most ``max(batch_size, rollouts)`` rollouts per
+    group; ``skip(i)`` is asked as the group is filled (it may take a claim), never for
+    all prompts up front."""
     size = max(1, max(batch_size, rollouts) // rollouts)
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
+    group: list[int] = []
+    for i in range(n_prompts):
+        if skip(i):
+            continue
+        group.append(i)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def generate(loaded: VllmModel, prompt_token_ids: Sequence[Sequence[int]],
@@ -401,20 +404,19 @@ def sample_prompts(loaded: VllmModel, prompts: Sequence[Prompt], config: Samplin
                          f"below), got {config.temperature}")
     spec, tok = loaded.spec, loaded.tokenizer
     rendered = render_prompts(prompts, tok, spec.chat_template)
-    skip = skip or (lambda i: False)
-    todo = [i for i in range(len(prompts)) if not skip(i)]
-    finished = Finished(progress, len(prompts), len(prompts) - len(todo), spec.name, on_prompt)
+    finished = Finished(progress, len(prompts), spec.name, on_prompt)
+    skipping = finished.skipper(skip)
     stop_set = set(loaded.stop_ids)
     m = config.rollouts
     try:
-        for group in _groups(todo, m, config.batch_size):
+        for group in _groups(len(prompts), m, config.batch_size, skipping):
             seeds = [rollout_seed(config.seed, prompts[p].task, prompts[p].prompt_id, r)
                      for p in group for r in range(m)]
             result = generate(loaded, [rendered[p][1] for p in group for _ in range(m)],
                               seeds, config)
             for k, p in enumerate(group):
-                finished.add(p, _rows(result, k * m, (k + 1) * m, 0, spec, prompts[p],
-                                      rendered[p], tok, stop_set))
+                finished.add(p, rollout_rows(result, k * m, (k + 1) * m, 0, spec, prompts[p],
+                                             rendered[p], tok, stop_set))
     finally:
         finished.close()
     return finished.table()

@@ -313,13 +313,16 @@ def test_metrics_refuses_a_damaged_shard(world, tmp_path):
     pd.testing.assert_frame_equal(values(store), values(world["store"]))  # as before
 
 
-def test_top_k_default_matches_the_experiment_file():
+def test_top_k_default_is_written_once():
     import yaml
 
-    from canopy.cli import DEFAULT_TOP_K, build_parser
+    from canopy.cli import build_parser
+    from canopy.experiment import load_experiment
+    from canopy.settings import SamplingConfig
 
     experiment = yaml.safe_load((REPO_ROOT / "data/experiments/default.yaml").read_text())
-    assert DEFAULT_TOP_K == experiment["sampling"]["top_k"] == 100
+    assert "top_k" not in experiment["sampling"]  # the default is SamplingConfig's
+    assert SamplingConfig().top_k == load_experiment().sampling.top_k == 100
     sample = build_parser()._subparsers._group_actions[0].choices["sample"]
     assert "default 100" in sample.format_help().replace("\n", " ")
 
@@ -327,18 +330,16 @@ def test_top_k_default_matches_the_experiment_file():
 def test_sampling_keys_match_the_config():
     from dataclasses import fields
 
-    from canopy.preflight import SAMPLING_KEYS
-    from canopy.sampling import SamplingConfig
+    from canopy.settings import SAMPLING_KEYS, SamplingConfig
 
     assert set(SAMPLING_KEYS) == {f.name for f in fields(SamplingConfig)}
-    from canopy.preflight import RUNTIME_KEYS
-    from canopy.sampling import Runtime
+    from canopy.settings import RUNTIME_KEYS, Runtime
 
     assert set(RUNTIME_KEYS) == {f.name for f in fields(Runtime)}
 
 
 def test_check_gguf_accepts_valid_files(world):
-    from canopy.preflight import check_gguf
+    from canopy.gguf_files import check_gguf
 
     info = check_gguf(world["root"] / "good.gguf")
     assert info["architecture"] == "llama" and info["context_length"] == 64
@@ -348,7 +349,6 @@ def test_damaged_packaged_gguf_is_caught_by_its_sha256(tmp_path, monkeypatch):
     """A file with a valid header and a garbage body: only a hash tells; packaged files
     are checked against the package's recorded sha256 before their first conversion."""
     import canopy.models as models
-    from canopy import preflight
 
     good = tiny_gguf(tmp_path / "pkg.gguf")
     expected = hashlib.sha256(good.read_bytes()).hexdigest()
@@ -360,4 +360,4 @@ def test_damaged_packaged_gguf_is_caught_by_its_sha256(tmp_path, monkeypatch):
     spec = models.get_spec("smollm2-135m-instruct")
     with pytest.raises(ValueError, match=r"damaged GGUF file .*pkg\.gguf: its sha256 differs"
                                          r".*pip install --force-reinstall"):
-        preflight._check_gguf_source(spec)
+        models.check_gguf_source(spec)

@@ -21,7 +21,8 @@ import canopy.cluster as cluster
 from canopy.models import resolve_spec
 from canopy.prompts import Prompt
 from canopy.sampling import Runtime, SamplingConfig, plan_batches
-from canopy.store import load_rollouts, sample_to_store
+from canopy.run import sample_to_store
+from canopy.store import load_rollouts
 from sampling_tiny import tiny_model, tiny_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +118,7 @@ class _FakeRay:
         return self.resources
 
 
-class _Runtime:  # the fields of canopy.sampling.Runtime that placement reads
+class _Runtime:  # the fields of canopy.settings.Runtime that placement reads
     def __init__(self, device="auto", threads=None):
         self.device, self.threads = device, threads
 
@@ -181,7 +182,7 @@ def test_without_ray_nothing_imports_ray(model_dir, tmp_path):
 
 def test_missing_ray_package_is_a_one_line_error(model_dir, tmp_path):
     code = ("import sys\nsys.modules['ray'] = None  # as if not installed\n"
-            "from canopy.store import sample_to_store\n"
+            "from canopy.run import sample_to_store\n"
             "try:\n"
             f"    sample_to_store({str(model_dir)!r}, ['a b'], "
             "__import__('canopy.sampling').sampling.SamplingConfig(rollouts=1), "
@@ -319,7 +320,7 @@ def test_row_units_replay_the_scoring_passes():
 
 def test_score_on_ray_equals_single_process(ray_instance, model_dir, tmp_path, capsys):
     from canopy.models import load_model
-    from canopy.score import score_to_store
+    from canopy.run import score_to_store
 
     made = sample_to_store(spec(model_dir), PROMPTS, SamplingConfig(
         rollouts=3, max_new_tokens=12, top_k=10, seed=7), None, runtime=CPU1, progress=False)

@@ -1,5 +1,5 @@
-"""Everything that changes a rollout or a fine-tune is in its hash: raw prompts start
-with BOS whatever the tokenizer's conversion did, the configuration record keeps the
+"""Everything that changes a rollout or a fine-tune is in its hash: raw prompts get the
+BOS their GGUF asks for whatever the tokenizer's conversion did, the configuration record keeps the
 tokenizer's definition and a probe prompt's ids, rollouts of an older algorithm version
 are resampled, and the fine-tune's hash moves with each of its inputs."""
 
@@ -12,10 +12,14 @@ from dataclasses import replace
 import pytest
 
 from canopy import finetune
-from canopy.models import PROBE_PROMPT, available, get_spec, render_prompt, resolve_spec, tokenizer_record
-from canopy.prompts import Prompt
-from canopy.sampling import ALGORITHM_VERSION, SamplingConfig
-from canopy.store import cached_rollouts, config_hash, config_record, sample_to_store
+from canopy.engines import config_record
+from canopy.models import (PROBE_PROMPT, TOKENIZER_NOTE, apply_gguf_bos, available, get_spec,
+                           resolve_spec, tokenizer_record)
+from canopy.prompts import Prompt, render_prompt
+from canopy.run import cached_rollouts, sample_to_store
+from canopy.sampling import ALGORITHM_VERSION
+from canopy.settings import SamplingConfig
+from canopy.store import config_hash
 from sampling_tiny import WORDS, tiny_model, tiny_tokenizer
 
 
@@ -35,17 +39,27 @@ def word_tokenizer(*, adds_bos: bool, bos: str = "<bos>", words=WORDS):
                                    eos_token="<eos>", bos_token=bos)
 
 
-def test_raw_prompts_start_with_bos_once_whatever_the_conversion_did():
+def test_a_converted_tokenizer_adds_bos_as_its_gguf_says(tmp_path):
     # WORDS: <pad> 0, <eos> 1, <bos> 2, a 3, b 4, ...
-    for adds in (False, True):
-        _, ids = render_prompt(word_tokenizer(adds_bos=adds), "a b", chat_template=False)
-        assert ids == [2, 3, 4]
-    # A tokenizer whose BOS is its EOS (GPT-2 style) gets nothing put in front.
-    _, ids = render_prompt(word_tokenizer(adds_bos=False, bos="<eos>"), "a b", False)
-    assert ids == [3, 4]
+    def note(adds):
+        folder = tmp_path / f"note-{adds}"
+        folder.mkdir(exist_ok=True)
+        (folder / TOKENIZER_NOTE).write_text(json.dumps({"add_bos_token": adds}))
+        return folder
+
+    for converted_with_bos in (False, True):  # transformers 5 / 4.57 conversions
+        tok = word_tokenizer(adds_bos=converted_with_bos)
+        apply_gguf_bos(tok, note(True))
+        assert render_prompt(tok, "a b", chat_template=False)[1] == [2, 3, 4]  # BOS once
+    tok = word_tokenizer(adds_bos=False)
+    apply_gguf_bos(tok, note(False))  # the GGUF says no BOS (SmolLM2)
+    assert render_prompt(tok, "a b", chat_template=False)[1] == [3, 4]
+    apply_gguf_bos(tok, tmp_path)  # not converted from a GGUF: left as it is
+    assert render_prompt(tok, "a b", chat_template=False)[1] == [3, 4]
     # Chat-templated prompts are left as the template writes them (this one has <bos>).
-    _, ids = render_prompt(tiny_tokenizer(), "a b", chat_template=True)
-    assert ids == [2, 3, 4, 15]
+    tok = tiny_tokenizer()
+    apply_gguf_bos(tok, note(True))
+    assert render_prompt(tok, "a b", chat_template=True)[1] == [2, 3, 4, 15]
 
 
 def test_tokenizer_record_tells_conversions_apart_and_probes_the_rendering():
@@ -54,7 +68,8 @@ def test_tokenizer_record_tells_conversions_apart_and_probes_the_rendering():
     assert with_bos["definition_sha256"] != without["definition_sha256"]
     # PROBE_PROMPT's words are outside WORDS: unknown words map to <pad> (0).
     n_words = len(PROBE_PROMPT.split())
-    assert with_bos["probe_ids"] == without["probe_ids"] == [2] + [0] * n_words
+    assert with_bos["probe_ids"] == [2] + [0] * n_words
+    assert without["probe_ids"] == [0] * n_words
     more = tokenizer_record(word_tokenizer(adds_bos=True, words=WORDS + ["z"]), False)
     assert more["vocab"] == len(WORDS) + 1 and more["definition_sha256"] != with_bos["definition_sha256"]
     chat = tokenizer_record(tiny_tokenizer(), chat_template=True)
@@ -71,6 +86,7 @@ def test_store_records_the_tokenizer_and_resamples_an_older_algorithm(tmp_path, 
     path = tmp_path / "tiny-base"
     tiny_model("llama", scale=8.0, eos=[1, 15]).save_pretrained(path)
     word_tokenizer(adds_bos=False).save_pretrained(path)
+    (path / TOKENIZER_NOTE).write_text(json.dumps({"add_bos_token": True}))  # as if from a GGUF
     spec = resolve_spec(str(path))
     out = tmp_path / "store"
     table = sample_to_store(spec, PROMPTS, CFG, out, progress=False)
@@ -98,7 +114,7 @@ def test_config_hash_moves_with_the_tokenizer_definition():
                                          spec=resolve_spec("org/x-local"),
                                          stop_ids=[1, 15], fingerprint="f"), CFG)
                for adds in (False, True)]
-    assert records[0]["tokenizer"]["probe_ids"] == records[1]["tokenizer"]["probe_ids"]
+    assert records[0]["tokenizer"]["probe_ids"] != records[1]["tokenizer"]["probe_ids"]
     assert config_hash(records[0]) != config_hash(records[1])
 
 
@@ -123,20 +139,25 @@ def test_finetune_hash_moves_with_everything_that_changes_the_result():
 
 
 @pytest.mark.integration
-def test_packaged_gemma_raw_prompt_ids_start_with_bos():
-    """The packaged gemma-3-270m's converted tokenizer adds no BOS under transformers 5;
-    the rendered raw prompt starts with ``<bos>`` all the same."""
+@pytest.mark.parametrize("name, adds_bos", [("gemma-3-270m", True),
+                                            ("smollm2-135m-instruct", False)])
+def test_packaged_models_get_the_bos_their_gguf_asks_for(name, adds_bos):
+    """The packaged gemma-3-270m's GGUF asks for BOS, which transformers 5's conversion
+    drops: the loaded tokenizer adds it all the same. SmolLM2's asks for none."""
     from transformers import AutoTokenizer
 
     from canopy.models import convert_gguf
 
-    spec = get_spec("gemma-3-270m")
+    spec = get_spec(name)
     ok, needs = available(spec)
     if not ok:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"gemma-3-270m is not available under CI: {needs}")
-        pytest.skip(f"gemma-3-270m not available: {needs}")
-    tok = AutoTokenizer.from_pretrained(str(convert_gguf(spec)))
-    assert tok.convert_ids_to_tokens(tok.bos_token_id) == "<bos>"
+            pytest.fail(f"{name} is not available under CI: {needs}")
+        pytest.skip(f"{name} not available: {needs}")
+    folder = convert_gguf(spec)
+    assert json.loads((folder / TOKENIZER_NOTE).read_text()) == {"add_bos_token": adds_bos}
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    plain = tok("Write one sentence about rain.", add_special_tokens=False)["input_ids"]
+    apply_gguf_bos(tok, folder)
     _, ids = render_prompt(tok, "Write one sentence about rain.", chat_template=False)
-    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert ids == ([tok.bos_token_id] if adds_bos else []) + plain

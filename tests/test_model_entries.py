@@ -241,7 +241,7 @@ def test_a_store_of_another_configuration_stops_a_chapter(pair, tmp_path, capsys
     (pair / "exp.yaml").write_text(text)
     unstated = load_experiment(pair / "exp.yaml")
     assert unstated.runtime_stated == set()
-    from canopy.sampling import Runtime
+    from canopy.settings import Runtime
     from canopy.store import configuration_change
 
     record = Runtime(threads=2).record()

@@ -10,8 +10,9 @@ import torch
 import canopy.models as models
 from canopy.models import (
     REGISTRY, ModelSpec, available, get_spec, list_models, load_model, register,
-    render_prompt, resolve_spec, stop_token_ids,
+    resolve_spec, stop_token_ids,
 )
+from canopy.prompts import render_prompt
 from sampling_tiny import tiny_model, tiny_tokenizer
 
 

@@ -19,7 +19,9 @@ from canopy.sampling import (
     Prompt, Runtime, SamplingConfig, _draw, default_threads, entropy, process_logits,
     model_forward, rollout_uniforms, sample_batch, sample_prompts,
 )
-from canopy.store import config_hash, config_record, sample_to_store
+from canopy.engines import config_record
+from canopy.run import sample_to_store
+from canopy.store import config_hash
 from sampling_tiny import tiny_model, tiny_tokenizer
 
 SETTINGS = {

@@ -281,7 +281,7 @@ def test_plan_batches_covers_every_row_once():
     (dict(rollouts=0), "rollouts must be ≥ 1"),
     (dict(rollouts=2.5), "rollouts must be an integer"),
     (dict(max_new_tokens=0), "max_new_tokens must be ≥ 1"),
-    (dict(temperature=0), "temperature must be > 0"),
+    (dict(temperature=0), "temperature must be a finite number > 0"),
     (dict(temperature="hot"), "temperature must be a number"),
     (dict(top_k=-1), "top_k must be ≥ 0"),
     (dict(top_p=0), "top_p must be in"),

@@ -17,7 +17,8 @@ from canopy.entropy import prompt_metrics
 from canopy.models import LoadedModel, ModelSpec
 from canopy.prompts import Prompt
 from canopy.sampling import SamplingConfig, sample_prompts
-from canopy.score import prepare_rollouts, score_rollouts, score_to_store
+from canopy.run import score_to_store
+from canopy.score import prepare_rollouts, score_rollouts
 from canopy.store import load_rollouts
 from sampling_tiny import tiny_model, tiny_tokenizer
 
@@ -198,6 +199,28 @@ def test_score_command_end_to_end(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"canopy: error: {bad}:3: the completion is empty")
     assert "token_ids: [ID]" in err and err.count("\n") == 1
+
+
+def test_score_without_top_k_records_the_documented_default(tmp_path, capsys):
+    """`canopy score` without --top-k scores under the top-k its help promises, and the
+    store records that value (it once recorded 0, the full distribution)."""
+    import re
+
+    from canopy.cli import build_parser
+
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    promised = int(re.search(r"--top-k TOP_K\s+top-k, 0 = off \(default (\d+)",
+                             " ".join(score.format_help().split())).group(1))
+    path = tmp_path / "tiny"
+    tiny_model("llama", scale=8.0, eos=[1, 15]).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    file = tmp_path / "r.jsonl"
+    file.write_text(json.dumps({"prompt": "a b", "token_ids": [5, 6, 1]}) + "\n")
+    assert main(["score", "--models", str(path), "--rollouts", str(file), "--out",
+                 str(tmp_path / "store"), "--device", "cpu", "--threads", "1"]) == 0
+    manifest = json.loads(next((tmp_path / "store").rglob("manifest.json")).read_text())
+    assert manifest["config"]["sampling"]["top_k"] == promised == 100
+    capsys.readouterr()
 
 
 @pytest.mark.integration

@@ -14,7 +14,8 @@ from canopy.entropy import prompt_metrics
 from canopy.models import resolve_spec
 from canopy.prompts import Prompt
 from canopy.sampling import SamplingConfig
-from canopy.store import load_rollouts, sample_to_store, shard_path
+from canopy.run import sample_to_store
+from canopy.store import load_rollouts, shard_path
 from sampling_tiny import tiny_model, tiny_tokenizer
 
 
@@ -187,7 +188,7 @@ def test_bad_arguments(model_dir, tmp_path):
 
 
 def test_cached_rollouts_reads_without_loading_and_refuses_stale_results(model_dir, tmp_path):
-    from canopy.store import cached_rollouts
+    from canopy.run import cached_rollouts
 
     out = tmp_path / "r"
     s = spec(model_dir)

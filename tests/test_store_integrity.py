@@ -17,10 +17,10 @@ import pytest
 from canopy import REPO_ROOT
 from canopy.locks import Claims, remove_dead_temporaries
 from canopy.prompts import Prompt
-from canopy.sampling import SamplingConfig, plan_batches
-from canopy.store import (
-    ShardError, _fill_shards, load_rollouts, read_shard, sample_to_store, shard_path,
-)
+from canopy.run import sample_to_store
+from canopy.sampling import plan_batches
+from canopy.settings import SamplingConfig
+from canopy.store import ShardError, fill_shards, load_rollouts, read_shard, shard_path
 from sampling_tiny import tiny_model, tiny_tokenizer
 
 PROMPTS = [Prompt("t", f"p{i}", " ".join("abcdefghijklm"[i:i + 3])) for i in range(8)]
@@ -127,8 +127,8 @@ def test_two_runs_into_one_store_split_the_prompts(reference, tmp_path):
 
     def run(name):
         start.wait()
-        results[name] = _fill_shards(loaded, PROMPTS, CFG, config_dir, expect, sampler,
-                                     False, poll=0.05)
+        results[name] = fill_shards(loaded, PROMPTS, CFG, config_dir, expect, sampler,
+                                    False, poll=0.05)
 
     threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
     for t in threads:
@@ -171,6 +171,69 @@ def test_two_canopy_sample_processes_into_one_store(model_dir, reference, tmp_pa
     assert sum(sampled) == len(PROMPTS), outputs
     table = load_rollouts(out)
     pd.testing.assert_frame_equal(canonical(table), canonical(reference[1]))
+
+
+#: Run in each `canopy sample` process of the test below: the real CLI, except that a
+#: process entering its first batch marks it (file ``me``) and waits (at most 60 s) until
+#: the other process has entered a batch too (file ``other``).
+_MEET = """
+import sys, time
+from pathlib import Path
+import canopy.sampling as sampling
+from canopy.cli import main
+
+me, other, argv = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+batch = sampling.sample_batch
+
+def meeting(*args, **kwargs):
+    if not me.exists():
+        me.touch()
+        deadline = time.monotonic() + 60
+        while not other.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return batch(*args, **kwargs)
+
+sampling.sample_batch = meeting
+sys.exit(main(argv))
+"""
+
+
+def test_concurrent_canopy_sample_processes_both_sample(model_dir, tmp_path):
+    """Two real `canopy sample` processes on one store (48 prompts, one thread each)
+    split the work: both sample prompts and none is sampled twice.
+
+    The second process starts once the first is inside its first batch, and the first
+    stays there until the second has entered a batch too. A run claims a prompt only
+    when it reaches the prompt's batch, so the second finds the rest unclaimed; a run
+    that claimed every prompt up front (the defect) left the second nothing, so the
+    second never entered a batch and sampled 0. No timing assert: the waits only order
+    the two runs."""
+    words = "abcdefghijklm"
+    prompts = tmp_path / "t.jsonl"
+    prompts.write_text("".join(
+        f'{{"id": "q{i}", "prompt": "{" ".join(words[i % 11:i % 11 + 3])} {words[i % 3]}"}}\n'
+        for i in range(48)))
+    out = tmp_path / "store"
+    argv = ["sample", "--models", str(model_dir), "--prompts", str(prompts), "--rollouts",
+            "2", "--max-new-tokens", "8", "--batch-size", "2", "--threads", "1", "--out",
+            str(out)]
+    first, second = tmp_path / "first.entered", tmp_path / "second.entered"
+
+    def start(me, other):
+        return subprocess.Popen([sys.executable, "-c", _MEET, str(me), str(other), *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env(tmp_path / "cache"), cwd=REPO_ROOT)
+
+    runs = [start(first, second)]
+    while not first.exists() and runs[0].poll() is None:
+        time.sleep(0.05)
+    runs.append(start(second, first))
+    outputs = [run.communicate(timeout=900) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    sampled = [int(re.search(r"(\d+) sampled\)", o).group(1)) for o, _ in outputs]
+    assert sum(sampled) == 48, outputs  # none sampled twice
+    assert min(sampled) > 0, sampled  # both sampled prompts
+    assert load_rollouts(out)["prompt_id"].nunique() == 48
 
 
 def test_a_dead_process_claim_is_taken_over(tmp_path):

@@ -277,7 +277,7 @@ def test_store_dispatches_to_the_engine_and_resumes(engine, tmp_path):
     configuration, and a rerun reuses them all."""
     import json
 
-    from canopy.store import sample_to_store
+    from canopy.run import sample_to_store
     cfg = SamplingConfig(rollouts=2, max_new_tokens=6, top_k=10, seed=3, batch_size=4)
     first = sample_to_store([engine], PROMPTS[:2], cfg, out=tmp_path, progress=False)
     assert first.attrs["canopy"]["sampled_prompts"] == 2 and len(first) == 4
