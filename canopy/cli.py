@@ -367,6 +367,16 @@ def _parse_value(text: str):
         return text
 
 
+def _absolute_entry(entry):
+    """A ``-p models`` entry with a relative local path made absolute (the chapters run
+    in the project root, not in this directory); names and ids are left alone."""
+    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+        return {**entry, "path": str(Path(entry["path"]).expanduser().resolve())}
+    if isinstance(entry, str) and not Path(entry).is_absolute() and Path(entry).exists():
+        return str(Path(entry).resolve())
+    return entry
+
+
 def _cmd_book(args: argparse.Namespace) -> None:
     from canopy.book_checks import book_models, check_book
     from canopy.experiment import resolve_experiment
@@ -383,6 +393,8 @@ def _cmd_book(args: argparse.Namespace) -> None:
     if params.get("experiment_file") is not None:
         # absolute: the chapters run in the project root, not in this directory
         params["experiment_file"] = str(Path(str(params["experiment_file"])).resolve())
+    if isinstance(params.get("models"), list):  # local paths likewise
+        params["models"] = [_absolute_entry(entry) for entry in params["models"]]
     experiment = resolve_experiment(params.get("experiment_file"), args.profile,
                                     {"models": params.get("models")})
     from canopy import book

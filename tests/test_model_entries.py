@@ -268,3 +268,15 @@ def test_loading_a_folder_without_tokenizer_names_it(pair, tmp_path):
     message = str(info.value)
     assert f"model bare: cannot load the tokenizer in {bare}" in message
     assert "save the tokenizer files" in message and "\n" not in message
+
+
+def test_book_models_parameter_paths_are_made_absolute(pair, monkeypatch):
+    """`-p models` entries with relative paths name the same folders in the chapters,
+    which run in the project root."""
+    from canopy.cli import _absolute_entry
+
+    monkeypatch.chdir(pair)
+    assert _absolute_entry({"path": "sft", "variant": "instruct"}) == \
+        {"path": str(pair / "sft"), "variant": "instruct"}
+    assert _absolute_entry("base") == str(pair / "base")
+    assert _absolute_entry("gemma-3-270m") == "gemma-3-270m"
