@@ -37,6 +37,7 @@
 profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of registry names
+resample = False               # True: sample even when the store holds a model in another configuration
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
 embedding_window = "start"     # "start": the model reads a text's first word pieces; "chunked": all of it
 similarity_threshold = 0.9     # cosine similarity at which the default judge says "same meaning"
@@ -60,7 +61,7 @@ pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 120)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 n_rollouts = int(experiment.sampling.rollouts)
 
 # %% tags=["remove-stderr", "remove-input"]
