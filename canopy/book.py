@@ -307,8 +307,9 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
     """The book's up-front checks of what the selected chapters will need, before any
     runs (no torch): a ``finetune_name`` has a report or a recipe (without one the
     appendix reports the experiment's model made by ``canopy finetune``, or says what it
-    would show when ``models`` has none); the ``embedding_model`` can be loaded offline.
-    One-line ``ValueError`` naming the fix."""
+    would show when ``models`` has none); the ``embedding_model`` can be loaded offline;
+    the ``embedding_window`` is one of :data:`canopy.windows.WINDOWS`. One-line
+    ``ValueError`` naming the fix."""
     from canopy.embedders import DEFAULT_EMBEDDING_MODEL, check_embedding_model
     from canopy.finetune import PROFILES, published_dir, recipe_for
     from canopy.book_checks import chapter_parameters
@@ -333,6 +334,12 @@ def check_parameters(parameters: dict, models: list[str], only=None) -> None:
             check_embedding_model(model)
         except ValueError as exc:
             raise ValueError(f"-p embedding_model: {exc}") from None
+    if "embedding_window" in declared:
+        from canopy.windows import check_window
+        try:
+            check_window(parameters.get("embedding_window", "start"))
+        except ValueError as exc:
+            raise ValueError(f"-p embedding_window: {exc}") from None
 
 
 def build(profile: str = "default", parameters: dict | None = None, *,

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 from canopy import REPO_ROOT
-from canopy.models import REGISTRY, check_models, get_spec
+from canopy.entries import entry_specs
+from canopy.models import check_models, get_spec
 
 __all__ = ["chapter_parameters", "check_book", "book_models"]
 
@@ -65,20 +66,19 @@ def check_book(parameters: dict, only, *, profile: str = "default") -> None:
         raise FileNotFoundError(f"-p experiment_file: file not found: {experiment}")
     models = parameters.get("models")
     if models is not None and (not isinstance(models, list)
-                               or not all(isinstance(m, str) for m in models)):
-        raise ValueError("-p models must be a list of names, e.g. -p models "
-                         "'[gemma-3-270m, gemma-3-270m-sft]'")
+                               or not all(isinstance(m, (str, dict)) for m in models)):
+        raise ValueError("-p models must be a list of names or model entries, e.g. -p models "
+                         "'[gemma-3-270m, {path: ./my-sft, family: gemma-3-270m, "
+                         "variant: instruct}]'")
 
 
-def book_models(models) -> None:
-    """The models of a book build are available, except the fine-tunes the build makes
-    itself (whose base must be available)."""
+def book_models(entries) -> None:
+    """The models of a book build (experiment entries or specs) are available, except
+    the fine-tunes the build makes itself (whose base must be available)."""
     plain = []
-    for name in models:
-        spec = REGISTRY.get(name)
-        if spec is not None and spec.kind == "adapter" and "canopy finetune" in spec.install:
-            plain.append(spec.base)  # made by the build (canopy finetune) from its base
-            get_spec(spec.base)
+    for spec in entry_specs(entries):
+        if spec.kind == "adapter" and "canopy finetune" in spec.install:
+            plain.append(get_spec(spec.base))  # made by the build (canopy finetune)
         else:
-            plain.append(name)
+            plain.append(spec)
     check_models(list(dict.fromkeys(plain)))

@@ -41,6 +41,10 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
+    entries = _model_entries(args)
+    if args.experiment or args.profile or entries:
+        _show_taken(args, entries)
+        return
     from canopy.models import list_models
 
     rows = list_models()
@@ -53,16 +57,57 @@ def _cmd_models(args: argparse.Namespace) -> None:
         print(f"{r['name']:<{width}}  {r['family']:<14} {r['variant']:<10} {prompt:<6} {status}")
 
 
+def _show_taken(args: argparse.Namespace, entries: list) -> None:
+    """``canopy models --experiment FILE`` / ``--model SPEC``: how each model is taken
+    (name, family, role, prompts, source) and whether it can be loaded now."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from canopy.entries import entry_specs
+    from canopy.experiment import DEFAULT_EXPERIMENT, resolve_experiment
+    from canopy.model_files import check_model_files
+    from canopy.models import available
+
+    if not entries:
+        entries = resolve_experiment(args.experiment or DEFAULT_EXPERIMENT,
+                                     args.profile or "default")["entries"]
+    specs = entry_specs(entries, variant=args.variant, family=args.family,
+                        chat_template=args.chat_template)
+    width = max(len(s.name) for s in specs)
+    fam = max(len("family"), *(len(s.family) for s in specs))
+    print(f"{'name':<{width}}  {'family':<{fam}} {'role':<11} {'prompt':<6} source")
+    families = {}
+    for spec in specs:
+        families.setdefault(spec.family, set()).add(spec.variant)
+        ok, needs = available(spec)
+        notes = []
+        if ok:
+            try:
+                notes = check_model_files(spec)
+            except ValueError as exc:
+                ok, needs = False, str(exc)
+        status = "" if ok else f"  (not usable: {needs})"
+        role = "instruct" if spec.variant == "fine-tuned" else "base"
+        prompt = "chat" if spec.chat_template else "raw"
+        print(f"{spec.name:<{width}}  {spec.family:<{fam}} {role:<11} {prompt:<6} "
+              f"{spec.source}{status}")
+        for line in notes:
+            print(f"  note: {line}")
+    pairs = [f for f, variants in families.items() if variants == {"base", "fine-tuned"}]
+    print(f"pairs compared (a base and an instruct model of one family): "
+          f"{', '.join(pairs) if pairs else 'none; give the two models one family'}")
+
+
 def _sample_plan(args: argparse.Namespace) -> SimpleNamespace:
     """``canopy sample``'s arguments as typed objects, every check run by the object's
     owner before torch is imported or a model loaded: ``specs`` (model specs), ``config``
     (:class:`~canopy.settings.SamplingConfig`), ``runtime``, ``prompts()`` (reads them),
     ``out`` (the store directory, created), ``ray``, ``workers``."""
-    import dataclasses
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from canopy import cache_dir
+    from canopy.entries import entry_specs
     from canopy.experiment import DEFAULT_EXPERIMENT, load_experiment
     from canopy.models import check_models
     from canopy.prompts import check_prompt_files, read_prompts
@@ -77,18 +122,23 @@ def _sample_plan(args: argparse.Namespace) -> SimpleNamespace:
                      "threads": args.threads}
     if args.experiment or args.profile:
         exp = load_experiment(args.experiment or DEFAULT_EXPERIMENT, args.profile or "default",
-                              {**flags, **runtime_flags, "models": args.models,
+                              {**flags, **runtime_flags,
                                "out": args.out, "ray": args.ray, "workers": args.workers})
-        models, config, out, runtime = exp.models, exp.sampling, exp.out, exp.runtime
+        models, config, out, runtime = (_model_entries(args) or exp.entries, exp.sampling,
+                                        exp.out, exp.runtime)
+        stated = exp.runtime_stated
         per_task, ray, workers = exp.prompts_per_task, exp.ray, exp.workers
         files = [(exp.prompts_dir / f"{task}.jsonl", task) for task in exp.tasks]
     else:
-        if not args.models:
-            raise ValueError("give --models NAME … (see `canopy models`) or --experiment FILE")
+        models = _model_entries(args)
+        if not models:
+            raise ValueError("give --models NAME … or --model SPEC (see `canopy models`) "
+                             "or --experiment FILE")
         if not args.prompts:
             raise ValueError("give --prompts FILE.jsonl or --experiment FILE")
-        models, config = args.models, check_sampling(flags)
+        config = check_sampling(flags)
         runtime = Runtime(**{k: v for k, v in runtime_flags.items() if v is not None})
+        stated = {k for k, v in runtime_flags.items() if v is not None}
         out = args.out or cache_dir() / "rollouts" / "cli"
         per_task, ray, workers, files = args.prompts_per_task, args.ray, args.workers, []
     if args.prompts:
@@ -97,13 +147,9 @@ def _sample_plan(args: argparse.Namespace) -> SimpleNamespace:
     check_batch_memory(config, n_prompts)
     if ray not in (None, False) or workers is not None:
         check_ray(ray, workers, out)
-    specs = []
-    for spec in check_models(models, variant=args.variant or "base",
-                             chat_template=args.chat_template,
-                             max_new_tokens=config.max_new_tokens):
-        if args.family and spec.kind in ("gguf", "dir", "hub"):  # registered ones keep theirs
-            spec = dataclasses.replace(spec, family=args.family)
-        specs.append(spec)
+    specs = check_models(entry_specs(models, variant=args.variant, family=args.family,
+                                     chat_template=args.chat_template),
+                         max_new_tokens=config.max_new_tokens)
     # about 64 bytes per generated token in a shard (ids, four float32 statistics, text)
     need = len(specs) * n_prompts * config.rollouts * config.max_new_tokens * 64
     out = check_out_dir(out, need_bytes=need)
@@ -116,16 +162,20 @@ def _sample_plan(args: argparse.Namespace) -> SimpleNamespace:
         return found
 
     return SimpleNamespace(specs=specs, config=config, runtime=runtime, prompts=prompts,
-                           out=out, ray=ray, workers=workers)
+                           out=out, ray=ray, workers=workers, stated=stated)
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     plan = _sample_plan(args)
+    _refuse_changed_configuration(plan, args.resample)
+    from canopy.model_files import beyond_tokenizer_lines
     from canopy.run import sample_to_store
 
     prompts = plan.prompts()
     table = sample_to_store(plan.specs, prompts, plan.config, plan.out, runtime=plan.runtime,
                             progress=True, ray=plan.ray, workers=plan.workers)
+    for line in beyond_tokenizer_lines(table, plan.specs):
+        print(f"canopy sample: {line}")
     info = table.attrs["canopy"]
     tokens = int(table["length"].sum())
     seconds = max(info["seconds"], 1e-9)
@@ -135,20 +185,37 @@ def _cmd_sample(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({tokens / seconds:.0f} tok/s incl. loading) -> {plan.out}")
 
 
+def _refuse_changed_configuration(plan: SimpleNamespace, resample: bool) -> None:
+    """Stop (one line) when the store holds one of the models in another configuration,
+    unless ``--resample``; before any model is loaded."""
+    from canopy.store import changed_configuration_message, configuration_change
+
+    if resample:
+        return
+    on_ray = plan.ray not in (None, False) or plan.workers is not None
+    record = None if on_ray else plan.runtime.record()  # on Ray: the workers' device
+    for spec in plan.specs:
+        found = configuration_change(plan.out, spec, plan.config, record, plan.stated)
+        if found is not None and found[1]:
+            raise ValueError(changed_configuration_message(plan.out, spec.name, *found,
+                                                           "add --resample"))
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
-    import dataclasses
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from canopy import cache_dir
-    from canopy.models import resolve_spec
+    from canopy.entries import entry_spec
+    from canopy.models import check_models
     from canopy.settings import (
         DEFAULT_BATCH_SIZE, Runtime, check_integer, check_ray, check_sampling,
     )
 
-    if len(args.models) != 1:
-        raise ValueError("canopy score takes one model (--models NAME); score another model "
-                         "in another run")
+    entries = _model_entries(args)
+    if len(entries) != 1:
+        raise ValueError("canopy score takes one model (--models NAME or --model SPEC); "
+                         "score another model in another run")
     config = check_sampling({"max_new_tokens": args.max_new_tokens,
                              "temperature": args.temperature, "top_k": args.top_k,
                              "top_p": args.top_p})
@@ -167,10 +234,9 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
     table = read_rollouts_file(args.rollouts)
     check_rows(table)  # before the model is loaded
-    spec = resolve_spec(args.models[0], variant=args.variant or "base",
-                        chat_template=args.chat_template)
-    if args.family and spec.kind in ("gguf", "dir", "hub"):
-        spec = dataclasses.replace(spec, family=args.family)
+    spec = entry_spec(entries[0], variant=args.variant, family=args.family,
+                      chat_template=args.chat_template)
+    check_models([spec])  # tokenizer files, chat template: before the model is loaded
     scored = score_to_store(spec, table, config, out, batch_size=batch_size, progress=True,
                             runtime=runtime, ray=args.ray, workers=args.workers)
     info = scored.attrs["canopy"]
@@ -178,6 +244,64 @@ def _cmd_score(args: argparse.Namespace) -> None:
     print(f"canopy score: {len(scored)} rollouts, {int(scored['length'].sum())} tokens "
           f"({info['reused_prompts']} prompt shards reused, {info['scored_prompts']} scored), "
           f"{outside} token(s) outside the support -> {out}")
+
+
+def _model_entries(args: argparse.Namespace) -> list:
+    """The models given on the command line: ``--models`` names/paths (plain strings,
+    to which ``--variant``/``--family``/``--chat-template`` apply) then each ``--model``
+    entry (a mapping)."""
+    return list(getattr(args, "models", None) or []) + list(getattr(args, "model", None) or [])
+
+
+def _model_option(text: str):
+    """A ``--model`` value: ``KEY=VALUE,…`` with the keys of an experiment file's model
+    entry (``path``, ``name``, ``family``, ``variant``, ``chat_template``, ``dtype``) → a
+    mapping (``chat_template`` read as true/false); a value without ``=`` is a plain
+    name or path, as in ``--models``. Parsed only: :mod:`canopy.entries` checks it."""
+    if "=" not in text:
+        return text
+    entry = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(
+                f"--model {text}: expected KEY=VALUE pairs separated by commas, e.g. "
+                "path=./my-sft,family=mine,variant=instruct")
+        if key == "chat_template":
+            lowered = value.lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                raise argparse.ArgumentTypeError(
+                    f"--model {text}: chat_template must be true or false, got {value}")
+            value = lowered in ("true", "yes", "1")
+        entry[key] = value
+    return entry
+
+
+def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = True) -> None:
+    """``--models`` (names/paths) and ``--model`` (one entry with its role), and the
+    flags that apply to plain names/paths."""
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="registry names, local directories, .gguf files or Hugging Face ids" +
+                        ("" if many else " (one)"))
+    p.add_argument("--model", action="append", type=_model_option, metavar="SPEC",
+                   help="one model with its role, repeatable: KEY=VALUE,… with the keys of an "
+                        "experiment file's model entry: path (local folder or .gguf) or name "
+                        "(registered or Hugging Face id), family, variant (base | instruct), "
+                        "chat_template (true | false; default: on for instruct), dtype; e.g. "
+                        "--model path=./base,family=mine --model "
+                        "path=./sft,family=mine,variant=instruct")
+    p.add_argument("--variant", choices=["base", "instruct", "fine-tuned"],
+                   help="variant of the --models given by path or id (default base; "
+                        "instruct and fine-tuned are the same)")
+    p.add_argument("--family",
+                   help="family of the --models given by path or id (default: the model's "
+                        "own name); a base and an instruct model of one family are compared "
+                        "as a pair")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="render prompts of the --models given by path or id with the chat "
+                        "template (default: on for instruct, off for base; registered models "
+                        "keep theirs)")
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
@@ -243,6 +367,16 @@ def _parse_value(text: str):
         return text
 
 
+def _absolute_entry(entry):
+    """A ``-p models`` entry with a relative local path made absolute (the chapters run
+    in the project root, not in this directory); names and ids are left alone."""
+    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+        return {**entry, "path": str(Path(entry["path"]).expanduser().resolve())}
+    if isinstance(entry, str) and not Path(entry).is_absolute() and Path(entry).exists():
+        return str(Path(entry).resolve())
+    return entry
+
+
 def _cmd_book(args: argparse.Namespace) -> None:
     from canopy.book_checks import book_models, check_book
     from canopy.experiment import resolve_experiment
@@ -259,13 +393,15 @@ def _cmd_book(args: argparse.Namespace) -> None:
     if params.get("experiment_file") is not None:
         # absolute: the chapters run in the project root, not in this directory
         params["experiment_file"] = str(Path(str(params["experiment_file"])).resolve())
+    if isinstance(params.get("models"), list):  # local paths likewise
+        params["models"] = [_absolute_entry(entry) for entry in params["models"]]
     experiment = resolve_experiment(params.get("experiment_file"), args.profile,
                                     {"models": params.get("models")})
     from canopy import book
 
     book.check_parameters(params, experiment["models"], args.only)
     if book.uses_models(book.selected_chapters(args.only)):
-        book_models(experiment["models"])
+        book_models(experiment["entries"])
     book.build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
 
@@ -312,7 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(handler=_cmd_metrics)
 
-    p = sub.add_parser("models", help="list registered models and whether they are available")
+    p = sub.add_parser(
+        "models", help="list registered models, or show how an experiment's models are taken",
+        description="Without options: the registered models and whether they are available. "
+                    "With --experiment/--profile or --models/--model: how each of those "
+                    "models is taken (family, role base or instruct, raw or chat-template "
+                    "prompts), whether it can be loaded, and which families form pairs.")
+    p.add_argument("--experiment", help="experiment YAML whose models to show")
+    p.add_argument("--profile", help="profile of the experiment file")
+    _add_model_flags(p)
     p.set_defaults(handler=_cmd_models)
 
     p = sub.add_parser(
@@ -322,8 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--profile is given) and/or flags; flags override the file.")
     p.add_argument("--experiment", help="experiment YAML (see canopy/experiment.py)")
     p.add_argument("--profile", help="profile of the experiment file (quick, default, ...)")
-    p.add_argument("--models", nargs="+", metavar="MODEL",
-                   help="registry names, local directories, .gguf files or Hugging Face ids")
+    _add_model_flags(p)
     p.add_argument("--prompts", nargs="+", metavar="FILE",
                    help="prompt JSONL file(s) (fields: prompt, optional id, task)")
     p.add_argument("--prompts-per-task", type=_int, help="use the first N prompts of each file/task")
@@ -332,15 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, help="seed (default 0)")
     p.add_argument("--batch-size", type=_int, help="rows per forward pass (default 16)")
     _add_runtime_flags(p, engine=True)
-    p.add_argument("--variant", choices=["base", "fine-tuned"],
-                   help="variant of models given by path or id (default base)")
-    p.add_argument("--family",
-                   help="family of models given by path or id (default: the model's own "
-                        "name); give a base and a fine-tuned model the same family to "
-                        "compare them (e.g. in the paired bootstrap)")
-    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
-                   help="render prompts with the chat template (default: on for "
-                        "fine-tuned, off for base; registered models keep theirs)")
+    p.add_argument("--resample", action="store_true",
+                   help="sample even when the store (--out) holds a model in another "
+                        "configuration (other family, variant, chat template, sampling or "
+                        "stated runtime settings); without it that is an error naming both. "
+                        "The new configuration becomes the store's current one")
     p.add_argument("--out", help="rollout directory (default from the experiment, else "
                                  "$CANOPY_CACHE/rollouts/cli)")
     _add_ray_flags(p)
@@ -360,20 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "it is cut at --max-new-tokens and counted truncated. Tokens outside "
                     "the support of q_t get step_logprob NaN and are counted in "
                     "outside_support.")
-    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
-                   help="the model that made (or is to score) the rollouts: a registry "
-                        "name, local directory, .gguf file or Hugging Face id")
+    _add_model_flags(p, many=False)
     p.add_argument("--rollouts", required=True, metavar="FILE",
                    help="rollouts to score (.jsonl or .parquet)")
     _add_decoding_flags(p)
     p.add_argument("--batch-size", type=_int, help="rollouts per forward pass (default 16)")
     _add_runtime_flags(p, engine=False)
-    p.add_argument("--variant", choices=["base", "fine-tuned"],
-                   help="variant of a model given by path or id (default base)")
-    p.add_argument("--family", help="family of a model given by path or id")
-    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
-                   help="render raw `prompt` fields with the chat template (default: as "
-                        "canopy sample)")
     p.add_argument("--out", help="rollout directory (default $CANOPY_CACHE/rollouts/scored)")
     _add_ray_flags(p)
     p.set_defaults(handler=_cmd_score)

@@ -3,9 +3,13 @@
 An experiment file::
 
     models: [gemma-3-270m, gemma-3-270m-sft, smollm2-135m-instruct]   # registry names/paths
+    # or, stating each model's role (canopy.entries.entry_spec; paths relative to this file):
+    # models:
+    #   - {path: ../my-base, family: mine, variant: base}
+    #   - {path: ../my-sft, family: mine, variant: instruct, chat_template: true}
     tasks: [coding, math, stories, completion]    # prompt files <prompts_dir>/<task>.jsonl
     prompts_dir: ../prompts      # optional; relative to this file; default <repo>/data/prompts
-    out: null                    # optional rollout directory; default
+    out: null                    # optional rollout directory (relative: to this file); default
                                  #   cache_dir()/rollouts/<file stem>-<profile>
     ray: null                    # optional: true (a local Ray instance) or a cluster
     workers: null                #   ADDRESS, and the number of Ray workers (canopy.cluster)
@@ -28,10 +32,14 @@ Prompt files (``<prompts_dir>/<task>.jsonl``) are read by :mod:`canopy.prompts`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
+from canopy.entries import check_entry, entry_name, entry_specs
+from canopy.models import ModelSpec
 from canopy.prompts import read_prompts
 from canopy.settings import (
     RUNTIME_KEYS, SAMPLING_KEYS, Runtime, SamplingConfig, check_runtime, check_sampling,
@@ -52,7 +60,10 @@ _RUNTIME_KEYS = set(RUNTIME_KEYS)
 @dataclass
 class Experiment:
     """A resolved experiment: models, tasks, sampling settings, where prompts and
-    rollouts live."""
+    rollouts live. ``entries``: the models as written (names, paths or mappings:
+    :func:`canopy.entries.entry_spec`; relative paths made absolute); ``models``: their
+    names; ``specs``: how each is taken (family, variant, chat template), in the same
+    order. ``runtime_stated``: the runtime settings the file or the caller set."""
 
     models: list[str]
     tasks: list[str]
@@ -67,6 +78,13 @@ class Experiment:
     ray: bool | str | None = None
     workers: int | None = None
     simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
+    entries: list = field(default_factory=list)
+    runtime_stated: set = field(default_factory=set)
+
+    @cached_property
+    def specs(self) -> list:
+        """How each model is taken (:func:`canopy.entries.entry_specs` of ``entries``)."""
+        return entry_specs(self.entries or self.models)
 
     def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
@@ -76,25 +94,47 @@ class Experiment:
             out.extend(prompts[: self.prompts_per_task] if self.prompts_per_task else prompts)
         return out
 
-    def rollouts(self, *, progress: bool = True):
+    def rollouts(self, *, progress: bool = True, resample: bool = False):
         """The experiment's rollouts, all models: read straight from the store when a
         model's shards are complete (no model is loaded: see
-        :func:`canopy.run.cached_rollouts`), sampled (resumably) otherwise."""
+        :func:`canopy.run.cached_rollouts`), sampled (resumably) otherwise.
+
+        When the store holds a model in another configuration (other family, variant,
+        chat template, sampling settings or stated runtime settings:
+        :func:`canopy.store.configuration_change`) this is a one-line ``ValueError``
+        naming both, unless ``resample`` (a chapter's ``resample`` parameter: ``canopy
+        book -p resample true``) asks to sample the experiment's configuration (it then
+        becomes the store's current one)."""
         import pandas as pd
 
-        from canopy.models import resolve_spec
+        from canopy.model_files import beyond_tokenizer_lines
         from canopy.run import cached_rollouts, sample_to_store
+        from canopy.store import changed_configuration_message, configuration_change
 
         prompts, tables = self.prompts(), []
-        for name in self.models:
-            table = cached_rollouts(resolve_spec(name), prompts, self.sampling, self.out,
-                                    self.runtime)
+        for spec in self.specs:
+            table = cached_rollouts(spec, prompts, self.sampling, self.out, self.runtime)
+            if table is None and not resample:
+                try:
+                    record = self.runtime.record()
+                except ValueError:  # a device that is not here: sampling says so
+                    record = None
+                found = configuration_change(self.out, spec, self.sampling, record,
+                                             self.runtime_stated)
+                if found is not None and found[1]:
+                    raise ValueError(changed_configuration_message(
+                        self.out, spec.name, *found,
+                        "rerun with resample (canopy book -p resample true; in Python "
+                        "experiment.rollouts(resample=True))"))
             if table is None:
-                table = sample_to_store([name], prompts, self.sampling, self.out,
+                table = sample_to_store([spec], prompts, self.sampling, self.out,
                                         runtime=self.runtime, progress=progress,
                                         ray=self.ray, workers=self.workers)
             tables.append(table)
-        return pd.concat(tables, ignore_index=True)
+        table = pd.concat(tables, ignore_index=True)
+        for line in beyond_tokenizer_lines(table, self.specs):
+            warnings.warn(line, stacklevel=2)
+        return table
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -112,6 +152,20 @@ def _merge(base: dict, over: dict, where: str) -> dict:
     return merged
 
 
+def _from_folder(entry, folder: Path):
+    """A model entry of an experiment file with a relative path taken from the file's
+    folder (registered names and Hugging Face ids are left alone)."""
+    from canopy.models import REGISTRY
+
+    if isinstance(entry, dict) and "path" in entry:
+        path = Path(entry["path"]).expanduser()
+        return entry if path.is_absolute() else {**entry, "path": str((folder / path).resolve())}
+    if isinstance(entry, str) and entry not in REGISTRY and not Path(entry).expanduser().is_absolute() \
+            and (folder / entry).exists():
+        return str((folder / entry).resolve())
+    return entry
+
+
 def load_experiment(path=None, profile: str = "default",
                     overrides: dict | None = None) -> Experiment:
     """Read an experiment file (default ``data/experiments/default.yaml``), apply the
@@ -125,7 +179,8 @@ def load_experiment(path=None, profile: str = "default",
         raise ValueError(f"{resolved['path']}: runtime: {exc}") from None
     fields = {k: v for k, v in resolved.items() if k not in ("path", "sampling", "runtime")}
     return Experiment(**fields, sampling=SamplingConfig(**resolved["sampling"]),
-                      runtime=runtime)
+                      runtime=runtime,
+                      runtime_stated={k for k, v in resolved["runtime"].items() if v is not None})
 
 
 def profile_names(path=None) -> list[str]:
@@ -196,18 +251,31 @@ def resolve_experiment(path=None, profile: str = "default",
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"{path}: simulation_seeds must be a positive integer, got {seeds}")
     models, tasks = config.get("models"), config.get("tasks")
-    for key, value in (("models", models), ("tasks", tasks)):
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{path}: '{key}' must be a non-empty list of names")
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(v, str) for v in tasks):
+        raise ValueError(f"{path}: 'tasks' must be a non-empty list of names")
+    if not isinstance(models, list) or not models \
+            or not all(isinstance(v, (str, dict, ModelSpec)) for v in models):
+        raise ValueError(f"{path}: 'models' must be a non-empty list of names, paths or "
+                         "mappings (path/name, family, variant, chat_template, dtype)")
+    try:
+        for entry in models:
+            check_entry(entry)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if "models" not in flat:  # relative paths in the file are taken from its folder
+        models = [_from_folder(entry, path.parent) for entry in models]
     if "prompts_dir" in config and config["prompts_dir"]:
         prompts_dir = Path(config["prompts_dir"])
         if not prompts_dir.is_absolute():
             prompts_dir = (path.parent / prompts_dir).resolve()
     else:
         prompts_dir = REPO_ROOT / "data" / "prompts"
-    out = Path(config["out"]) if config.get("out") else \
+    out = Path(config["out"]).expanduser() if config.get("out") else \
         cache_dir() / "rollouts" / f"{path.stem}-{profile}"
-    return dict(models=list(models), tasks=list(tasks), sampling=sampling,
+    if config.get("out") and "out" not in flat and not out.is_absolute():
+        out = (path.parent / out).resolve()  # a relative out in the file: from its folder
+    return dict(models=[entry_name(entry) for entry in models], entries=list(models),
+                tasks=list(tasks), sampling=sampling,
                 prompts_per_task=per_task, prompts_dir=prompts_dir, out=out, name=path.stem,
                 profile=profile, raw=raw, runtime=runtime, path=path,
                 ray=config.get("ray"), workers=config.get("workers"),

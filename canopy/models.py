@@ -465,6 +465,14 @@ def _load_dir(path: str | Path, *, local_only: bool, name: str):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        if not (local_only and Path(str(path)).is_dir()):
+            raise ValueError(f"model {path} is not available offline: set HF_HUB_OFFLINE=0 "
+                             "or give a local path") from None
+        raise ValueError(f"model {name}: cannot load the tokenizer in {path} "
+                         f"({str(exc).splitlines()[0][:100]}); save the tokenizer files "
+                         "(tokenizer.json, …) into that folder") from None
+    try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32",
                                                      local_files_only=local_only)
         apply_gguf_bos(tokenizer, path)
@@ -569,8 +577,10 @@ def load_model(spec: ModelSpec | str, *, fingerprint: bool = True,
             from transformers import GenerationConfig
             model.generation_config = GenerationConfig.from_pretrained(str(tok_dir))
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
-                         "none; register it with chat_template=False")
+        raise ValueError(f"model {spec.name} is taken with a chat template but its tokenizer "
+                         "has none; give it chat_template: false in its experiment entry "
+                         "(command line: --model 'path=…,chat_template=false' or "
+                         "--no-chat-template)")
     model = model.float().eval()
     fp = model_fingerprint(model) if fingerprint else ""
     model = model.to(device=runtime.device, dtype=runtime.torch_dtype())
@@ -626,32 +636,39 @@ def context_length(spec) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def check_models(names, *, variant: str = "base", chat_template: bool | None = None,
-                 max_new_tokens: int | None = None, need_fresh: bool = True) -> list:
-    """Resolve every model and check that it can be loaded offline now (before the first
-    one is loaded); returns their :class:`~canopy.models.ModelSpec`. ``need_fresh``:
-    also check the files a first load converts (packaged/``.gguf`` GGUFs)."""
-    specs = []
-    for name in names:
-        spec = resolve_spec(name, variant=variant, chat_template=chat_template)
+def check_models(specs, *, max_new_tokens: int | None = None, need_fresh: bool = True) -> list:
+    """Check that every model (specs: :func:`canopy.entries.entry_specs`) loads offline
+    now, before the first is loaded, with its tokenizer files and chat template
+    (:func:`canopy.model_files.check_model_files`; its notes go to stderr); returns the
+    specs. ``need_fresh``: also check the files a first load converts (GGUFs)."""
+    import sys
+
+    from canopy.model_files import check_model_files
+
+    checked = []
+    for spec in specs:
+        name = spec.name
         if spec.kind == "hub":
             if offline() and not hub_cached(spec.source):
                 where = ("neither a local path (no such directory) nor, as a Hugging Face "
-                         "id, available offline" if "/" in name else "not available offline")
-                raise ValueError(f"model {name} is {where}: set HF_HUB_OFFLINE=0 or give a "
-                                 "local path")
+                         "id, available offline" if "/" in spec.source
+                         else "not available offline")
+                raise ValueError(f"model {spec.source} is {where}: set HF_HUB_OFFLINE=0 or "
+                                 "give a local path")
         else:
             ok, needs = available(spec)
             if not ok:
                 raise ValueError(f"model {name} is not available: {needs}")
+        for line in check_model_files(spec):
+            print(f"canopy: note: {line}", file=sys.stderr)
         header = check_gguf_source(spec) if need_fresh else None
         if max_new_tokens is not None:
             limit = context_length(spec) or (header or {}).get("context_length")
             if limit is not None and max_new_tokens > limit:
                 raise ValueError(f"max_new_tokens {max_new_tokens} is more than the context "
                                  f"of model {name} ({limit} tokens); lower --max-new-tokens")
-        specs.append(spec)
-    return specs
+        checked.append(spec)
+    return checked
 
 
 def check_gguf_source(spec: ModelSpec) -> dict | None:

@@ -42,9 +42,17 @@ from canopy.sampling import ROLLOUT_SCHEMA_COLUMNS, entropy, model_forward, proc
 from canopy.settings import SamplingConfig
 from canopy.store import ShardError, now, open_config, read_shard, shard_path, write_shard
 
-__all__ = ["score_rollouts", "read_rollouts_file", "check_rows", "prepare_rollouts",
-           "rows_per_batch", "score_record", "plan_scoring", "score_shards"]
+__all__ = ["score_rollouts", "read_rollouts_file", "row_place", "check_rows",
+           "prepare_rollouts", "rows_per_batch", "score_record", "plan_scoring",
+           "score_shards"]
 
+#: Why an empty completion text cannot be scored, and the fix.
+EMPTY_COMPLETION = (
+    "the completion is empty (\"\"); a rollout that stopped at once is its stop token "
+    "alone, which text cannot show (engines drop the stop token from the text, so the "
+    "row cannot say whether it stopped or was cut at 0 tokens): give that row "
+    "token_ids: [ID] with the model's stop id (its tokenizer's eos_token_id) instead of "
+    "completion")
 #: floats of kept logits per forward pass (512 MB in float32)
 _LOGIT_BUDGET = 2 ** 27
 #: positions processed at once when computing q_t
@@ -61,10 +69,12 @@ def read_rollouts_file(path) -> pd.DataFrame:
         raise FileNotFoundError(f"rollouts file not found: {path}")
     if path.suffix == ".parquet":
         try:
-            return pd.read_parquet(path)
+            table = pd.read_parquet(path)
         except Exception as exc:  # noqa: BLE001 - any failure means an unreadable file
             raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    rows = []
+        table.attrs["canopy_source"] = {"path": str(path)}
+        return table
+    rows, lines = [], []
     with open(path, encoding="utf-8") as handle:
         for n, line in enumerate(handle, 1):
             if not line.strip():
@@ -76,9 +86,23 @@ def read_rollouts_file(path) -> pd.DataFrame:
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: each line must be a JSON object")
             rows.append(row)
+            lines.append(n)
     if not rows:
         raise ValueError(f"{path}: no rollouts in the file")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["canopy_source"] = {"path": str(path), "lines": lines}
+    return table
+
+
+def row_place(table: pd.DataFrame, n: int) -> str:
+    """Where row ``n`` (0-based) of an input table is, as its writer counts: ``FILE:L``
+    (its line number, from 1) for a JSONL file read by :func:`read_rollouts_file`, else
+    ``row n+1`` (counting from 1, of the Parquet file or table)."""
+    source = table.attrs.get("canopy_source") or {}
+    lines = source.get("lines") or []
+    if n < len(lines):
+        return f"{source['path']}:{lines[n]}"
+    return f"{source['path']}: row {n + 1}" if source.get("path") else f"rollout row {n + 1}"
 
 
 def check_rows(table: pd.DataFrame) -> None:
@@ -88,11 +112,14 @@ def check_rows(table: pd.DataFrame) -> None:
     if table.empty:
         raise ValueError("no rollouts to score")
     for n, row in enumerate(table.to_dict("records")):
+        where = row_place(table, n)
         if not (_present(row, "prompt_token_ids") or _present(row, "prompt")):
-            raise ValueError(f"rollout row {n}: give prompt_token_ids (the rendered prompt) "
+            raise ValueError(f"{where}: give prompt_token_ids (the rendered prompt) "
                              "or prompt (raw text)")
         if not (_present(row, "token_ids") or _present(row, "completion")):
-            raise ValueError(f"rollout row {n}: give token_ids or completion (text)")
+            raise ValueError(f"{where}: give token_ids or completion (text)")
+        if not _present(row, "token_ids") and row["completion"] == "":
+            raise ValueError(f"{where}: {EMPTY_COMPLETION}")
 
 
 def _ids(value, where: str, name: str) -> list[int]:
@@ -129,7 +156,7 @@ def prepare_rollouts(loaded, table: pd.DataFrame) -> pd.DataFrame:
     vocab = head.weight.shape[0] if head is not None else None
     out, rendered_cache, prompt_ids = [], {}, {}
     for n, row in enumerate(table.to_dict("records")):
-        where = f"rollout row {n}"
+        where = row_place(table, n)
         task = str(row["task"]) if _present(row, "task") else "default"
         if _present(row, "prompt_token_ids"):
             ids = _ids(row["prompt_token_ids"], where, "prompt_token_ids")
@@ -155,7 +182,10 @@ def prepare_rollouts(loaded, table: pd.DataFrame) -> pd.DataFrame:
         else:
             raise ValueError(f"{where}: give token_ids or completion (text)")
         if not completion:
-            raise ValueError(f"{where}: the completion has no tokens")
+            raise ValueError(f"{where}: " + (EMPTY_COMPLETION if not _present(row, "token_ids")
+                                             else "token_ids is empty; a rollout has at least "
+                                                  "one token (its stop token if it stopped at "
+                                                  "once)"))
         if vocab is not None and max(ids + completion) >= vocab:
             raise ValueError(f"{where}: token id {max(ids + completion)} is outside the "
                              f"model's vocabulary ({vocab} ids); wrong tokenizer?")

@@ -35,6 +35,7 @@ from canopy.embedders import DEFAULT_EMBEDDING_MODEL, PACKAGED
 from canopy.entropy import comovement
 from canopy.pooling import pool_comovement
 from canopy.tables import POOL_KEYS, PROMPT_KEYS, reason_column, require_columns, task_scopes
+from canopy.windows import check_window, chunk_texts, cut_texts, pool_chunks, word_piece_limit
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -43,6 +44,7 @@ __all__ = [
     "cosine_judge",
     "load_embedder",
     "embed_texts",
+    "texts_cut",
     "embed_rollouts",
     "rollout_diversity",
     "vendi_score",
@@ -124,14 +126,18 @@ def _normalise(e: np.ndarray) -> np.ndarray:
 
 
 def embed_texts(texts: Sequence[str], model: str | Embedder = DEFAULT_EMBEDDING_MODEL,
-                batch_size: int = 64, progress: bool = True, device: str | None = None
-                ) -> np.ndarray:
+                batch_size: int = 64, progress: bool = True, device: str | None = None,
+                window: str = "start") -> np.ndarray:
     """Embed ``texts`` → float32 array ``(len(texts), dim)``, rows L2-normalised.
 
     ``model`` is a sentence-transformers name/id/path (the packaged all-MiniLM-L6-v2 by
     default) or any callable mapping a list of strings to an ``(n, dim)`` array. Identical
-    texts are embedded once. Batched; ``progress`` shows a tqdm bar.
+    texts are embedded once. Batched; ``progress`` shows a tqdm bar. ``window``
+    (:mod:`canopy.windows`): ``"start"`` — the model reads a text's first word pieces
+    (256 for MiniLM) —, or ``"chunked"`` — the mean of the embeddings of consecutive
+    chunks covering the whole text (a named model only).
     """
+    check_window(window)
     texts = list(texts)
     if not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must all be strings (decoded rollouts; use '' for an empty one)")
@@ -142,6 +148,9 @@ def embed_texts(texts: Sequence[str], model: str | Embedder = DEFAULT_EMBEDDING_
     unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
     unique = [str(u) for u in unique]
     if callable(model) and not isinstance(model, str):
+        if window != "start":
+            raise ValueError(f"window={window!r} needs a sentence-transformers model (a name, "
+                             "id or folder): it splits texts with the model's tokenizer")
         parts = []
         from tqdm.auto import tqdm
         for lo in tqdm(range(0, len(unique), batch_size), disable=not progress, desc="embedding"):
@@ -149,11 +158,25 @@ def embed_texts(texts: Sequence[str], model: str | Embedder = DEFAULT_EMBEDDING_
         emb = np.concatenate(parts, axis=0)
     else:
         embedder = load_embedder(model, device=device)
-        emb = embedder.encode(unique, batch_size=batch_size, show_progress_bar=progress,
-                              convert_to_numpy=True, normalize_embeddings=False)
+        if window == "chunked":
+            chunks, owner, weight = chunk_texts(unique, embedder)
+            parts = embedder.encode(chunks, batch_size=batch_size, show_progress_bar=progress,
+                                    convert_to_numpy=True, normalize_embeddings=False)
+            emb = pool_chunks(_normalise(parts), owner, weight, len(unique))
+        else:
+            emb = embedder.encode(unique, batch_size=batch_size, show_progress_bar=progress,
+                                  convert_to_numpy=True, normalize_embeddings=False)
     if emb.ndim != 2 or emb.shape[0] != len(unique):
         raise ValueError(f"embedder returned shape {emb.shape}, expected ({len(unique)}, dim)")
     return _normalise(emb).astype(np.float32)[inverse.reshape(-1)]
+
+
+def texts_cut(texts: Sequence[str], model: str = DEFAULT_EMBEDDING_MODEL,
+              device: str | None = None) -> tuple[np.ndarray, int]:
+    """Which ``texts`` the embedding model reads only the beginning of (window
+    ``"start"``), shape (len(texts),) bool, and how many word pieces it reads."""
+    embedder = load_embedder(model, device=device)
+    return cut_texts(list(texts), embedder), word_piece_limit(embedder)
 
 
 def _slug(name: str) -> str:
@@ -172,8 +195,8 @@ def _shard_key(model_name: str, texts: Sequence[str]) -> str:
 
 def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBEDDING_MODEL,
                    cache: bool | str | Path = True, text_column: str = "text",
-                   batch_size: int = 64, progress: bool = True, device: str | None = None
-                   ) -> np.ndarray:
+                   batch_size: int = 64, progress: bool = True, device: str | None = None,
+                   window: str = "start") -> np.ndarray:
     """Embeddings of every rollout's text → float32 ``(R, dim)`` aligned with the rows.
 
     Caching: one ``.npy`` per rollout shard (the rollouts of one (model, task, prompt_id),
@@ -181,8 +204,10 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
     shard's texts, under ``cache`` (a directory) or ``cache_dir()/embeddings`` when
     ``cache is True``; ``False`` disables it. A shard whose texts change gets a new key, so
     the cache never serves stale vectors and does not depend on the rollout store layout.
-    A callable ``model`` is never cached (it has no stable name).
+    A callable ``model`` is never cached (it has no stable name). ``window``: see
+    :func:`embed_texts` (``"chunked"`` vectors are cached under their own keys).
     """
+    check_window(window)
     require_columns(rollouts, (*PROMPT_KEYS, "rollout_id", text_column), "rollout table",
                     allow_empty=False)
     texts = rollouts[text_column]
@@ -190,7 +215,7 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
         raise ValueError(f"column {text_column!r} must hold strings (no missing values)")
     named = isinstance(model, str)
     if not named or cache is False:
-        return embed_texts(texts.tolist(), model, batch_size, progress, device)
+        return embed_texts(texts.tolist(), model, batch_size, progress, device, window)
 
     root = (cache_dir() / "embeddings") if cache is True else Path(cache)
     folder = root / _slug(model)
@@ -201,11 +226,12 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
     shards = [g["_row"].to_numpy() for _, g in
               frame.groupby(["model", "task", "prompt_id"], sort=False)]
     text_list = texts.tolist()
+    key_name = model if window == "start" else f"{model}|window={window}"
     out: np.ndarray | None = None
     todo = []
     for rows in shards:
         shard_texts = [text_list[i] for i in rows]
-        path = folder / f"{_shard_key(model, shard_texts)}.npy"
+        path = folder / f"{_shard_key(key_name, shard_texts)}.npy"
         if path.exists():
             try:
                 vec = np.load(path)
@@ -219,7 +245,8 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
         todo.append((rows, path))
     if todo:
         rows_all = np.concatenate([r for r, _ in todo])
-        fresh = embed_texts([text_list[i] for i in rows_all], model, batch_size, progress, device)
+        fresh = embed_texts([text_list[i] for i in rows_all], model, batch_size, progress, device,
+                            window)
         if out is None:
             out = np.empty((len(text_list), fresh.shape[1]), dtype=np.float32)
         elif fresh.shape[1] != out.shape[1]:

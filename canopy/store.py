@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["load_rollouts", "config_hash", "shard_path", "read_shard", "read_verified",
            "write_shard", "ShardError", "damaged_shards", "damaged_message", "store_shards",
            "open_config", "prompt_keys", "shard_expectation", "finished_shards",
-           "fill_shards", "gather", "safe_name", "now", "package_versions", "write_json",
+           "fill_shards", "gather", "configuration_change", "changed_configuration_message",
+           "safe_name", "now", "package_versions", "write_json",
            "check_out_dir", "check_metrics", "progress_bar", "ROLLOUT_SCHEMA_COLUMNS"]
 
 _META_KEY = b"canopy"
@@ -233,6 +234,59 @@ def open_config(out: Path, spec, record: dict, keys: dict[str, str],
         write_json(manifest_path, manifest)
         write_json(model_dir / "current.json", {"config_hash": digest[:12]})
     return config_dir, digest
+
+
+#: The runtime setting behind each key of a runtime record.
+_RECORD_SETTING = {"engine": "engine", "device_type": "device", "dtype": "dtype",
+                   "threads": "threads"}
+
+
+def configuration_change(out, spec, config: SamplingConfig, runtime_record: dict | None = None,
+                         stated: set | None = None) -> tuple[str, list[str]] | None:
+    """How the configuration the store ``out`` holds for ``spec``'s model (its current
+    one, ``current.json``) differs from the one asked for, in what a user states: the
+    model entry (family, variant, chat template, dtype, source), the sampling settings
+    and ``runtime_record`` (:meth:`canopy.settings.Runtime.record`, when given; with
+    ``stated``, only the record keys of the runtime settings named there — a default such
+    as the thread count, which differs by machine, is not something the user asked for).
+    Read without loading anything.
+
+    Returns ``None`` when the store holds no configuration of that model, else
+    ``(hash12 of the stored configuration, differences)``: one ``"key: stored → asked"``
+    string per differing setting (empty when they agree; a change of the weights' files
+    or of canopy's algorithm is not listed: it is resampled, as it must be)."""
+    model_dir = Path(out) / safe_name(spec.name)
+    try:
+        current = json.loads((model_dir / "current.json").read_text())["config_hash"]
+        manifest = json.loads((model_dir / current / "manifest.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    changes = []
+
+    def compare(prefix: str, stored: dict, asked: dict, skip=()) -> None:
+        stored = stored if isinstance(stored, dict) else {}
+        for key, value in json.loads(json.dumps(asked)).items():
+            if key not in skip and stored.get(key) != value:
+                changes.append(f"{prefix}{key}: {stored.get(key)!r} → {value!r}")
+
+    compare("", manifest.get("spec"), spec.describe(), skip=("install",))
+    record = manifest.get("config") or {}
+    compare("sampling.", record.get("sampling"), config.distribution())
+    if runtime_record is not None:
+        asked = {k: v for k, v in runtime_record.items()
+                 if stated is None or _RECORD_SETTING.get(k) in stated}
+        compare("runtime.", record.get("runtime"), asked)
+    return current, changes
+
+
+def changed_configuration_message(out, name: str, current: str, changes: list[str],
+                                  how: str) -> str:
+    """One line: the store holds another configuration of model ``name`` and the
+    sampling that would replace it is not done unless asked (``how``)."""
+    return (f"the store {out} holds model {name} in another configuration ({current}): "
+            f"{'; '.join(changes)} (stored → asked); stopping instead of sampling it again. "
+            f"To sample the asked configuration (it becomes the store's current one), "
+            f"{how}; to keep the stored one, ask for its settings")
 
 
 def shard_expectation(digest: str, config: SamplingConfig):

@@ -243,8 +243,10 @@ def load(spec: ModelSpec | str, runtime=None, *, capture: bool = True) -> VllmMo
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     apply_gguf_bos(tokenizer, path)
     if spec.chat_template and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"model {spec.name!r} wants a chat template but its tokenizer has "
-                         "none; register it with chat_template=False")
+        raise ValueError(f"model {spec.name} is taken with a chat template but its tokenizer "
+                         "has none; give it chat_template: false in its experiment entry "
+                         "(command line: --model 'path=…,chat_template=false' or "
+                         "--no-chat-template)")
     generation = (GenerationConfig.from_pretrained(str(path))
                   if (path / "generation_config.json").is_file() else None)
     stop_ids = stop_token_ids(tokenizer, _WithGenerationConfig(generation))

@@ -37,6 +37,7 @@
 profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None: data/experiments/default.yaml
 models = None              # None: the experiment's models; or a list of names/paths
+resample = False           # True: sample even when the store holds a model in another configuration
 example_task = "stories"   # task of the side-by-side examples
 example_prompt = None      # prompt id; None: the first prompt of example_task
 example_rollouts = 2       # how many rollouts per model to show
@@ -52,13 +53,12 @@ from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, findings, pooling, report
 from canopy.experiment import load_experiment
-from canopy.models import resolve_spec
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 pd.set_option("display.max_colwidth", None)
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 prompt_list = experiment.prompts()
 settings = experiment.sampling
 
@@ -72,7 +72,7 @@ settings = experiment.sampling
 # whole support from the full logits.
 
 # %%
-model_table = pd.DataFrame([resolve_spec(name).describe() for name in experiment.models])
+model_table = pd.DataFrame([spec.describe() for spec in experiment.specs])
 model_table["prompting"] = model_table["chat_template"].map({True: "chat template",
                                                              False: "raw text"})
 model_table[["name", "family", "variant", "kind", "prompting", "dtype"]]

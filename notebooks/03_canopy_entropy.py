@@ -44,6 +44,7 @@
 profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None: data/experiments/default.yaml
 models = None              # None: the experiment's models; or a list of names/paths
+resample = False           # True: sample even when the store holds a model in another configuration
 n_boot = 2000              # bootstrap resamples of the prompts
 seed = 0                   # bootstrap seed
 confidence = 0.95          # level of the bootstrap percentile intervals
@@ -55,12 +56,11 @@ from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
 from canopy import charts, entropy, findings, pairs, pooling, report
 from canopy.experiment import load_experiment
-from canopy.models import resolve_spec
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 prompts = entropy.prompt_metrics(rollouts)       # one row per (model, task, prompt)
 pooled = pooling.pool(prompts)                   # one row per (model, task), task "all" too
 keys = ["model", "task"]
@@ -180,7 +180,7 @@ boot = pooling.paired_bootstrap(prompts, n_boot=n_boot, seed=seed, confidence=co
 
 # %% tags=["remove-input"]
 display(Markdown(report.pairs_text(
-    boot, {m: resolve_spec(m).name for m in experiment.models})))
+    boot, {spec.name: spec.name for spec in experiment.specs})))
 
 # %%
 shown = ["canopy_entropy", "mean_length", "mean_entropy_rate", "gen_ppl", "branching_factor",

@@ -38,6 +38,7 @@
 profile = "default"        # a profile of the experiment file: default, quick, ...
 experiment_file = None     # None: data/experiments/default.yaml
 models = None              # None: the experiment's models; or a list of names/paths
+resample = False           # True: sample even when the store holds a model in another configuration
 n_boot = 2000              # bootstrap resamples of the prompts
 seed = 0                   # bootstrap seed
 confidence = 0.95          # level of the bootstrap percentile intervals
@@ -56,7 +57,7 @@ from canopy.experiment import load_experiment
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 prompts = entropy.prompt_metrics(rollouts)
 correlations = ["length_rate_pearson", "length_rate_spearman", "length_rate_kendall"]
 

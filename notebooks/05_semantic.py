@@ -37,7 +37,9 @@
 profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of registry names
+resample = False               # True: sample even when the store holds a model in another configuration
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
+embedding_window = "start"     # "start": the model reads a text's first word pieces; "chunked": all of it
 similarity_threshold = 0.9     # cosine similarity at which the default judge says "same meaning"
 correlation = "pearson"        # measure charted for rho(N, d): pearson, spearman or kendall
 example_task = None            # task of the worked example; None: the experiment's first task
@@ -59,7 +61,7 @@ pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 120)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 n_rollouts = int(experiment.sampling.rollouts)
 
 # %% tags=["remove-stderr", "remove-input"]
@@ -81,12 +83,24 @@ display(Markdown(
 # rollouts that say similar things get a cosine similarity $\langle e_i, e_j\rangle$ near
 # 1; unrelated texts get values near 0. Embeddings are cached under the project cache,
 # keyed by the model name and the texts, so a rerun does not embed again.
+#
+# The embedding model reads a limited number of word pieces (256 for MiniLM, two of them
+# its own markers). With `embedding_window = "start"` a longer rollout is judged by its
+# beginning only; `"chunked"` splits it into consecutive pieces the model reads whole
+# and averages their vectors, weighted by length, so the whole rollout counts.
 
 # %% tags=["remove-stderr"]
-embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
+embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False,
+                                     window=embedding_window)
+cut, read_limit = semantic.texts_cut(rollouts["text"].tolist(), embedding_model)
 
 # %% tags=["remove-stderr", "remove-input"]
-display(Markdown(f"Embedded {embeddings.shape[0]:,} rollouts into {embeddings.shape[1]} dimensions."))
+display(Markdown(
+    f"Embedded {embeddings.shape[0]:,} rollouts into {embeddings.shape[1]} dimensions "
+    f"(window `{embedding_window}`). {int(cut.sum()):,} of the {len(cut):,} texts "
+    f"({cut.mean():.1%}) are longer than the {read_limit} word pieces the model reads"
+    + (": they are judged by their beginning only." if embedding_window == "start" and cut.any()
+       else (": each is embedded in chunks that cover all of it." if cut.any() else "."))))
 
 # %% [markdown]
 # ## The measures
@@ -264,7 +278,7 @@ display(charts.rate_diversity_chart(panel, color="model"))
 # ## Rerun this chapter
 
 # %% tags=["remove-input"]
-rerun_note("05_semantic", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, similarity_threshold=similarity_threshold, correlation=correlation, example_task=example_task)
+rerun_note("05_semantic", profile=profile, experiment_file=experiment_file, models=models, embedding_model=embedding_model, embedding_window=embedding_window, similarity_threshold=similarity_threshold, correlation=correlation, example_task=example_task)
 
 # %% tags=["remove-cell"]
 # Numbers for the box at the top of the page (MyST-NB glue).

@@ -38,6 +38,7 @@
 profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of registry names
+resample = False               # True: sample even when the store holds a model in another configuration
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
 level = 0.95                   # confidence level of every interval
 run_r = True                   # also fit the paper's glmmTMB model when R and glmmTMB exist
@@ -61,7 +62,7 @@ pd.set_option("display.precision", 4)
 pct = int(round(100 * level))
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
 panel = stats.build_panel(rollouts, embeddings)
 

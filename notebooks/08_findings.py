@@ -54,6 +54,7 @@
 profile = "default"            # a profile of the experiment file: default, quick, ...
 experiment_file = None         # None: data/experiments/default.yaml
 models = None                  # None: the experiment's models; or a list of names/paths
+resample = False               # True: sample even when the store holds a model in another configuration
 embedding_model = "all-MiniLM-L6-v2"   # sentence-transformers name, id or local path
 n_boot = 2000                  # bootstrap resamples of the prompts
 seed = 0                       # bootstrap seed
@@ -69,7 +70,7 @@ from IPython.display import Markdown
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False)
+rollouts = experiment.rollouts(progress=False, resample=resample)
 claims = findings.measure_claims(rollouts, embedding_model, n_boot=n_boot, seed=seed,
                                  confidence=confidence)
 boot = claims["boot"]

@@ -133,7 +133,8 @@ def test_stop_and_truncation_rules():
     ({"prompt": "a", "token_ids": [4, 1, 5]}, "follow the stop token"),
     ({"prompt": "a", "token_ids": [4, 99]}, "outside the model's vocabulary"),
     ({"prompt": "a", "token_ids": "4 5"}, "token_ids must be a list"),
-    ({"prompt": "a", "token_ids": []}, "the completion has no tokens"),
+    ({"prompt": "a", "token_ids": []}, "rollout row 1: token_ids is empty"),
+    ({"prompt": "a", "completion": ""}, "rollout row 1: the completion is empty"),
     ({"prompt": "  ", "token_ids": [4]}, "prompt must be a non-empty string"),
 ])
 def test_bad_rows_are_one_line_errors(row, message):
@@ -190,7 +191,14 @@ def test_score_command_end_to_end(tmp_path, capsys):
         main(["score", "--models", str(path), "--rollouts", str(bad), "--out", str(out)])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err == "canopy: error: rollout row 0: give token_ids or completion (text)\n"
+    assert err == f"canopy: error: {bad}:1: give token_ids or completion (text)\n"
+    # an empty completion text: its line (from 1, blank lines counted) and the fix
+    bad.write_text('{"prompt": "a", "token_ids": [3]}\n\n{"prompt": "a", "completion": ""}\n')
+    with pytest.raises(SystemExit):
+        main(["score", "--models", str(path), "--rollouts", str(bad), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert err.startswith(f"canopy: error: {bad}:3: the completion is empty")
+    assert "token_ids: [ID]" in err and err.count("\n") == 1
 
 
 def test_score_without_top_k_records_the_documented_default(tmp_path, capsys):
