@@ -80,11 +80,35 @@ def summarize(arrow) -> pd.DataFrame:
     final[has] = values[offsets[1:][has] - 1]
     out["final_stop_logprob"] = final
     ids, id_row = _flat(arrow.column("token_ids"))
-    pairs = np.unique(np.stack([id_row, ids.astype(np.int64)]), axis=1)
-    out["distinct_tokens"] = np.bincount(pairs[0], minlength=rows).astype(np.int64)
+    out["distinct_tokens"] = _distinct_per_row(id_row, rows, ids.astype(np.int64))
     out["repetition"] = _repetition(ids.astype(np.int64), id_row, rows, REPETITION_N)
     out["text"] = arrow.column("text").to_pandas()
     return out[list(SUMMARY_COLUMNS)]
+
+
+def _distinct_per_row(row: np.ndarray, rows: int, *columns: np.ndarray) -> np.ndarray:
+    """How many distinct tuples ``(columns[0][i], columns[1][i], …)`` each row has
+    (``row[i]``: the row of entry i; integer columns), shape (rows,) int64.
+    Exact: the row and columns are packed into as few int64 keys as fit, then sorted."""
+    if row.size == 0:
+        return np.zeros(rows, dtype=np.int64)
+    keys, key, span = [], row.astype(np.int64), rows
+    for column in columns:
+        column = column.astype(np.int64) - int(column.min())  # ≥ 0, same equalities
+        width = int(column.max()) + 1
+        if span * width < 2 ** 62:
+            key, span = key * width + column, span * width
+        else:
+            keys.append(key)
+            key, span = column.astype(np.int64), width
+    keys.append(key)
+    order = np.lexsort(keys[::-1]) if len(keys) > 1 else np.argsort(key, kind="stable")
+    new = np.zeros(row.size, dtype=bool)
+    new[0] = True
+    for key in keys:
+        ordered = key[order]
+        new[1:] |= ordered[1:] != ordered[:-1]
+    return np.bincount(row[order][new], minlength=rows).astype(np.int64)
 
 
 def _repetition(ids: np.ndarray, row: np.ndarray, rows: int, n: int) -> np.ndarray:
@@ -95,9 +119,7 @@ def _repetition(ids: np.ndarray, row: np.ndarray, rows: int, n: int) -> np.ndarr
     windows = np.maximum(windows, 0)
     start = np.arange(max(ids.size - n + 1, 0))
     start = start[row[start] == row[start + n - 1]] if start.size else start
-    grams = np.stack([row[start], *(ids[start + k] for k in range(n))], axis=1)
-    distinct = np.bincount(np.unique(grams, axis=0)[:, 0], minlength=rows) if start.size \
-        else np.zeros(rows, dtype=np.int64)
+    distinct = _distinct_per_row(row[start], rows, *(ids[start + k] for k in range(n)))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(windows > 0, 1.0 - distinct / np.maximum(windows, 1), 0.0)
 

@@ -105,3 +105,20 @@ def test_stream_errors(tmp_path):
         stream_position_profile(tmp_path / "empty")
     with pytest.raises(ValueError, match="cannot both be False"):
         stream_position_profile(tmp_path, by_task=False, all_tasks=False)
+
+
+def test_streamed_profile_memory_does_not_grow_with_the_store(tmp_path):
+    """Four times the shards (same shard size): the streamed profile's peak of traced
+    (numpy and Python) memory stays the same, within 50 %."""
+    import tracemalloc
+
+    peaks = []
+    for prompts in (2, 8):
+        root = tmp_path / f"p{prompts}"
+        write_synthetic_store(root, prompts=prompts, m=40, t_max=60, seed=prompts)
+        stream_position_profile(root)  # imports and caches warmed
+        tracemalloc.start()
+        stream_position_profile(root)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0], peaks
