@@ -16,7 +16,9 @@
 2. A chapter is not re-executed when nothing it depends on changed: a stamp next to the
    executed notebook hashes its source, its parameters, every file of the package
    (``canopy/charts`` too), every file under ``data/``, the experiment file, the
-   published fine-tunes and the installed libraries' versions (:func:`chapter_stamp`).
+   weights' files of its models, the published fine-tunes and the installed libraries'
+   versions (:func:`chapter_stamp`; written as it stands after the chapter ran, so a
+   model the chapter converted on the way does not re-execute it next time).
    Rollouts, embeddings and fine-tunes are cached under ``$CANOPY_CACHE`` as well, so a
    rebuild after an edit re-runs one chapter from cached data.
 3. The offline assets are written into ``book/_static`` (git-ignored): the Vega bundle
@@ -114,11 +116,28 @@ def _experiment_bytes(path) -> str:
     return f"missing: {path}"
 
 
+def _model_files(parameters: dict) -> dict:
+    """The weights' file signatures (:func:`canopy.models.source_signature`: sizes and
+    modification times) of the models a chapter's experiment names, so that a model
+    folder written anew (a user's fine-tune trained again) re-executes the chapter."""
+    from canopy.experiment import load_experiment
+    from canopy.models import source_signature
+
+    try:
+        experiment = load_experiment(parameters.get("experiment_file"),
+                                     parameters.get("profile", "default"),
+                                     {"models": parameters.get("models")})
+        return {spec.name: source_signature(spec) for spec in experiment.specs}
+    except (ValueError, OSError) as exc:  # the chapter reports it when it runs
+        return {"unresolved": str(exc)}
+
+
 def chapter_stamp(source: Path, parameters: dict) -> str:
     """sha256 of what a chapter's output depends on: its source and parameters, every
     file of the package (``canopy/**``, charts included), every file under ``data/``,
-    the experiment file passed, the published fine-tunes, the versions of the installed
-    libraries and Python, and the cache directory."""
+    the experiment file passed, the weights' files of its models, the published
+    fine-tunes, the versions of the installed libraries and Python, and the cache
+    directory."""
     finetunes = sorted((cache_dir() / "finetune").glob("*/canopy-finetune.json"))
     inputs = {
         "source": hashlib.sha256(source.read_bytes()).hexdigest(),
@@ -126,6 +145,7 @@ def chapter_stamp(source: Path, parameters: dict) -> str:
         "package": _tree_digest(PACKAGE_DIR),
         "data": _tree_digest(REPO_ROOT / "data"),
         "experiment": _experiment_bytes(parameters.get("experiment_file")),
+        "models": _model_files(parameters),
         "finetunes": {p.parent.name: p.read_text() for p in finetunes},
         "libraries": _library_versions(),
         "cache": str(cache_dir()),
@@ -195,7 +215,8 @@ def execute_chapter(source: Path, parameters: dict, *, force: bool = False,
             _tag(cell, "remove-cell")
     nbformat.write(executed, partial)
     os.replace(partial, target)
-    stamp_path.write_text(stamp)
+    # what the chapter ran on: a model it converted on the way (a GGUF) is part of it
+    stamp_path.write_text(chapter_stamp(source, passed))
     work.unlink(missing_ok=True)
     return target, time.perf_counter() - started, False
 

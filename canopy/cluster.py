@@ -1,7 +1,7 @@
 """Sampling on Ray workers: the store's shards, written by many processes or machines.
 
-``sample_to_store(..., ray=True | ADDRESS, workers=N)`` (``canopy sample --ray [ADDRESS]
---workers N``) calls :func:`sample_on_ray`. Per model:
+``canopy.run.sample_to_store(..., ray=True | ADDRESS, workers=N)`` (``canopy sample
+--ray [ADDRESS] --workers N``) calls :func:`sample_on_ray`. Per model:
 
 1. ``N`` Ray actors start (one per GPU — ``num_gpus=1`` — when the device is a GPU, else
    CPU actors of ``T`` threads each, ``T`` = the runtime's threads or the cluster's CPUs

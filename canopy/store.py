@@ -451,8 +451,8 @@ def _config_dirs(root: Path) -> list[Path]:
 
 def store_shards(directory) -> list[tuple[Path, dict]]:
     """``(shard path, expected metadata for read_shard)`` of every shard under a store
-    directory: the ``out`` of :func:`sample_to_store`, one model's directory, or one
-    configuration directory. Per model only the configuration of the latest run is read
+    directory: the ``out`` of :func:`canopy.run.sample_to_store`, one model's directory,
+    or one configuration directory. Per model only the configuration of the latest run is read
     (a warning names any other; another warns when models were sampled with different
     settings). Raises a one-line ``ValueError`` when ``directory`` is not a directory."""
     root = Path(directory)

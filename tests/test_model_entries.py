@@ -280,3 +280,24 @@ def test_book_models_parameter_paths_are_made_absolute(pair, monkeypatch):
         {"path": str(pair / "sft"), "variant": "instruct"}
     assert _absolute_entry("base") == str(pair / "base")
     assert _absolute_entry("gemma-3-270m") == "gemma-3-270m"
+
+
+def test_a_chapter_stamp_follows_the_model_folders(pair, tmp_path):
+    """A user's fine-tune trained again into the same folder re-executes the chapters
+    (their stamp holds the weights' file signatures), as a changed experiment does."""
+    from canopy import book
+
+    root = tmp_path / "mine"
+    shutil.copytree(pair, root)
+    path = experiment(root, "[{path: base, family: mine}, "
+                            "{path: sft, family: mine, variant: instruct}]")
+    source = tmp_path / "99_x.py"
+    source.write_text("# %% tags=[\"parameters\"]\nprofile = 'default'\n")
+    params = {"profile": "default", "experiment_file": str(path)}
+    before = book.chapter_stamp(source, params)
+    assert book.chapter_stamp(source, params) == before
+    weights = root / "sft" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data + b"\0")  # rewritten (size and time change)
+    assert book.chapter_stamp(source, params) != before

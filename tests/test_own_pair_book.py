@@ -92,6 +92,13 @@ def test_the_whole_book_on_a_users_own_pair(tmp_path):
     assert all(path.is_file() for path in executed.values()), done.stdout
     assert (project / "_build" / "html" / "index.html").is_file()
 
+    # a second build reuses every chapter (nothing changed), without --html cost
+    again = subprocess.run([sys.executable, "-m", "canopy.cli", "book", "--experiment",
+                            str(mine / "exp.yaml"), "--no-html"], capture_output=True,
+                           text=True, env=env, cwd=project, timeout=1800)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert again.stdout.count("unchanged, reused") == len(chapters), again.stdout
+
     # the store holds the pair as stated: family, roles, the instruct model's template
     import pandas as pd
 
