@@ -18,21 +18,11 @@ from canopy import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-#: Measured 2026-12-03 (transformers 5.19, torch 2.13 CPU, this test from empty caches):
-#: 1 thread: CE* -9 % [-15, -3] supported; ρ(N, r) -0.678 [-1.097, -0.095] contradicted;
-#: slope ratio 2.07, Fieller [1.4, 9.04] supported. 2 threads: CE* +1 % [-8, +12]
-#: unresolved; ρ(N, r) undefined; slope ratio -204, Fieller (-∞, -0.709] ∪ [1.23, ∞)
-#: unresolved. The BOS cause is removed (both builds render the same prompt ids), but the
-#: quick fine-tune still depends on the thread count (its teacher's sampled responses and
-#: its training differ in rounding, and 32 examples amplify that), and the quick profile's
-#: 8 prompts cannot hold a verdict against it. Strict: when the builds agree, this fails
-#: and the mark must go.
-THREAD_DEPENDENT = pytest.mark.xfail(
-    strict=True, reason="the quick fine-tune differs between 1 and 2 threads and the quick "
-    "profile's verdicts follow it (measured; see THREAD_DEPENDENT's comment)")
+#: Measured 2026-12-03 (transformers 5.19, torch 2.13 CPU, empty caches), at 1 and at 2
+#: threads alike: CE* -9 % [-15, -3] supported; ρ(N, r) -0.678 [-1.097, -0.095]
+#: contradicted; slope ratio 2.07, Fieller set [1.4, 9.04] supported.
 
 
-@THREAD_DEPENDENT
 def test_quick_verdicts_agree_at_one_and_two_threads(tmp_path, monkeypatch):
     from canopy.experiment import load_experiment
     from canopy.finetune import finetune
