@@ -8,6 +8,7 @@ chart drew, math rendered, and key numbers on the pages equal the stored results
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -331,6 +332,19 @@ def test_key_numbers_on_the_pages_equal_the_stored_results(built_book):
     json.dumps(report)  # the report is plain JSON
 
 
+def _glued_markdown(notebook: Path) -> list[str]:
+    """The lines of every `{glue:md}` findings value the executed chapter recorded."""
+    lines = []
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            value = data.get("application/papermill.record/text/markdown")
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name", "")
+            if value and "findings" in name:
+                lines += [line for line in value.splitlines() if line.strip()]
+    return lines
+
+
 @pytest.mark.integration
 def test_findings_page_shows_its_verdicts_and_every_chapter_opens_with_its_findings(built_book):
     from canopy.experiment import load_experiment
@@ -355,4 +369,12 @@ def test_findings_page_shows_its_verdicts_and_every_chapter_opens_with_its_findi
         assert len(head) == 2, f"{source.stem} has no findings box"
         # the box comes before the first table or chart of the page
         assert "<table" not in head[0] and "canopy-chart" not in head[0], source.stem
-        assert "pasted-text" in head[1].split("</div>", 3)[-1] or "pasted-text" in head[1][:6000]
+        box = head[1][:6000]
+        glued_md = _glued_markdown(book.EXECUTED / f"{source.stem}.ipynb")
+        if glued_md:  # a `{glue:md}` box renders its markdown inline, with no marker
+            words = re.sub(r"<[^>]+>", " ", box)
+            for line in glued_md:
+                for number in re.findall(r"\d+(?:\.\d+)?%?", line):
+                    assert number in words, f"{source.stem}: {number} of the box not shown"
+        else:
+            assert "pasted-text" in box, f"{source.stem}: the findings box glues no value"
