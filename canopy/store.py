@@ -53,7 +53,7 @@ from canopy.settings import SamplingConfig, check_integer
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["load_rollouts", "config_hash", "shard_path", "read_shard", "read_verified",
+__all__ = ["load_rollouts", "read_store", "config_hash", "shard_path", "read_shard", "read_verified",
            "write_shard", "ShardError", "damaged_shards", "damaged_message", "store_shards",
            "open_config", "prompt_keys", "shard_expectation", "finished_shards",
            "fill_shards", "gather", "configuration_change", "changed_configuration_message",
@@ -483,13 +483,20 @@ def load_rollouts(directory) -> pd.DataFrame:
     shards and the command that resamples them: reading the rest would silently drop
     those prompts).
     """
+    return read_store(directory, read_shard)
+
+
+def read_store(directory, read) -> pd.DataFrame:
+    """``read(path, expect)`` applied to every shard of :func:`store_shards`, the tables
+    concatenated in shard order; the one-line ``ValueError`` of :func:`load_rollouts` when
+    there are none or any shard is damaged (all damaged shards named at once)."""
     import pandas as pd
 
     root = Path(directory)
     tables, damaged = [], []
     for path, expect in store_shards(root):
         try:
-            tables.append(read_shard(path, expect))
+            tables.append(read(path, expect))
         except ShardError as exc:
             damaged.append((path, exc))
     if damaged:

@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 
 from canopy.digests import digest_meta, verify
-from canopy.store import (ShardError, damaged_message, read_verified,
-                          store_shards)
+from canopy.store import read_store, read_verified
 
 __all__ = ["SUMMARY_VERSION", "SUMMARY_COLUMNS", "METRIC_COLUMNS", "summarize",
            "summary_path", "shard_summary", "load_summaries"]
@@ -195,15 +194,4 @@ def load_summaries(directory, columns=None) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"unknown summary columns {unknown}; choose from "
                          f"{list(SUMMARY_COLUMNS)}")
-    tables, damaged = [], []
-    for path, expect in store_shards(root):
-        try:
-            tables.append(shard_summary(path, expect)[columns])
-        except ShardError as exc:
-            damaged.append((path, exc))
-    if damaged:
-        raise ValueError(damaged_message(root, damaged))
-    if not tables:
-        raise ValueError(f"no rollouts under {root}; write some with "
-                         f"`canopy sample --out {root}`")
-    return pd.concat(tables, ignore_index=True)
+    return read_store(root, lambda path, expect: shard_summary(path, expect)[columns])
