@@ -57,7 +57,7 @@ SAMPLING = {"max_new_tokens": 4000, "rollouts": 100, "temperature": 1.0, "top_k"
 # ------------------------------------------------------------------------ the store
 
 
-def _rollout_table(rng, model: str, family: str, variant: str, task: str, prompt_id: str,
+def rollout_table(rng, model: str, family: str, variant: str, task: str, prompt_id: str,
                    rollouts: int, mean_length: float, cap: int, words: str) -> pd.DataFrame:
     """One prompt's synthetic rollouts in the sampler's schema."""
     tuned = variant == "fine-tuned"
@@ -117,7 +117,7 @@ def write_store(out: Path, families: int, variants: list[str], tasks: int, promp
                     task, prompt_id = f"task{t}", f"p{p:03d}"
                     text = f"synthetic prompt {task}/{prompt_id}"
                     names[f"{task}/{prompt_id}"] = hashlib.sha256(text.encode()).hexdigest()
-                    table = _rollout_table(rng, model, f"synthetic-{f}", variant, task,
+                    table = rollout_table(rng, model, f"synthetic-{f}", variant, task,
                                            prompt_id, rollouts, mean_length, cap, words)
                     path = shard_path(config_dir, task, prompt_id)
                     write_shard(path, table, {
@@ -133,6 +133,55 @@ def write_store(out: Path, families: int, variants: list[str], tasks: int, promp
                 "spec": record["model"], "prompts": names}, indent=2))
     (out / "synthetic.json").write_text(json.dumps(shape))
     return shape
+
+
+def write_experiment_store(experiment, runtime: dict, mean_length: float = 20.0,
+                           seed: int = 0, signature: dict | None = None) -> int:
+    """Write a synthetic store for ``experiment`` (:class:`canopy.experiment.Experiment`)
+    into its ``out`` as a run elsewhere would have left it: per model a configuration
+    directory whose manifest has canopy's shape (configuration record with the
+    algorithm version, ``runtime`` as given — e.g. vLLM on CUDA in bfloat16 —, the
+    experiment's sampling settings; the spec; ``signature`` as the weights' source
+    signature, default one of files absent here) and ``"synthetic": true``, and one
+    shard per prompt through the store's writer. Returns the number of shards."""
+    from canopy.sampling import ALGORITHM_VERSION
+    from canopy.store import config_hash, now, safe_name, shard_path, write_json, write_shard
+
+    rng = np.random.default_rng(seed)
+    cap = experiment.sampling.max_new_tokens
+    vocabulary = np.array(["the", "a", "tree", "of", "words", "runs", "and", "then",
+                           "stops", "here", "while", "models", "sample"])
+    words = " ".join(rng.choice(vocabulary, 4 * cap + 2_000))
+    prompts, shards = experiment.prompts(), 0
+    for spec in experiment.specs:
+        record = {"algorithm_version": ALGORITHM_VERSION, "runtime": dict(runtime),
+                  "model": {"name": spec.name, "family": spec.family,
+                            "variant": spec.variant, "dtype": runtime.get("dtype"),
+                            "chat_template": spec.chat_template},
+                  "fingerprint": "synthetic", "synthetic": True,
+                  "sampling": experiment.sampling.distribution()}
+        digest = config_hash(record)
+        config_dir = experiment.out / safe_name(spec.name) / digest[:12]
+        for p in prompts:
+            table = rollout_table(rng, spec.name, spec.family, spec.variant, p.task,
+                                  p.prompt_id, experiment.sampling.rollouts, mean_length,
+                                  cap, words)
+            table["prompt_text"] = p.text
+            write_shard(shard_path(config_dir, p.task, p.prompt_id), table, {
+                "config_hash": digest, "prompt_sha256": p.sha256(),
+                "rollouts": experiment.sampling.rollouts, "task": p.task,
+                "prompt_id": p.prompt_id, "written": now(), "synthetic": True})
+            shards += 1
+        written = now()
+        write_json(config_dir / "manifest.json", {
+            "synthetic": True, "config_hash": digest, "config": record,
+            "spec": spec.describe(), "source_signature": signature or {
+                "files": [[f"/cluster/models/{spec.name}/model.safetensors"]]},
+            "package_versions": {"canopy": "synthetic"}, "created": written,
+            "updated": written, "prompts": {f"{p.task}/{p.prompt_id}": p.sha256()
+                                            for p in prompts}})
+        write_json(config_dir.parent / "current.json", {"config_hash": digest[:12]})
+    return shards
 
 
 # ------------------------------------------------------------------------ the steps

@@ -42,10 +42,11 @@ import time
 from pathlib import Path
 
 from canopy import REPO_ROOT, cache_dir
+from canopy.reading import VERIFIED_ENV
 
 __all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter",
            "prepare_static", "build_html", "build", "ensure_finetunes", "rerun_note",
-           "selected_chapters", "uses_models", "check_parameters",
+           "selected_chapters", "uses_models", "check_parameters", "verify_store",
            "EXECUTED", "STATIC", "BUILD", "PACKAGE_DIR", "KERNEL_ENV"]
 
 EXECUTED = REPO_ROOT / "_executed"
@@ -382,17 +383,16 @@ def build(profile: str = "default", parameters: dict | None = None, *,
     if uses_models(selected_chapters(only)):
         ensure_finetunes(profile, params.get("experiment_file"), params.get("models"),
                          echo=echo)
-    missing = []
-    for source in sources:
-        if not _selected(source, only):
-            if not (EXECUTED / f"{source.stem}.ipynb").is_file():
-                missing.append(source.stem)
-                echo(f"  {source.stem:<28} skipped (--only; never executed)")
-            else:
-                echo(f"  {source.stem:<28} skipped (--only)")
-            continue
-        _, seconds, reused = execute_chapter(source, params, force=force)
-        echo(f"  {source.stem:<28} {'unchanged, reused' if reused else f'executed in {seconds:.0f} s'}")
+    saved = os.environ.get(VERIFIED_ENV)
+    if uses_models(selected_chapters(only)):
+        verify_store(profile, params.get("experiment_file"), params.get("models"), echo=echo)
+    try:
+        missing = _execute(sources, params, only, force, echo)
+    finally:
+        if saved is None:
+            os.environ.pop(VERIFIED_ENV, None)
+        else:
+            os.environ[VERIFIED_ENV] = saved
     if not html:
         return None
     if missing:
@@ -405,6 +405,51 @@ def build(profile: str = "default", parameters: dict | None = None, *,
     echo(f"canopy book: profile {profile}, {len(sources)} chapters, "
          f"{time.perf_counter() - started:.0f} s -> {path / 'index.html'}")
     return path
+
+
+def verify_store(profile: str, experiment_file=None, models=None, echo=print,
+                 record: Path | None = None) -> int:
+    """Verify, once for this build, every shard the experiment's chapters will read
+    (:func:`canopy.reading.verify_shards`) and point the chapters' kernels at the record
+    (:data:`canopy.reading.VERIFIED_ENV`, set in this process's environment, which the
+    kernels inherit), so that they read without verifying again. Models the store does
+    not hold yet are left to the chapters (they sample them). A damaged shard: the
+    one-line ``ValueError`` naming it, before any chapter runs. Returns the number of
+    shards verified."""
+    from canopy.experiment import load_experiment
+    from canopy.reading import stated_runtime, stored_model, verify_shards
+
+    experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+    prompts = experiment.prompts()
+    stated = stated_runtime(experiment.runtime, experiment.runtime_stated)
+    stored = [found for spec in experiment.specs
+              if (found := stored_model(spec, prompts, experiment.sampling, experiment.out,
+                                        stated)) is not None]
+    record = record or EXECUTED / ".verified-store.json"
+    started = time.perf_counter()
+    count = verify_shards(stored, record) if stored else 0
+    os.environ[VERIFIED_ENV] = str(record)
+    if count:
+        echo(f"  store {experiment.out}: {count} shards verified in "
+             f"{time.perf_counter() - started:.1f} s (once for this build)")
+    return count
+
+
+def _execute(sources, params: dict, only, force: bool, echo) -> list[str]:
+    """Execute the selected chapters in order; returns the stems of unselected chapters
+    never executed."""
+    missing = []
+    for source in sources:
+        if not _selected(source, only):
+            if not (EXECUTED / f"{source.stem}.ipynb").is_file():
+                missing.append(source.stem)
+                echo(f"  {source.stem:<28} skipped (--only; never executed)")
+            else:
+                echo(f"  {source.stem:<28} skipped (--only)")
+            continue
+        _, seconds, reused = execute_chapter(source, params, force=force)
+        echo(f"  {source.stem:<28} {'unchanged, reused' if reused else f'executed in {seconds:.0f} s'}")
+    return missing
 
 
 def rerun_note(chapter: str, **parameters):

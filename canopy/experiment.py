@@ -80,11 +80,46 @@ class Experiment:
     simulation_seeds: int = DEFAULT_SIMULATION_SEEDS
     entries: list = field(default_factory=list)
     runtime_stated: set = field(default_factory=set)
+    _stored: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @cached_property
     def specs(self) -> list:
         """How each model is taken (:func:`canopy.entries.entry_specs` of ``entries``)."""
-        return entry_specs(self.entries or self.models)
+        try:
+            return entry_specs(self.entries or self.models)
+        except FileNotFoundError:
+            return entry_specs([self._stored_entry(e) for e in (self.entries or self.models)])
+
+    def _stored_entry(self, entry):
+        """``entry``, or — a mapping whose ``path`` is not on this machine (a store
+        copied from where the model was) — the spec the store recorded for that model
+        with the entry's family, variant, chat template and dtype
+        (:func:`canopy.entries.entry_spec`'s rules), so that the store can be read."""
+        import dataclasses
+        import json
+
+        from canopy.entries import VARIANT_NAMES
+        from canopy.store import safe_name
+
+        if not isinstance(entry, dict) or "path" not in entry \
+                or Path(entry["path"]).expanduser().exists():
+            return entry
+        name = entry_name(entry)
+        model_dir = self.out / safe_name(name)
+        try:
+            current = json.loads((model_dir / "current.json").read_text())["config_hash"]
+            stored = json.loads((model_dir / str(current)[:12] / "manifest.json").read_text())
+            spec = ModelSpec(**{k: v for k, v in stored["spec"].items()
+                                if k in ModelSpec.__dataclass_fields__})
+        except (OSError, ValueError, KeyError, TypeError):
+            return entry  # entry_spec names the missing folder
+        role = VARIANT_NAMES[entry.get("variant") or "base"]
+        template = entry.get("chat_template")
+        changes = {"name": name, "family": entry.get("family") or name, "variant": role,
+                   "chat_template": (role == "fine-tuned") if template is None else template}
+        if "dtype" in entry:
+            changes["dtype"] = entry["dtype"]
+        return dataclasses.replace(spec, **changes)
 
     def prompts(self) -> list:
         """The first ``prompts_per_task`` prompts of each task file, task by task."""
@@ -94,46 +129,102 @@ class Experiment:
             out.extend(prompts[: self.prompts_per_task] if self.prompts_per_task else prompts)
         return out
 
-    def rollouts(self, *, progress: bool = True, resample: bool = False):
-        """The experiment's rollouts, all models: read straight from the store when a
-        model's shards are complete (no model is loaded: see
-        :func:`canopy.run.cached_rollouts`), sampled (resumably) otherwise.
+    def stored_models(self, *, progress: bool = True, resample: bool = False) -> list:
+        """Each model's configuration in the store, every prompt's shard there
+        (:class:`canopy.reading.StoredModel`, in the order of ``specs``): read as stored
+        when it matches the experiment (:func:`canopy.reading.stored_model`: whatever
+        engine, device or dtype made it, unless a stated runtime setting differs; no model
+        is loaded), sampled (resumably) otherwise.
 
         When the store holds a model in another configuration (other family, variant,
         chat template, sampling settings or stated runtime settings:
         :func:`canopy.store.configuration_change`) this is a one-line ``ValueError``
         naming both, unless ``resample`` (a chapter's ``resample`` parameter: ``canopy
         book -p resample true``) asks to sample the experiment's configuration (it then
-        becomes the store's current one)."""
-        import pandas as pd
+        becomes the store's current one). When the stored configuration lacks shards and
+        the model is not on this machine to sample them, a one-line ``ValueError`` names
+        the store, the model and how many prompts are missing. Remembered: a second
+        call reads nothing again."""
+        key = (resample,)
+        if self._stored is not None and self._stored[0] == key:
+            return self._stored[1]
+        prompts, found_all = self.prompts(), []
+        for spec in self.specs:
+            found_all.append(self._stored_model(spec, prompts, progress, resample))
+        self._stored = (key, found_all)
+        return found_all
 
-        from canopy.model_files import beyond_tokenizer_lines
-        from canopy.run import cached_rollouts, sample_to_store
+    def _stored_model(self, spec, prompts, progress: bool, resample: bool):
+        from canopy.models import available
+        from canopy.reading import missing_shards_message, stated_runtime, stored_model
+        from canopy.run import sample_to_store
         from canopy.store import changed_configuration_message, configuration_change
 
-        prompts, tables = self.prompts(), []
-        for spec in self.specs:
-            table = cached_rollouts(spec, prompts, self.sampling, self.out, self.runtime)
-            if table is None and not resample:
-                try:
-                    record = self.runtime.record()
-                except ValueError:  # a device that is not here: sampling says so
-                    record = None
-                found = configuration_change(self.out, spec, self.sampling, record,
-                                             self.runtime_stated)
-                if found is not None and found[1]:
-                    raise ValueError(changed_configuration_message(
-                        self.out, spec.name, *found,
-                        "rerun with resample (canopy book -p resample true; in Python "
-                        "experiment.rollouts(resample=True))"))
-            if table is None:
-                table = sample_to_store([spec], prompts, self.sampling, self.out,
-                                        runtime=self.runtime, progress=progress,
-                                        ray=self.ray, workers=self.workers)
-            tables.append(table)
-        table = pd.concat(tables, ignore_index=True)
-        for line in beyond_tokenizer_lines(table, self.specs):
-            warnings.warn(line, stacklevel=2)
+        stated = stated_runtime(self.runtime, self.runtime_stated)
+        found = stored_model(spec, prompts, self.sampling, self.out, stated)
+        if found is not None and not found.missing:
+            return found
+        here, why = available(spec)
+        if found is not None and not here:
+            raise ValueError(missing_shards_message(self.out, found, why))
+        if not resample:
+            try:
+                record = self.runtime.record()
+            except ValueError:  # a device that is not here: sampling says so
+                record = None
+            change = configuration_change(self.out, spec, self.sampling, record,
+                                          self.runtime_stated)
+            if change is not None and change[1] and found is None:
+                raise ValueError(changed_configuration_message(
+                    self.out, spec.name, *change,
+                    "rerun with resample (canopy book -p resample true; in Python "
+                    "experiment.rollouts(resample=True))"))
+        table = sample_to_store([spec], prompts, self.sampling, self.out,
+                                runtime=self.runtime, progress=progress,
+                                ray=self.ray, workers=self.workers)
+        self._warn_beyond_tokenizer(table, [spec])
+        found = stored_model(spec, prompts, self.sampling, self.out, stated)
+        if found is None or found.missing:  # e.g. a store that cannot be written
+            raise ValueError(f"the store {self.out} does not hold the rollouts of "
+                             f"{spec.name} just sampled; give a writable out directory")
+        return found
+
+    @staticmethod
+    def _warn_beyond_tokenizer(table, specs) -> None:
+        from canopy.model_files import beyond_tokenizer_lines
+
+        for line in beyond_tokenizer_lines(table, specs):
+            warnings.warn(line, stacklevel=4)
+
+    def summaries(self, *, progress: bool = True, resample: bool = False):
+        """The per-rollout summaries of every model's rollouts
+        (:data:`canopy.summaries.SUMMARY_COLUMNS`: N, H, S, truncation, rep-4, text, …),
+        the rows of :meth:`rollouts` without the per-step lists: what every per-rollout
+        analysis reads, in memory that follows the rollouts, never the steps. Models are
+        taken as :meth:`stored_models` takes them."""
+        from canopy.reading import read_summaries
+
+        return read_summaries(self.stored_models(progress=progress, resample=resample))
+
+    def position_profile(self, *, progress: bool = True, resample: bool = False, **options):
+        """:func:`canopy.entropy.position_profile` of every model's rollouts, streamed
+        shard by shard (:func:`canopy.reading.stream_profile`; ``options``: ``by_task``,
+        ``all_tasks``, ``max_position``)."""
+        from canopy.reading import stream_profile
+
+        return stream_profile(self.stored_models(progress=progress, resample=resample),
+                              **options)
+
+    def rollouts(self, *, progress: bool = True, resample: bool = False):
+        """The experiment's rollouts, all models, with every step (memory grows with the
+        steps; the chapters read :meth:`summaries` and :meth:`position_profile`).
+        Models are taken as :meth:`stored_models` takes them: read straight from the
+        store when their shards are there (no model is loaded), sampled otherwise."""
+        from canopy.reading import read_rollouts
+
+        stored = self.stored_models(progress=progress, resample=resample)
+        table = read_rollouts(stored)
+        self._warn_beyond_tokenizer(table, self.specs)
         return table
 
 

@@ -39,7 +39,7 @@ from canopy.digests import digest_meta, verify
 from canopy.store import read_store, read_verified
 
 __all__ = ["SUMMARY_VERSION", "SUMMARY_COLUMNS", "METRIC_COLUMNS", "summarize",
-           "summary_path", "shard_summary", "load_summaries"]
+           "summary_path", "shard_summary", "load_summaries", "file_sha256"]
 
 #: Bump when :func:`summarize` changes what it computes (stored summaries are remade).
 SUMMARY_VERSION = 1
@@ -129,7 +129,8 @@ def summary_path(shard: Path) -> Path:
     return shard.parent.parent / ".summaries" / shard.parent.name / shard.name
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file's bytes (what a kept summary is tied to)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
@@ -167,18 +168,21 @@ def _keep(path: Path, table: pd.DataFrame, tie: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def shard_summary(shard: Path, expect: dict | None = None) -> pd.DataFrame:
+def shard_summary(shard: Path, expect: dict | None = None, *, sha256: str | None = None,
+                  arrow=None) -> pd.DataFrame:
     """The summary of one shard: the kept one when it is tied to this shard file's
     sha256, :data:`SUMMARY_VERSION` and ``expect``, else computed from the verified shard
     (:func:`canopy.store.read_verified`; raises :class:`~canopy.store.ShardError`) and
-    kept."""
+    kept. ``sha256``: the file's sha256 when the caller has just computed it (a book
+    build's verification, :mod:`canopy.reading`); ``arrow``: the shard as already read
+    and verified by the caller."""
     shard = Path(shard)
-    tie = {"shard_sha256": _file_sha256(shard), "summary_version": SUMMARY_VERSION,
+    tie = {"shard_sha256": sha256 or file_sha256(shard), "summary_version": SUMMARY_VERSION,
            "expect": expect or {}}
     kept = summary_path(shard)
     table = _read_kept(kept, tie) if kept.is_file() else None
     if table is None:
-        table = summarize(read_verified(shard, expect))
+        table = summarize(arrow if arrow is not None else read_verified(shard, expect))
         _keep(kept, table, tie)
     return table
 

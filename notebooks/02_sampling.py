@@ -51,14 +51,14 @@ from IPython.display import Markdown, display
 
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, findings, pooling, report
+from canopy import charts, findings, pooling, reading, report
 from canopy.experiment import load_experiment
 
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 pd.set_option("display.max_colwidth", None)
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False, resample=resample)
+rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
 prompt_list = experiment.prompts()
 settings = experiment.sampling
 
@@ -93,6 +93,23 @@ measured = {
 
 # %%
 pd.Series(measured, name="value").to_frame()
+
+# %% [markdown]
+# ## Which store was read
+#
+# Every number in this book comes from the store below: per model, the configuration it
+# read (the first 12 hex digits of its configuration hash, the name of its folder), when
+# it was sampled and with which runtime, as its manifest records them. A stored rollout
+# is valid whatever machine made it — each $h_t$ is exact for the distribution the token
+# was drawn from — so a store sampled elsewhere (vLLM on GPUs, say) is read as it is, with
+# no model loaded. *Weights "not here"* means the model's files are not on this machine,
+# so the store could not be checked against them and is trusted; *synthetic* marks
+# numbers a benchmark generated, not sampled rollouts.
+
+# %% tags=["remove-input"]
+stored = experiment.stored_models(progress=False, resample=resample)
+display(Markdown(f"**Store:** `{experiment.out}`"))
+reading.store_table(stored)
 
 # %% [markdown]
 # These are small models (135M–270M parameters) on a few prompts per task. What follows

@@ -60,7 +60,7 @@ from canopy.experiment import load_experiment
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False, resample=resample)
+rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
 prompts = entropy.prompt_metrics(rollouts)       # one row per (model, task, prompt)
 pooled = pooling.pool(prompts)                   # one row per (model, task), task "all" too
 keys = ["model", "task"]

@@ -57,7 +57,7 @@ from canopy.experiment import load_experiment
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False, resample=resample)
+rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
 prompts = entropy.prompt_metrics(rollouts)
 correlations = ["length_rate_pearson", "length_rate_spearman", "length_rate_kendall"]
 
@@ -157,7 +157,7 @@ charts.rate_length_scatter(charts.rate_length_data(rollouts, prompt_text, centre
 # with fewer than `min_active` active rollouts are hidden.
 
 # %%
-profile_table = entropy.position_profile(rollouts)
+profile_table = experiment.position_profile(progress=False, resample=resample)  # streamed
 charts.position_chart(profile_table, "running_entropy_rate", task=profile_task,
                       min_active=min_active)
 

@@ -61,7 +61,7 @@ pd.set_option("display.precision", 4)
 pd.set_option("display.max_colwidth", 120)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False, resample=resample)
+rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
 n_rollouts = int(experiment.sampling.rollouts)
 
 # %% tags=["remove-stderr", "remove-input"]

@@ -62,7 +62,7 @@ pd.set_option("display.precision", 4)
 pct = int(round(100 * level))
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False, resample=resample)
+rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
 embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False)
 panel = stats.build_panel(rollouts, embeddings)
 

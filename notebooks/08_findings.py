@@ -70,7 +70,7 @@ from IPython.display import Markdown
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.rollouts(progress=False, resample=resample)
+rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
 claims = findings.measure_claims(rollouts, embedding_model, n_boot=n_boot, seed=seed,
                                  confidence=confidence)
 boot = claims["boot"]
