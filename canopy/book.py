@@ -47,6 +47,7 @@ from canopy.reading import VERIFIED_ENV
 __all__ = ["chapters", "declared_parameters", "chapter_stamp", "execute_chapter",
            "prepare_static", "build_html", "build", "ensure_finetunes", "rerun_note",
            "selected_chapters", "uses_models", "check_parameters", "verify_store",
+           "models_to_sample",
            "EXECUTED", "STATIC", "BUILD", "PACKAGE_DIR", "KERNEL_ENV"]
 
 EXECUTED = REPO_ROOT / "_executed"
@@ -407,6 +408,27 @@ def build(profile: str = "default", parameters: dict | None = None, *,
     return path
 
 
+def _stored(profile: str, experiment_file, models):
+    """(experiment, [(spec, its stored configuration or None)]) of a book build."""
+    from canopy.experiment import load_experiment
+    from canopy.reading import stated_runtime, stored_model
+
+    experiment = load_experiment(experiment_file, profile, overrides={"models": models})
+    prompts = experiment.prompts()
+    stated = stated_runtime(experiment.runtime, experiment.runtime_stated)
+    return experiment, [(spec, stored_model(spec, prompts, experiment.sampling,
+                                            experiment.out, stated))
+                        for spec in experiment.specs]
+
+
+def models_to_sample(profile: str, experiment_file=None, models=None) -> list:
+    """The specs of the experiment's models whose rollouts the store does not hold in
+    full (:func:`canopy.reading.stored_model`): the models a build must be able to load.
+    The others are read from the store, wherever they were sampled."""
+    _, found = _stored(profile, experiment_file, models)
+    return [spec for spec, stored in found if stored is None or stored.missing]
+
+
 def verify_store(profile: str, experiment_file=None, models=None, echo=print,
                  record: Path | None = None) -> int:
     """Verify, once for this build, every shard the experiment's chapters will read
@@ -416,15 +438,10 @@ def verify_store(profile: str, experiment_file=None, models=None, echo=print,
     not hold yet are left to the chapters (they sample them). A damaged shard: the
     one-line ``ValueError`` naming it, before any chapter runs. Returns the number of
     shards verified."""
-    from canopy.experiment import load_experiment
-    from canopy.reading import stated_runtime, stored_model, verify_shards
+    from canopy.reading import verify_shards
 
-    experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-    prompts = experiment.prompts()
-    stated = stated_runtime(experiment.runtime, experiment.runtime_stated)
-    stored = [found for spec in experiment.specs
-              if (found := stored_model(spec, prompts, experiment.sampling, experiment.out,
-                                        stated)) is not None]
+    experiment, found = _stored(profile, experiment_file, models)
+    stored = [stored for _, stored in found if stored is not None]
     record = record or EXECUTED / ".verified-store.json"
     started = time.perf_counter()
     count = verify_shards(stored, record) if stored else 0

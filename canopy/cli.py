@@ -401,7 +401,10 @@ def _cmd_book(args: argparse.Namespace) -> None:
 
     book.check_parameters(params, experiment["models"], args.only)
     if book.uses_models(book.selected_chapters(args.only)):
-        book_models(experiment["entries"])
+        to_sample = book.models_to_sample(args.profile, params.get("experiment_file"),
+                                          params.get("models"))
+        if to_sample:  # the models the store holds are read, not loaded
+            book_models(to_sample)
     book.build(args.profile, params, only=args.only, force=args.force, html=not args.no_html)
 
 
