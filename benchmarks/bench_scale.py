@@ -29,6 +29,15 @@ Steps (``--steps``, default all):
   pooling and the paired bootstrap on the full table.
 - ``profile-full-load``: ``load_rollouts`` + :func:`canopy.entropy.position_profile`
   (chapter 4 before issue 19).
+- ``book`` (not in the default list): the whole book's analysis on a store of the same
+  shape made as a cluster would leave it (:func:`write_experiment_store`: manifests of
+  canopy's shape recording vLLM on CUDA in bfloat16, the models' weights absent here),
+  under ``<out>-book``: the build's one verification (``book-verify``, kept summaries
+  made on the way), then each chapter executed alone (``book-01`` … ``book-08``) as
+  ``canopy book`` runs it, reading the verified record; embeddings excepted (the
+  embedding cache is pre-filled with vectors marked synthetic, :func:`prefill_embeddings`;
+  chapter 5 still loads the embedder's tokenizer to count cut texts). Peak memory of a
+  chapter is the larger of its process and its kernel.
 
 Run: ``.venv/bin/python benchmarks/bench_scale.py --out /tmp/scale-store --scale 0.1``.
 The store is kept (``--out``); a second run reuses it unless ``--rewrite``.
@@ -184,6 +193,56 @@ def write_experiment_store(experiment, runtime: dict, mean_length: float = 20.0,
     return shards
 
 
+def prefill_embeddings(experiment, cache: Path, dim: int = 384, seed: int = 0) -> int:
+    """Put vectors marked synthetic (unit-norm Gaussian, ``dim`` wide) for every rollout's
+    text where :func:`canopy.semantic.embed_rollouts` looks for the default embedding
+    model's vectors under ``cache`` (the ``embeddings`` folder of a ``$CANOPY_CACHE``),
+    so that the chapters run without an embedder. Returns the number of texts."""
+    from canopy import semantic
+    from canopy.embedders import DEFAULT_EMBEDDING_MODEL
+
+    table = experiment.summaries(progress=False)
+    rng = np.random.default_rng(seed)
+    index = {text: i for i, text in enumerate(table["text"])}
+    vectors = rng.normal(size=(len(table), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    done = []
+
+    def synthetic(texts, *args, **kwargs):
+        done.append(len(texts))
+        return vectors[[index[t] for t in texts]]
+
+    real, semantic.embed_texts = semantic.embed_texts, synthetic
+    try:
+        semantic.embed_rollouts(table, DEFAULT_EMBEDDING_MODEL, cache=Path(cache) / "embeddings",
+                                progress=False)
+    finally:
+        semantic.embed_texts = real
+    (Path(cache) / "embeddings" / "SYNTHETIC").write_text(
+        "these vectors were made by benchmarks/bench_scale.py (random), not by an embedder\n")
+    return sum(done)
+
+
+CLUSTER_RUNTIME = {"engine": "vllm", "device_type": "cuda", "dtype": "bfloat16",
+                   "threads": None}
+
+
+def book_experiment(root: Path, families: int, variants: list[str], tasks: int,
+                    prompts: int, rollouts: int, cap: int) -> Path:
+    """The experiment file of the ``book`` steps (models by Hugging Face id, not on this
+    machine; the store ``root/store``)."""
+    names = ["coding", "math", "stories", "completion"][:tasks]
+    models = "".join(
+        f"  - {{name: cluster/synthetic-{f}{'-sft' if v == 'fine-tuned' else ''}, "
+        f"family: synthetic-{f}, variant: {'instruct' if v == 'fine-tuned' else 'base'}}}\n"
+        for f in range(families) for v in variants)
+    path = root / "exp.yaml"
+    path.write_text(f"models:\n{models}tasks: [{', '.join(names)}]\nout: store\n"
+                    f"simulation_seeds: 40\nsampling: {{rollouts: {rollouts}, max_new_tokens: "
+                    f"{cap}, prompts_per_task: {prompts}}}\n")
+    return path
+
+
 # ------------------------------------------------------------------------ the steps
 
 
@@ -277,17 +336,45 @@ def step_imports(store: Path) -> str:
     return "canopy.store, canopy.entropy, canopy.pooling"
 
 
+def _book_root(store: Path) -> Path:
+    return store.with_name(store.name + "-book")
+
+
+def step_book_verify(store: Path) -> str:
+    from canopy.book import verify_store
+
+    root = _book_root(store)
+    count = verify_store("default", str(root / "exp.yaml"), echo=lambda line: None,
+                         record=root / "verified.json")
+    return f"{count} shards verified, summaries made"
+
+
+def step_book_chapter(store: Path, number: str) -> str:
+    from canopy import book
+    from canopy.reading import VERIFIED_ENV
+
+    root = _book_root(store)
+    os.environ[VERIFIED_ENV] = str(root / "verified.json")
+    source = next(p for p in book.chapters() if p.stem.startswith(number))
+    _, seconds, _ = book.execute_chapter(
+        source, {"profile": "default", "experiment_file": str(root / "exp.yaml")},
+        force=True, out_dir=root / "executed")
+    return f"{source.stem} executed in {seconds:.1f} s"
+
+
 RUNNERS = {"imports": step_imports, "verify": step_verify, "load": step_load,
            "metrics-cold": step_metrics, "metrics-warm": step_metrics,
            "profile-streamed": step_profile_streamed, "metrics-full-load": step_metrics_full_load,
-           "profile-full-load": step_profile_full_load}
+           "profile-full-load": step_profile_full_load, "book-verify": step_book_verify}
 
 
-def run_child(step: str, store: Path) -> tuple[float, float, str]:
-    """Run one step in a fresh process: (wall s, peak RSS MB, its one-line result)."""
+def run_child(step: str, store: Path, env: dict | None = None) -> tuple[float, float, str]:
+    """Run one step in a fresh process: (wall s, peak RSS MB — of the process or of the
+    largest process it waited for, e.g. a chapter's kernel —, its one-line result)."""
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--child", step, "--out", str(store)],
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
@@ -313,7 +400,13 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(RUNNERS[args.child](args.out))
+        if args.child.startswith("book-") and args.child != "book-verify":
+            print(step_book_chapter(args.out, args.child.split("-")[1]))
+        else:
+            print(RUNNERS[args.child](args.out))
+        return
+    if args.steps == "book":
+        book_steps(args)
         return
     shape_file = args.out / "synthetic.json"
     if args.rewrite or not shape_file.is_file():
@@ -337,6 +430,46 @@ def main() -> None:
             for kept in args.out.glob("*/*/.summaries"):
                 shutil.rmtree(kept)
         wall, peak, result = run_child(step, args.out)
+        print(f"{step:<20} {wall:>8.1f} {peak:>8.0f}  {result}", flush=True)
+
+
+def book_steps(args) -> None:
+    """The ``book`` steps (module docstring): write the experiment-shaped store if absent,
+    pre-fill the embeddings, verify once, run each chapter in its own process."""
+    root = _book_root(args.out)
+    cache = root / "cache"
+    env = {"CANOPY_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    os.environ.update(env)
+    variants = args.variants.split(",")
+    prompts = max(1, round(args.prompts * args.scale))
+    if args.rewrite or not (root / "exp.yaml").is_file():
+        import shutil
+
+        from canopy.experiment import load_experiment
+
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        path = book_experiment(root, args.families, variants, args.tasks, prompts,
+                               args.rollouts, args.max_new_tokens)
+        started = time.perf_counter()
+        shards = write_experiment_store(load_experiment(path), CLUSTER_RUNTIME,
+                                        args.mean_length)
+        print(f"wrote {shards} shards in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        texts = prefill_embeddings(load_experiment(path), cache)
+        print(f"pre-filled {texts} synthetic embeddings in "
+              f"{time.perf_counter() - started:.1f} s (summaries made on the way)")
+        for kept in (root / "store").rglob(".summaries"):
+            shutil.rmtree(kept)  # the verification step makes them, as a build does
+    size = sum(p.stat().st_size for p in (root / "store").rglob("*.parquet"))
+    print(f"book store {root / 'store'}: {size / 1e6:.0f} MB; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'step':<20} {'wall s':>8} {'peak MB':>8}  result")
+    from canopy.book import chapters
+
+    steps = ["book-verify"] + [f"book-{p.stem[:2]}" for p in chapters()]
+    for step in steps:
+        wall, peak, result = run_child(step, args.out, env)
         print(f"{step:<20} {wall:>8.1f} {peak:>8.0f}  {result}", flush=True)
 
 

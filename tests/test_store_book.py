@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from canopy import REPO_ROOT
@@ -56,36 +55,6 @@ except ImportError:
 '''
 
 
-def prefill_embeddings(experiment, cache: Path) -> int:
-    """Vectors marked synthetic for every shard's texts, where
-    :func:`canopy.semantic.embed_rollouts` looks for them (by the texts' key)."""
-    from canopy.embedders import DEFAULT_EMBEDDING_MODEL
-    from canopy.semantic import embed_rollouts
-
-    table = experiment.summaries(progress=False)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(len(table), 16)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    calls = []
-
-    def synthetic(texts, *args, **kwargs):
-        calls.append(len(texts))
-        index = {t: i for i, t in enumerate(table["text"])}
-        return vectors[[index[t] for t in texts]]
-
-    from canopy import semantic
-
-    real = semantic.embed_texts
-    semantic.embed_texts = synthetic
-    try:
-        embed_rollouts(table, DEFAULT_EMBEDDING_MODEL, cache=cache / "embeddings",
-                       progress=False)
-    finally:
-        semantic.embed_texts = real
-    (cache / "embeddings" / "SYNTHETIC").write_text("vectors made by tests/test_store_book.py\n")
-    return sum(calls)
-
-
 @pytest.mark.integration
 def test_the_whole_book_on_a_store_made_elsewhere(tmp_path, monkeypatch):
     project = tmp_path / "project"
@@ -110,7 +79,7 @@ def test_the_whole_book_on_a_store_made_elsewhere(tmp_path, monkeypatch):
     assert not any(Path(f"/cluster/models/fam{f}-{v}").exists()
                    for f in (0, 1) for v in ("base", "instruct"))
     experiment = load_experiment(laptop / "exp.yaml")
-    assert prefill_embeddings(experiment, cache) == 64
+    assert bench_scale().prefill_embeddings(experiment, cache, dim=16) == 64
     for kept in (laptop / "store").rglob(".summaries"):
         shutil.rmtree(kept)  # the build makes them, verifying each shard once
 
