@@ -340,6 +340,25 @@ def _book_root(store: Path) -> Path:
     return store.with_name(store.name + "-book")
 
 
+def step_book_write(store: Path) -> str:
+    """Write the book steps' store, pre-fill the embeddings, drop the summaries made on
+    the way (the verification step makes them, as a build does)."""
+    import shutil
+
+    from canopy.experiment import load_experiment
+
+    root = _book_root(store)
+    started = time.perf_counter()
+    shards = write_experiment_store(load_experiment(root / "exp.yaml"), CLUSTER_RUNTIME,
+                                    float(os.environ.get("BENCH_MEAN_LENGTH", "1000")))
+    written = time.perf_counter() - started
+    texts = prefill_embeddings(load_experiment(root / "exp.yaml"), root / "cache")
+    for kept in (root / "store").rglob(".summaries"):
+        shutil.rmtree(kept)
+    return (f"{shards} shards written in {written:.1f} s, {texts} synthetic embeddings "
+            "pre-filled")
+
+
 def step_book_verify(store: Path) -> str:
     from canopy.book import verify_store
 
@@ -365,7 +384,8 @@ def step_book_chapter(store: Path, number: str) -> str:
 RUNNERS = {"imports": step_imports, "verify": step_verify, "load": step_load,
            "metrics-cold": step_metrics, "metrics-warm": step_metrics,
            "profile-streamed": step_profile_streamed, "metrics-full-load": step_metrics_full_load,
-           "profile-full-load": step_profile_full_load, "book-verify": step_book_verify}
+           "profile-full-load": step_profile_full_load, "book-verify": step_book_verify,
+           "book-write": step_book_write}
 
 
 def run_child(step: str, store: Path, env: dict | None = None) -> tuple[float, float, str]:
@@ -400,7 +420,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        if args.child.startswith("book-") and args.child != "book-verify":
+        if args.child.startswith("book-") and args.child not in RUNNERS:
             print(step_book_chapter(args.out, args.child.split("-")[1]))
         else:
             print(RUNNERS[args.child](args.out))
@@ -445,29 +465,19 @@ def book_steps(args) -> None:
     if args.rewrite or not (root / "exp.yaml").is_file():
         import shutil
 
-        from canopy.experiment import load_experiment
-
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        path = book_experiment(root, args.families, variants, args.tasks, prompts,
-                               args.rollouts, args.max_new_tokens)
-        started = time.perf_counter()
-        shards = write_experiment_store(load_experiment(path), CLUSTER_RUNTIME,
-                                        args.mean_length)
-        print(f"wrote {shards} shards in {time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
-        texts = prefill_embeddings(load_experiment(path), cache)
-        print(f"pre-filled {texts} synthetic embeddings in "
-              f"{time.perf_counter() - started:.1f} s (summaries made on the way)")
-        for kept in (root / "store").rglob(".summaries"):
-            shutil.rmtree(kept)  # the verification step makes them, as a build does
+        book_experiment(root, args.families, variants, args.tasks, prompts, args.rollouts,
+                        args.max_new_tokens)
+        wall, peak, result = run_child("book-write", args.out,
+                                       {**env, "BENCH_MEAN_LENGTH": str(args.mean_length)})
+        print(f"{'book-write':<20} {wall:>8.1f} {peak:>8.0f}  {result}", flush=True)
     size = sum(p.stat().st_size for p in (root / "store").rglob("*.parquet"))
     print(f"book store {root / 'store'}: {size / 1e6:.0f} MB; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'step':<20} {'wall s':>8} {'peak MB':>8}  result")
-    from canopy.book import chapters
-
-    steps = ["book-verify"] + [f"book-{p.stem[:2]}" for p in chapters()]
+    sources = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.py"))
+    steps = ["book-verify"] + [f"book-{p.stem[:2]}" for p in sources]
     for step in steps:
         wall, peak, result = run_child(step, args.out, env)
         print(f"{step:<20} {wall:>8.1f} {peak:>8.0f}  {result}", flush=True)

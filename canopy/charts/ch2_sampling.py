@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from canopy.tables import require_columns
-from canopy.charts.style import HEIGHT, WIDTH, task_order
+from canopy.charts.style import HEIGHT, MAX_ROWS, WIDTH, task_order, thin
 
 __all__ = ["rollout_length_chart", "truncation_chart", "repetition_chart"]
 
@@ -24,10 +24,18 @@ def rollout_length_chart(rollouts: pd.DataFrame, title: str = "Rollout lengths b
     """
     require_columns(rollouts, ["model", "task", "length", "truncated"],
                     "rollout_length_chart", allow_empty=False)
-    data = (rollouts.assign(truncated=rollouts["truncated"].astype(bool))
-            .groupby(["model", "task", "length"], sort=True)
-            .agg(rollouts=("truncated", "size"), truncated=("truncated", "sum"))
-            .reset_index())
+    def counts(table: pd.DataFrame) -> pd.DataFrame:
+        return (table.groupby(["model", "task", "length"], sort=True)
+                .agg(rollouts=("truncated", "size"), truncated=("truncated", "sum"))
+                .reset_index())
+
+    table = rollouts[["model", "task", "length", "truncated"]].assign(
+        truncated=rollouts["truncated"].astype(bool))
+    data = counts(table)
+    if len(data) > MAX_ROWS:  # many distinct lengths (a large store): count per 1/64 of the range
+        width = max(1, int(np.ceil(int(table["length"].max()) / 64)))
+        data = counts(table.assign(length=(table["length"] // width) * width))
+        title += f" (N grouped by {width} tokens)"
     data["length"] = data["length"].astype(int)
     data["truncated"] = data["truncated"].astype(int)
     return alt.Chart(data).mark_bar().encode(
@@ -92,7 +100,8 @@ def repetition_chart(rollouts: pd.DataFrame, title: str = "Degeneration: rep-4 a
                          "task": rollouts["task"].to_numpy(), "rep4": rep,
                          "rate": entropy_rate(rollouts["summed_entropy"], rollouts["length"]),
                          "length": rollouts["length"].to_numpy()})
-    return alt.Chart(data, title=title).mark_circle(size=22, opacity=0.5).encode(
+    data, note = thin(data)
+    return alt.Chart(data, title=title + note).mark_circle(size=22, opacity=0.5).encode(
         x=alt.X("rep4:Q", title="rep-4 (share of repeated 4-grams)",
                 scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
         y=alt.Y("rate:Q", title="entropy rate r (nats/token)"),

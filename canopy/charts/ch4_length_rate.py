@@ -10,7 +10,7 @@ import pandas as pd
 
 from canopy.tables import require_columns
 from canopy.entropy import entropy_rate
-from canopy.charts.style import COLORS, HEIGHT, WIDTH, task_order
+from canopy.charts.style import COLORS, HEIGHT, WIDTH, task_order, thin
 
 __all__ = ["interval_chart", "rate_length_data", "rate_length_scatter", "position_chart",
            "stop_probability_chart"]
@@ -96,6 +96,8 @@ def rate_length_scatter(data: pd.DataFrame, centred: bool = False,
                            "truncated", "prompt"], "rate_length_scatter", allow_empty=False)
     x_title = "N − prompt mean of N" if centred else "length N (tokens)"
     y_title = "r − prompt mean of r" if centred else "entropy rate r = H/N (nats/token)"
+    data, note = thin(data)
+    title += note
     return alt.Chart(data).mark_point(opacity=0.7, size=30).encode(
         x=alt.X("length:Q", title=x_title, scale=alt.Scale(zero=False)),
         y=alt.Y("entropy_rate:Q", title=y_title, scale=alt.Scale(zero=False)),
@@ -137,6 +139,7 @@ def position_chart(profile: pd.DataFrame, value: str = "running_entropy_rate",
     if data.empty:
         raise ValueError(f"position_chart: no positions for task {task!r} with at least "
                          f"{min_active} active rollouts")
+    data, note = thin(data)
     tooltip = [alt.Tooltip("model:N"), alt.Tooltip("position:Q", title="t"),
                alt.Tooltip(f"{value}:Q", title=value, format=".3f"),
                alt.Tooltip("n_active:Q", title="active rollouts")]
@@ -149,8 +152,8 @@ def position_chart(profile: pd.DataFrame, value: str = "running_entropy_rate",
     bottom = alt.Chart(data).mark_line(interpolate="step-after").encode(
         x=x, y=alt.Y("n_active:Q", title="active rollouts"), color=color,
         tooltip=tooltip).properties(width=WIDTH, height=110)
-    return alt.vconcat(top, bottom, title=title or f"{_PROFILE_TITLES.get(value, value)}"
-                       f" by position (task: {task})")
+    return alt.vconcat(top, bottom, title=(title or f"{_PROFILE_TITLES.get(value, value)}"
+                                           f" by position (task: {task})") + note)
 
 
 def stop_probability_chart(profile: pd.DataFrame, task: str = "all", min_active: int = 1,
@@ -170,6 +173,7 @@ def stop_probability_chart(profile: pd.DataFrame, task: str = "all", min_active:
         raise ValueError(f"stop_probability_chart: no positions for task {task!r} with at "
                          f"least {min_active} active rollouts")
     data = data.assign(mean_stop_prob=data["mean_stop_prob"].clip(lower=1e-12))
+    data, note = thin(data)
     scale = alt.Scale(type="log") if log_scale else alt.Scale()
     tooltip = [alt.Tooltip("model:N"), alt.Tooltip("position:Q", title="t"),
                alt.Tooltip("mean_stop_prob:Q", title="mean P(stop)", format=".2e"),
@@ -185,6 +189,6 @@ def stop_probability_chart(profile: pd.DataFrame, task: str = "all", min_active:
     points = alt.Chart(data[data["stop_fraction"] > 0]).mark_point(
         shape="diamond", filled=True, size=40).encode(
         x=x, y=alt.Y("stop_fraction:Q", scale=scale), color=color, tooltip=tooltip)
-    return alt.layer(lines, points, title=title or
-                     f"Stopping along rollouts (task: {task}): model P(stop) and observed stops"
+    return alt.layer(lines, points, title=(title or f"Stopping along rollouts (task: {task}): "
+                                           "model P(stop) and observed stops") + note
                      ).properties(width=WIDTH, height=HEIGHT)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from canopy.tables import task_order
 
 __all__ = ["WIDTH", "HEIGHT", "COLORS", "VARIANT_COLORS", "SHARE_COLORS", "model_scale",
-           "task_order"]
+           "task_order", "MAX_ROWS", "thin"]
 
 #: Default chart size in pixels.
 WIDTH = 520
@@ -26,3 +27,18 @@ def model_scale(frame: pd.DataFrame) -> alt.Scale:
     """A colour scale over every model of ``frame`` (sorted), so that a model keeps its
     colour when some of its values are NaN and left out of the drawing."""
     return alt.Scale(domain=sorted(frame["model"].astype(str).unique()))
+
+
+#: The most rows a chart carries into the page (Altair's own limit): a store at the
+#: paper's scale has far more rollouts and positions than a page can draw.
+MAX_ROWS = 5000
+
+
+def thin(data: pd.DataFrame, limit: int = MAX_ROWS) -> tuple[pd.DataFrame, str]:
+    """``data`` itself when it has at most ``limit`` rows, else ``limit`` of them evenly
+    spaced in its order (deterministic), with a note for the chart's title saying how
+    many are shown; every statistic the page prints is computed on all rows elsewhere."""
+    if len(data) <= limit:
+        return data, ""
+    keep = np.unique(np.linspace(0, len(data) - 1, limit).round().astype(np.int64))
+    return data.iloc[keep], f" ({keep.size:,} of {len(data):,} shown, evenly spaced)"
