@@ -444,7 +444,7 @@ def verify_store(profile: str, experiment_file=None, models=None, echo=print,
     stored = [stored for _, stored in found if stored is not None]
     record = record or EXECUTED / ".verified-store.json"
     started = time.perf_counter()
-    count = verify_shards(stored, record) if stored else 0
+    count = verify_shards(stored, record)  # written even when empty: no earlier build's
     os.environ[VERIFIED_ENV] = str(record)
     if count:
         echo(f"  store {experiment.out}: {count} shards verified in "

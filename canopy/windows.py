@@ -50,13 +50,17 @@ def word_piece_limit(embedder) -> int:
     return int(embedder.max_seq_length) - int(tokenizer.num_special_tokens_to_add(pair=False))
 
 
-def word_piece_counts(texts: Sequence[str], embedder) -> np.ndarray:
-    """Word pieces of each text (markers excluded), shape (len(texts),) int64."""
+def word_piece_counts(texts: Sequence[str], embedder, batch: int = 256) -> np.ndarray:
+    """Word pieces of each text (markers excluded), shape (len(texts),) int64; ``batch``
+    texts tokenised at a time (memory follows a batch, not every text's pieces)."""
     tokenizer = _tokenizer(embedder)
-    if not texts:
-        return np.zeros(0, dtype=np.int64)
-    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
-    return np.array([len(i) for i in ids], dtype=np.int64)
+    texts = list(texts)
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for lo in range(0, len(texts), batch):
+        ids = tokenizer(texts[lo:lo + batch], add_special_tokens=False,
+                        truncation=False)["input_ids"]
+        counts[lo:lo + len(ids)] = [len(i) for i in ids]
+    return counts
 
 
 def cut_texts(texts: Sequence[str], embedder) -> np.ndarray:

@@ -206,3 +206,29 @@ def test_finetune_charts(finetune_report):
                                    rep["heldout_response_loss"]).to_dict()
     assert len(spec["layer"]) == 3 and "tooltip" in json.dumps(spec)
     assert "tooltip" in json.dumps(charts.heldout_loss_chart(rep).to_dict())
+
+
+def test_charts_of_a_large_store_carry_at_most_max_rows():
+    """A store at the paper's scale: the page gets at most MAX_ROWS rows per chart, the
+    title says so, and the length histogram still counts every rollout."""
+    from canopy.charts.style import MAX_ROWS, thin
+
+    rng = np.random.default_rng(0)
+    n = 3 * MAX_ROWS
+    table = pd.DataFrame({"model": np.repeat(["a", "b"], n // 2 + 1)[:n], "task": "t",
+                          "prompt_id": "p", "rollout_id": np.arange(n),
+                          "length": rng.integers(1, 4000, n),
+                          "truncated": rng.random(n) < 0.1})
+    table["summed_entropy"] = table["length"] * 0.5
+    table["repetition"] = rng.random(n)
+    shown, note = thin(table)
+    assert len(shown) == MAX_ROWS and f"of {n:,} shown" in note
+    assert shown["rollout_id"].iloc[0] == 0 and shown["rollout_id"].iloc[-1] == n - 1
+    assert thin(table.head(10))[1] == "" and len(thin(table.head(10))[0]) == 10
+    spec = charts.rollout_length_chart(table).to_dict()
+    rows = spec["datasets"][next(iter(spec["datasets"]))]
+    assert len(rows) <= MAX_ROWS and "grouped by" in json.dumps(spec["title"])
+    assert sum(r["rollouts"] for r in rows) == n
+    assert sum(r["truncated"] for r in rows) == int(table["truncated"].sum())
+    spec = charts.repetition_chart(table).to_dict()
+    assert len(spec["datasets"][next(iter(spec["datasets"]))]) == MAX_ROWS
