@@ -157,7 +157,6 @@ class Experiment:
     def _stored_model(self, spec, prompts, progress: bool, resample: bool):
         from canopy.models import available
         from canopy.reading import missing_shards_message, stated_runtime, stored_model
-        from canopy.run import sample_to_store
         from canopy.store import changed_configuration_message, configuration_change
 
         stated = stated_runtime(self.runtime, self.runtime_stated)
@@ -179,6 +178,8 @@ class Experiment:
                     self.out, spec.name, *change,
                     "rerun with resample (canopy book -p resample true; in Python "
                     "experiment.rollouts(resample=True))"))
+        from canopy.run import sample_to_store  # torch: only when sampling
+
         table = sample_to_store([spec], prompts, self.sampling, self.out,
                                 runtime=self.runtime, progress=progress,
                                 ray=self.ray, workers=self.workers)

@@ -114,7 +114,7 @@ def stored_model(spec, prompts, config, out, stated: dict | None = None) -> Stor
     sampling settings (``config``: :class:`canopy.settings.SamplingConfig`), a stated
     runtime setting that differs (``stated``: :func:`stated_runtime`), or weights that are
     here and changed. Shards are not read; absent ones are counted in ``missing``."""
-    from canopy.sampling import ALGORITHM_VERSION
+    from canopy.settings import ALGORITHM_VERSION
 
     model_dir = Path(out) / safe_name(spec.name)
     try:

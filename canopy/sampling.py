@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from canopy.prompts import Prompt, render_prompts
-from canopy.settings import Runtime, SamplingConfig, default_threads
+from canopy.settings import ALGORITHM_VERSION, Runtime, SamplingConfig, default_threads
 from canopy.store import ROLLOUT_SCHEMA_COLUMNS, progress_bar
 
 __all__ = [
@@ -61,11 +61,6 @@ __all__ = [
 
 default_threads()  # pin torch's own default thread count before anyone changes it
 
-#: Bump when the sampling algorithm or prompt rendering changes in a way that changes
-#: results; cached rollouts of another version are resampled, never reused.
-#: 2: a tokenizer converted from a GGUF puts BOS in front of raw prompts when the GGUF
-#: says so (:func:`canopy.models.apply_gguf_bos`; Gemma did not get it under transformers 5).
-ALGORITHM_VERSION = 2
 
 
 # ------------------------------------------------------------------ the distribution

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 __all__ = ["SamplingConfig", "Runtime", "SAMPLING_KEYS", "RUNTIME_KEYS", "ENGINES", "DTYPES",
            "MAX_NEW_TOKENS", "MAX_ROLLOUTS", "DEFAULT_BATCH_SIZE", "check_integer",
            "check_sampling", "check_batch_memory", "check_prompts_per_task", "check_runtime", "check_ray",
-           "default_threads", "resolve_device"]
+           "default_threads", "resolve_device", "ALGORITHM_VERSION"]
 
 #: Engines: the built-in loop on transformers, or vLLM (:mod:`canopy.engines`).
 ENGINES = ("hf", "vllm")
@@ -30,6 +30,13 @@ MAX_NEW_TOKENS = 1 << 20
 MAX_ROLLOUTS = 1 << 20
 #: Rows (rollouts) per forward pass when none is given (sampling and scoring).
 DEFAULT_BATCH_SIZE = 16
+#: The version of canopy's sampling algorithm (defined here, torch-free, so that a store
+#: is read without importing torch; :mod:`canopy.sampling` uses it). Bump when the
+#: sampling algorithm or prompt rendering changes in a way that changes results; cached
+#: rollouts of another version are resampled, never reused.
+#: 2: a tokenizer converted from a GGUF puts BOS in front of raw prompts when the GGUF
+#: says so (:func:`canopy.models.apply_gguf_bos`; Gemma did not get it under transformers 5).
+ALGORITHM_VERSION = 2
 
 
 # ------------------------------------------------------------------------------- rules
