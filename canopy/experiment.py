@@ -180,10 +180,9 @@ class Experiment:
                     "experiment.rollouts(resample=True))"))
         from canopy.run import sample_to_store  # torch: only when sampling
 
-        table = sample_to_store([spec], prompts, self.sampling, self.out,
+        sample_to_store([spec], prompts, self.sampling, self.out,
                                 runtime=self.runtime, progress=progress,
                                 ray=self.ray, workers=self.workers)
-        self._warn_beyond_tokenizer(table, [spec])
         found = stored_model(spec, prompts, self.sampling, self.out, stated)
         if found is None or found.missing:  # e.g. a store that cannot be written
             raise ValueError(f"the store {self.out} does not hold the rollouts of "
@@ -203,9 +202,15 @@ class Experiment:
         the rows of :meth:`rollouts` without the per-step lists: what every per-rollout
         analysis reads, in memory that follows the rollouts, never the steps. Models are
         taken as :meth:`stored_models` takes them."""
-        from canopy.reading import read_summaries
+        from canopy.model_files import padded_vocabularies
+        from canopy.reading import read_columns, read_summaries
 
-        return read_summaries(self.stored_models(progress=progress, resample=resample))
+        stored = self.stored_models(progress=progress, resample=resample)
+        padded = padded_vocabularies(self.specs)  # models whose tokenizer is here
+        if padded:  # ids beyond the tokenizer, counted as on the full table
+            self._warn_beyond_tokenizer(read_columns(
+                [f for f in stored if f.name in padded], ["model", "token_ids"]), self.specs)
+        return read_summaries(stored)
 
     def position_profile(self, *, progress: bool = True, resample: bool = False, **options):
         """:func:`canopy.entropy.position_profile` of every model's rollouts, streamed

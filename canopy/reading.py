@@ -38,7 +38,7 @@ from canopy.store import (
 
 __all__ = ["StoredModel", "stored_model", "stated_runtime", "missing_shards_message",
            "VERIFIED_ENV", "verify_shards", "read_summaries", "read_rollouts",
-           "stream_profile", "store_table"]
+           "stream_profile", "store_table", "store_sentence", "read_columns"]
 
 #: The environment variable naming the record of a build's verified shards (set by
 #: ``canopy book`` for its chapters; unset: every read verifies).
@@ -289,6 +289,15 @@ def read_rollouts(stored: list[StoredModel]) -> pd.DataFrame:
     return pd.concat(_read_all(stored, read), ignore_index=True)
 
 
+def read_columns(stored: list[StoredModel], columns: list[str]) -> pd.DataFrame:
+    """Only ``columns`` of every rollout of ``stored``, in the order of
+    :func:`read_rollouts` (e.g. ``token_ids`` to count ids beyond a tokenizer)."""
+    def read(path, expect, entry):
+        return _arrow(path, expect, entry, list(columns)).to_pandas()
+
+    return pd.concat(_read_all(stored, read), ignore_index=True)
+
+
 def stream_profile(stored: list[StoredModel], by_task: bool = True, all_tasks: bool = True,
                    max_position: int | None = None) -> pd.DataFrame:
     """:func:`canopy.entropy.position_profile` of every rollout of ``stored``, one shard
@@ -324,3 +333,15 @@ def store_table(stored: list[StoredModel]) -> pd.DataFrame:
         "weights": "checked" if f.weights_checked else "not here: store trusted",
         "rollouts": sum(e["rollouts"] for _, e in f.shards),
     } for f in stored])
+
+
+def store_sentence(out, stored: list[StoredModel]) -> str:
+    """One markdown sentence naming the store and, per model, the configuration read,
+    its runtime as recorded and whether it is synthetic (the findings page)."""
+    def one(f: StoredModel) -> str:
+        runtime = ", ".join(str(f.runtime.get(k)) for k in ("engine", "device_type", "dtype"))
+        extra = "; synthetic" if f.synthetic else ""
+        trusted = "; weights not here, store trusted" if not f.weights_checked else ""
+        return f"`{f.name}` configuration `{f.hash12}` ({runtime}{extra}{trusted})"
+
+    return f"Measured on the store `{out}`: " + "; ".join(one(f) for f in stored) + "."

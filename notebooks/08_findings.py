@@ -63,7 +63,7 @@ confidence = 0.95              # level of the bootstrap and regression intervals
 # %% tags=["remove-stderr"]
 from canopy.book import rerun_note
 from canopy.display import enable_reader_tables, glue_values
-from canopy import charts, entropy, findings, pairs, report
+from canopy import charts, entropy, findings, pairs, reading, report
 from canopy.experiment import load_experiment
 from IPython.display import Markdown
 
@@ -114,6 +114,8 @@ display(Markdown(
      "about the instruction tuning of released chat models in general." if origin else
      "This run has no matched pair of a base and a fine-tuned model, so the claims about "
      "fine-tuning are not measured.")))
+display(Markdown(reading.store_sentence(experiment.out, experiment.stored_models(
+    progress=False, resample=resample))))
 
 # %% [markdown]
 # ## Rerun this page

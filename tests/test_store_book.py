@@ -110,3 +110,6 @@ def test_the_whole_book_on_a_store_made_elsewhere(tmp_path, monkeypatch):
     assert "not here: store trusted" in page
     assert json.loads((project / "_executed" / ".verified-store.json").read_text())[
         "models"] == {f.name: f.hash12 for f in experiment.stored_models(progress=False)}
+    findings = _text(project / "_executed" / "08_findings.ipynb")
+    assert f"Measured on the store `{laptop / 'store'}`" in findings
+    assert all(f.hash12 in findings for f in experiment.stored_models(progress=False))

@@ -206,3 +206,34 @@ def test_a_damaged_shard_is_named_before_any_chapter(tmp_path, monkeypatch):
     assert "\n" not in message and "1 damaged shard(s)" in message
     assert shard.name in message and "fam1-instruct" in message
     assert VERIFIED_ENV not in os.environ
+
+
+def test_ids_beyond_a_tokenizer_are_still_counted_on_summaries(tmp_path, monkeypatch):
+    """A model whose vocabulary outgrows its tokenizer (here: 24 rows, 16 tokens): the
+    chapters' summaries say how many sampled ids have no text, as the full table did."""
+    import json
+    import warnings
+
+    from sampling_tiny import tiny_model, tiny_tokenizer
+
+    monkeypatch.setenv("CANOPY_CACHE", str(tmp_path / "cache"))
+    tiny_model("llama", vocab=24, scale=2.0).save_pretrained(tmp_path / "padded")
+    tiny_tokenizer(chat=False).save_pretrained(tmp_path / "padded")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "demo.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prompt": "a b c"[: 1 + 2 * i]}) + "\n" for i in range(3)))
+    (tmp_path / "exp.yaml").write_text(
+        "models: [{path: padded}]\ntasks: [demo]\nprompts_dir: prompts\nout: store\n"
+        "sampling: {rollouts: 4, max_new_tokens: 8, top_k: 0, seed: 1}\n"
+        "runtime: {threads: 1}\n")
+    experiment = load_experiment(tmp_path / "exp.yaml")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = experiment.rollouts(progress=False)
+    ids = np.concatenate([np.asarray(t) for t in full["token_ids"]])
+    line = f"model padded: {int((ids >= 16).sum())} of {ids.size} sampled tokens have ids ≥ 16"
+    assert (ids >= 16).sum() > 0 and any(line in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_experiment(tmp_path / "exp.yaml").summaries(progress=False)
+    assert sum(line in str(w.message) for w in caught) == 1
