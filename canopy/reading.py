@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from canopy.models import source_signature
+from canopy.shardpool import map_in_order
 from canopy.store import (
     ShardError, damaged_message, read_shard, read_verified, safe_name, shard_path, write_json,
 )
@@ -193,30 +194,38 @@ def _verified(record: dict, path: Path, expect: dict) -> dict | None:
     return entry if all(wanted.get(k) == v for k, v in expect.items()) else None
 
 
-def verify_shards(stored: list[StoredModel], record_path) -> int:
+def verify_shards(stored: list[StoredModel], record_path, threads: int | None = None) -> int:
     """Verify every shard of ``stored`` (:func:`canopy.store.read_verified`), make its
     kept summary (:func:`canopy.summaries.shard_summary`), and write the record of what
-    was verified to ``record_path``. Returns the number of shards verified. A damaged
+    was verified to ``record_path``. Returns the number of shards verified. Each file is
+    read once (hashed and decoded from the same bytes); ``threads`` shards at once
+    (:func:`canopy.shardpool.read_threads`; the record does not depend on it). A damaged
     shard: the one-line ``ValueError`` of :func:`canopy.store.load_rollouts`, naming
     every damaged shard, written before anything else runs."""
-    from canopy.summaries import file_sha256, shard_summary
+    import hashlib
 
+    from canopy.summaries import shard_summary
+
+    def one(item):
+        path, expect = item
+        try:
+            stat = path.stat()
+            data = path.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            arrow = read_verified(path, expect, data=data)
+            shard_summary(path, expect, sha256=sha, arrow=arrow)
+        except (ShardError, OSError) as exc:
+            return path, None, exc
+        return path, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha,
+                      "expect": expect, "digest": _content_digest(arrow)}, None
+
+    present = [(path, expect) for path, expect in _all_shards(stored) if path.is_file()]
     shards, damaged = {}, []
-    for found in stored:
-        for path, expect in found.shards:
-            if not path.is_file():
-                continue
-            try:
-                stat = path.stat()
-                sha = file_sha256(path)
-                arrow = read_verified(path, expect)
-                shard_summary(path, expect, sha256=sha, arrow=arrow)
-            except (ShardError, OSError) as exc:
-                damaged.append((path, exc))
-                continue
-            shards[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                 "sha256": sha, "expect": expect,
-                                 "digest": _content_digest(arrow)}
+    for path, entry, exc in map_in_order(one, present, threads):
+        if exc is None:
+            shards[str(path)] = entry
+        else:
+            damaged.append((path, exc))
     if damaged:
         roots = {str(f.config_dir.parent.parent) for f in stored}
         raise ValueError(damaged_message(Path(roots.pop()) if len(roots) == 1 else Path("/"),
@@ -238,18 +247,33 @@ def _all_shards(stored: list[StoredModel]):
         yield from found.shards
 
 
-def _read_all(stored: list[StoredModel], read) -> list:
-    """``read(path, expect, entry)`` of every shard of ``stored``; the one-line error of
-    :func:`canopy.store.load_rollouts` naming every damaged shard."""
-    record, parts, damaged = _record(), [], []
-    for path, expect in _all_shards(stored):
+def _read_each(stored: list[StoredModel], read, threads: int | None = None):
+    """Yield ``(path, read(path, expect, entry))`` for every shard of ``stored`` in shard
+    order, ``threads`` shards read at once (:func:`canopy.shardpool.map_in_order`); at
+    the end, the one-line error of :func:`canopy.store.load_rollouts` naming every
+    damaged shard."""
+    record = _record()
+
+    def one(item):
+        path, expect = item
         try:
-            parts.append(read(path, expect, _verified(record, path, expect)))
+            return path, read(path, expect, _verified(record, path, expect)), None
         except ShardError as exc:
+            return path, None, exc
+
+    damaged = []
+    for path, part, exc in map_in_order(one, _all_shards(stored), threads):
+        if exc is None:
+            yield path, part
+        else:
             damaged.append((path, exc))
     if damaged:
         raise ValueError(damaged_message(stored[0].config_dir.parent.parent, damaged))
-    return parts
+
+
+def _read_all(stored: list[StoredModel], read) -> list:
+    """The parts of :func:`_read_each`, in shard order."""
+    return [part for _, part in _read_each(stored, read)]
 
 
 def read_summaries(stored: list[StoredModel]) -> pd.DataFrame:
@@ -301,8 +325,9 @@ def read_columns(stored: list[StoredModel], columns: list[str]) -> pd.DataFrame:
 def stream_profile(stored: list[StoredModel], by_task: bool = True, all_tasks: bool = True,
                    max_position: int | None = None) -> pd.DataFrame:
     """:func:`canopy.entropy.position_profile` of every rollout of ``stored``, one shard
-    at a time (:class:`canopy.profiles.PositionAccumulator`): peak memory is one shard's
-    steps plus the profile."""
+    at a time (:class:`canopy.profiles.PositionAccumulator`): peak memory is a few shards'
+    steps (those read ahead on threads, :func:`canopy.shardpool.map_in_order`) plus the
+    profile."""
     from canopy.profiles import GROUP_KEYS, PositionAccumulator, check_profile_options
 
     check_profile_options(by_task, all_tasks, max_position)
@@ -311,9 +336,10 @@ def stream_profile(stored: list[StoredModel], by_task: bool = True, all_tasks: b
                "step_stop_logprob"]
 
     def read(path, expect, entry):
-        accumulator.add_arrow(_arrow(path, expect, entry, columns), name=str(path))
+        return _arrow(path, expect, entry, columns)
 
-    _read_all(stored, read)
+    for path, arrow in _read_each(stored, read):  # added here, in shard order
+        accumulator.add_arrow(arrow, name=str(path))
     return accumulator.table(by_task, all_tasks)
 
 
