@@ -169,16 +169,21 @@ def _keep(path: Path, table: pd.DataFrame, tie: dict) -> None:
 
 
 def shard_summary(shard: Path, expect: dict | None = None, *, sha256: str | None = None,
-                  arrow=None) -> pd.DataFrame:
+                  arrow=None, data: bytes | None = None) -> pd.DataFrame:
     """The summary of one shard: the kept one when it is tied to this shard file's
     sha256, :data:`SUMMARY_VERSION` and ``expect``, else computed from the verified shard
     (:func:`canopy.store.read_verified`; raises :class:`~canopy.store.ShardError`) and
     kept. ``sha256``: the file's sha256 when the caller has just computed it (a book
     build's verification, :mod:`canopy.reading`); ``arrow``: the shard as already read
-    and verified by the caller. Otherwise the file is read once: hashed, and decoded
-    from the same bytes when no kept summary fits."""
+    and verified by the caller; ``data``: the file's bytes as read by the caller (the
+    ones ``sha256`` was computed from), decoded when no kept summary fits. Otherwise the
+    file is read once: hashed, and decoded from the same bytes when no kept summary fits.
+
+    A summary is kept only once the shard it was made from passed
+    :func:`~canopy.store.read_verified` with ``expect``, tied to that file's sha256; so
+    a kept summary that fits says that a file with these very bytes verified
+    (:func:`canopy.reading.verify_shards` relies on this)."""
     shard = Path(shard)
-    data = None
     if sha256 is None:
         try:
             data = shard.read_bytes()
