@@ -10,14 +10,16 @@
    points). The parameter cells are tagged ``remove-cell`` so the page does not show
    them; each chapter prints the values it used and the command to rerun it.
    Before the chapters run, the fine-tuned models the experiment names are made if
-   missing (``canopy finetune``; cached). Kernels run with :data:`KERNEL_ENV`. The
+   missing (``canopy finetune``; cached), and the store's shards the chapters will read
+   are verified once for the build (:func:`verify_store`; a damaged shard stops the
+   build there, naming it); the chapters then read them without verifying again. Kernels run with :data:`KERNEL_ENV`. The
    sources are found under :func:`canopy.project_root` (a checkout, ``$CANOPY_ROOT``
    or the working directory), so a non-editable install builds the book too.
 2. A chapter is not re-executed when nothing it depends on changed: a stamp next to the
    executed notebook hashes its source, its parameters, every file of the package
    (``canopy/charts`` too), every file under ``data/``, the experiment file, the
-   weights' files of its models, the published fine-tunes and the installed libraries'
-   versions (:func:`chapter_stamp`; written as it stands after the chapter ran, so a
+   weights' files of its models, the store's shards it reads, the published fine-tunes
+   and the installed libraries' versions (:func:`chapter_stamp`; written as it stands after the chapter ran, so a
    model the chapter converted on the way does not re-execute it next time).
    Rollouts, embeddings and fine-tunes are cached under ``$CANOPY_CACHE`` as well, so a
    rebuild after an edit re-runs one chapter from cached data.
@@ -134,10 +136,36 @@ def _model_files(parameters: dict) -> dict:
         return {"unresolved": str(exc)}
 
 
+def _store_files(parameters: dict) -> dict:
+    """Per model of the chapter's experiment, the stored configuration it reads and the
+    name, size and ``mtime_ns`` of each of its shards (:func:`canopy.reading.stored_model`;
+    nothing is read), so that a store copied anew or resampled re-executes the chapter."""
+    from canopy.experiment import load_experiment
+    from canopy.reading import stated_runtime, stored_model
+
+    try:
+        experiment = load_experiment(parameters.get("experiment_file"),
+                                     parameters.get("profile", "default"),
+                                     {"models": parameters.get("models")})
+        prompts = experiment.prompts()
+        stated = stated_runtime(experiment.runtime, experiment.runtime_stated)
+        state = {}
+        for spec in experiment.specs:
+            found = stored_model(spec, prompts, experiment.sampling, experiment.out, stated)
+            if found is not None:
+                state[spec.name] = [found.config_hash] + [
+                    [path.name, path.stat().st_size, path.stat().st_mtime_ns]
+                    for path, _ in found.shards if path.is_file()]
+        return state
+    except (ValueError, OSError) as exc:  # the chapter reports it when it runs
+        return {"unresolved": str(exc)}
+
+
 def chapter_stamp(source: Path, parameters: dict) -> str:
     """sha256 of what a chapter's output depends on: its source and parameters, every
     file of the package (``canopy/**``, charts included), every file under ``data/``,
-    the experiment file passed, the weights' files of its models, the published
+    the experiment file passed, the weights' files of its models, the store's shards it
+    reads (a chapter that declares ``resample``: :func:`_store_files`), the published
     fine-tunes, the versions of the installed libraries and Python, and the cache
     directory."""
     finetunes = sorted((cache_dir() / "finetune").glob("*/canopy-finetune.json"))
@@ -148,6 +176,8 @@ def chapter_stamp(source: Path, parameters: dict) -> str:
         "data": _tree_digest(REPO_ROOT / "data"),
         "experiment": _experiment_bytes(parameters.get("experiment_file")),
         "models": _model_files(parameters),
+        "store": _store_files(parameters)
+        if "resample" in declared_parameters(_read(source)) else {},
         "finetunes": {p.parent.name: p.read_text() for p in finetunes},
         "libraries": _library_versions(),
         "cache": str(cache_dir()),

@@ -237,3 +237,26 @@ def test_ids_beyond_a_tokenizer_are_still_counted_on_summaries(tmp_path, monkeyp
         warnings.simplefilter("always")
         load_experiment(tmp_path / "exp.yaml").summaries(progress=False)
     assert sum(line in str(w.message) for w in caught) == 1
+
+
+def test_a_store_copied_anew_re_executes_the_chapters_that_read_it(tmp_path):
+    """The chapter stamp follows the shards a chapter reads (name, size, mtime_ns): a
+    shard written again changes it; a chapter that reads no store keeps its stamp."""
+    from canopy import book
+
+    path = write_store(tmp_path)
+    reads = tmp_path / "98_reads.py"
+    reads.write_text('# %% tags=["parameters"]\nprofile = "default"\nresample = False\n')
+    toy = tmp_path / "99_toy.py"
+    toy.write_text('# %% tags=["parameters"]\nprofile = "default"\n')
+    params = {"profile": "default", "experiment_file": str(path)}
+    before = {s: book.chapter_stamp(s, params) for s in (reads, toy)}
+    assert {s: book.chapter_stamp(s, params) for s in (reads, toy)} == before
+    shard = load_experiment(path).stored_models(progress=False)[0].shards[0][0]
+    data = shard.read_bytes()
+    shard.unlink()
+    shard.write_bytes(data)  # copied again: same bytes, a new file
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert book.chapter_stamp(reads, params) != before[reads]
+    assert book.chapter_stamp(toy, params) == before[toy]
