@@ -47,12 +47,13 @@ def finetune_report():
 
 
 #: Test files that take minutes, longest first. ``make test`` hands whole files to two
-#: workers (``--dist loadfile``) in collection order, so these start first and the short
-#: files fill in around them; collected last, a long file would run alone at the end.
+#: workers in collection order (``--dist loadfile --no-loadscope-reorder``), so these
+#: start first and the short files fill in around them; collected last, a long file
+#: would run alone at the end.
 #: test_book and test_same_verdicts share the quick book's build (see the latter).
 LONG_FIRST = ("test_book.py", "test_same_verdicts.py", "test_cluster.py",
               "test_own_pair_book.py", "test_vllm_engine.py", "test_digests.py",
-              "test_store_integrity.py")
+              "test_store_integrity.py", "test_store_book.py")
 
 
 def pytest_collection_modifyitems(config, items):
