@@ -17,8 +17,11 @@ Steps (``--steps``, default all):
 
 - ``imports``: the floor (Python, pandas, pyarrow, canopy).
 - ``verify``: read and verify every shard (:func:`canopy.store.read_verified`: the
-  digest check), in MB/s of shard files, and as DataFrames on a quarter of them; the old path (page CRCs + the legacy JSON sha256) on
-  the first shards in the same process, for the ratio.
+  digest check) on the shard pool (:mod:`canopy.shardpool`) and on one thread, in MB/s
+  of shard files, against the previous path (footer and table read separately, one
+  shard after another; run before and after, averaged) in the same process; as
+  DataFrames on a quarter of them; the legacy path (page CRCs + the JSON sha256) on
+  the first shards, for that ratio.
 - ``metrics-cold``: ``canopy metrics`` (``--n-boot 2000``) with no kept summaries (they
   are removed first, untimed): every shard verified and summarised.
 - ``metrics-warm``: ``canopy metrics`` again, on the kept summaries.
@@ -246,18 +249,40 @@ def book_experiment(root: Path, families: int, variants: list[str], tasks: int,
 # ------------------------------------------------------------------------ the steps
 
 
+def _previous_read_verified(path: Path) -> None:
+    """Verification as it was before the shard pool (for the ratio): the footer and the
+    table read from the file separately, the digest checked, one shard after another."""
+    import pyarrow.parquet as pq
+
+    from canopy.digests import skips_page_checksums, verify
+
+    meta = json.loads(pq.read_schema(path).metadata[b"canopy"])
+    arrow = pq.read_table(path, page_checksum_verification=not skips_page_checksums(meta))
+    if verify(arrow, json.loads(arrow.schema.metadata[b"canopy"])) is not None:
+        raise SystemExit(f"bench_scale: {path} is damaged")
+
+
 def step_verify(store: Path) -> str:
     import pyarrow.parquet as pq
 
     from canopy.digests import legacy_sha256
+    from canopy.shardpool import map_in_order, read_threads
     from canopy.store import read_shard, read_verified
 
     shards = sorted(store.glob("*/*/*/*.parquet"))
     size = sum(p.stat().st_size for p in shards)
-    started = time.perf_counter()
-    for path in shards:
+    for path in shards[:4]:  # warm the allocator (a first read costs page faults)
         read_verified(path)
-    new = time.perf_counter() - started
+    timings = {}
+    for name, run in (("previous", lambda: [_previous_read_verified(p) for p in shards]),
+                      ("1 thread", lambda: list(map_in_order(read_verified, shards, 1))),
+                      ("pool", lambda: list(map_in_order(read_verified, shards))),
+                      ("previous again", lambda: [_previous_read_verified(p) for p in shards])):
+        started = time.perf_counter()
+        run()
+        timings[name] = time.perf_counter() - started
+    previous = (timings["previous"] + timings["previous again"]) / 2
+    new = timings["pool"]
     started = time.perf_counter()
     for path in shards[:max(1, len(shards) // 4)]:
         read_shard(path)
@@ -278,10 +303,14 @@ def step_verify(store: Path) -> str:
         pq.read_table(path, page_checksum_verification=True)
     crc = time.perf_counter() - started
     return (f"{len(shards)} shards, {size / 1e6:.0f} MB: read and verified (read_verified) "
-            f"{size / 1e6 / new:.0f} MB/s, as DataFrames (read_shard) "
-            f"{size / 1e6 / with_pandas:.0f} MB/s; old path on {sample_size / 1e6:.0f} MB: "
-            f"{sample_size / 1e6 / old:.1f} MB/s (ratio {old / sample_size * size / new:.0f}×); "
-            f"Parquet read with page CRCs alone {sample_size / 1e6 / crc:.0f} MB/s")
+            f"on {read_threads()} threads {size / 1e6 / new:.0f} MB/s, on 1 thread "
+            f"{size / 1e6 / timings['1 thread']:.0f} MB/s, the previous path (file opened "
+            f"twice, one thread) {size / 1e6 / previous:.0f} MB/s (ratio "
+            f"{previous / new:.2f}×; load average {os.getloadavg()[0]:.1f}); as DataFrames "
+            f"(read_shard, 1 thread) {size / 1e6 / with_pandas:.0f} MB/s; legacy JSON path on "
+            f"{sample_size / 1e6:.0f} MB: {sample_size / 1e6 / old:.1f} MB/s (ratio "
+            f"{old / sample_size * size / new:.0f}×); Parquet read with page CRCs alone "
+            f"{sample_size / 1e6 / crc:.0f} MB/s")
 
 
 def step_load(store: Path) -> str:

@@ -178,17 +178,25 @@ def stream_position_profile(directory, by_task: bool = True, all_tasks: bool = T
                             max_position: int | None = None) -> pd.DataFrame:
     """:func:`canopy.entropy.position_profile` of every rollout under a store directory
     (shards as :func:`canopy.store.load_rollouts` reads them), one verified shard at a
-    time: peak memory is one shard's steps plus the profile. Raises a one-line
-    ``ValueError`` when there are no rollouts or a shard is damaged (naming them)."""
+    time (a few read ahead on threads, :func:`canopy.shardpool.map_in_order`): peak
+    memory is a few shards' steps plus the profile. Raises a one-line ``ValueError``
+    when there are no rollouts or a shard is damaged (naming them)."""
+    from canopy.shardpool import map_in_order
     from canopy.store import ShardError, damaged_message, read_verified, store_shards
 
     check_profile_options(by_task, all_tasks, max_position)
     root = Path(directory)
     accumulator, damaged, shards = PositionAccumulator(max_position), [], 0
-    for path, expect in store_shards(root):
+    def read(item):
+        path, expect = item
         try:
-            arrow = read_verified(path, expect)
+            return path, read_verified(path, expect), None
         except ShardError as exc:
+            return path, None, exc
+
+    # shards read and verified on a few threads, added here in shard order
+    for path, arrow, exc in map_in_order(read, store_shards(root)):
+        if exc is not None:
             damaged.append((path, exc))
             continue
         accumulator.add_arrow(arrow, name=str(path))

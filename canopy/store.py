@@ -49,6 +49,7 @@ from canopy.locks import Claims, remove_dead_temporaries, store_lock
 from canopy.models import source_signature
 from canopy.prompts import Prompt
 from canopy.settings import SamplingConfig, check_integer
+from canopy.shardpool import map_in_order
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,15 +143,20 @@ def write_shard(path: Path, table: pd.DataFrame, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_verified(path: Path, expect: dict | None = None):
+def read_verified(path: Path, expect: dict | None = None, *, data: bytes | None = None):
     """A shard's Arrow table, verified (digest, columns, rollout count and ids 0..M−1,
     metadata as in ``expect``: keys ``config_hash``, ``prompt_sha256``, ``rollouts``);
-    raise :class:`ShardError` if it is unreadable, partial or stale."""
+    raise :class:`ShardError` if it is unreadable, partial or stale. The file is read
+    once, into memory, and decoded from there; ``data``: its bytes when the caller has
+    read them already (e.g. to hash the file, :func:`canopy.reading.verify_shards`)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        arrow = pq.read_table(path, page_checksum_verification=not skips_page_checksums(
-            _shard_meta(pq.read_schema(path))))
+        if data is None:
+            data = Path(path).read_bytes()
+        skip_crcs = skips_page_checksums(_shard_meta(pq.read_schema(pa.BufferReader(data))))
+        arrow = pq.read_table(pa.BufferReader(data), page_checksum_verification=not skip_crcs)
         meta = _shard_meta(arrow.schema)
         damage = verify(arrow, meta)
         names = arrow.column_names
@@ -475,29 +481,31 @@ def store_shards(directory) -> list[tuple[Path, dict]]:
     return shards
 
 
-def load_rollouts(directory) -> pd.DataFrame:
+def load_rollouts(directory, threads: int | None = None) -> pd.DataFrame:
     """All finished rollouts under a store directory (see :func:`store_shards`), as one
     rollout DataFrame holding every step: memory grows with the steps (for the metrics
     of a large store, read :func:`canopy.summaries.load_summaries`). Raises a one-line
     ``ValueError`` when there are no rollouts, or when any shard is damaged (naming the
     shards and the command that resamples them: reading the rest would silently drop
-    those prompts).
+    those prompts). ``threads``: how many shards are read at once
+    (:func:`canopy.shardpool.read_threads`; the result does not depend on it).
     """
-    return read_store(directory, read_shard)
+    return read_store(directory, read_shard, threads)
 
 
-def read_store(directory, read) -> pd.DataFrame:
-    """``read(path, expect)`` applied to every shard of :func:`store_shards`, the tables
-    concatenated in shard order; the one-line ``ValueError`` of :func:`load_rollouts` when
-    there are none or any shard is damaged (all damaged shards named at once)."""
+def read_store(directory, read, threads: int | None = None) -> pd.DataFrame:
+    """``read(path, expect)`` applied to every shard of :func:`store_shards` on
+    ``threads`` threads (:func:`canopy.shardpool.map_in_order`), the tables
+    concatenated in shard order; the one-line ``ValueError`` of :func:`load_rollouts`
+    when there are none or any shard is damaged (all damaged shards named at once)."""
     import pandas as pd
 
     root = Path(directory)
     tables, damaged = [], []
-    for path, expect in store_shards(root):
-        try:
-            tables.append(read(path, expect))
-        except ShardError as exc:
+    for path, table, exc in map_in_order(_reader(read), store_shards(root), threads):
+        if exc is None:
+            tables.append(table)
+        else:
             damaged.append((path, exc))
     if damaged:
         raise ValueError(damaged_message(root, damaged))
@@ -505,6 +513,18 @@ def read_store(directory, read) -> pd.DataFrame:
         raise ValueError(f"no rollouts under {root}; write some with "
                          f"`canopy sample --out {root}`")
     return pd.concat(tables, ignore_index=True)
+
+
+def _reader(read):
+    """``(path, expect) -> (path, read(path, expect), None)``, or ``(path, None, the
+    ShardError)`` for a damaged shard."""
+    def one(item):
+        path, expect = item
+        try:
+            return path, read(path, expect), None
+        except ShardError as exc:
+            return path, None, exc
+    return one
 
 
 def damaged_message(root: Path, damaged: list) -> str:
@@ -523,21 +543,20 @@ def damaged_message(root: Path, damaged: list) -> str:
             f"resamples only these)")
 
 
-def damaged_shards(directory) -> list[tuple[Path, str]]:
-    """(path, reason) of every damaged shard under a store directory (see
-    :func:`load_rollouts` for which configuration directories are read)."""
-    found = []
+def damaged_shards(directory, threads: int | None = None) -> list[tuple[Path, str]]:
+    """(path, reason) of every damaged shard under a store directory, in shard order
+    (see :func:`load_rollouts` for which configuration directories are read, and for
+    ``threads``)."""
+    shards = []
     for config_dir in _config_dirs(Path(directory)):
         try:
             digest = json.loads((config_dir / "manifest.json").read_text())["config_hash"]
         except (OSError, ValueError, KeyError):
             continue
-        for path in sorted(config_dir.glob("*/*.parquet")):
-            try:
-                read_shard(path, {"config_hash": digest})
-            except ShardError as exc:
-                found.append((path, str(exc)))
-    return found
+        shards += [(path, {"config_hash": digest})
+                   for path in sorted(config_dir.glob("*/*.parquet"))]
+    return [(path, str(exc)) for path, _, exc in
+            map_in_order(_reader(read_shard), shards, threads) if exc is not None]
 
 
 # ------------------------------------------------------------------ output directories

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from canopy.digests import digest_meta, verify
-from canopy.store import read_store, read_verified
+from canopy.store import ShardError, read_store, read_verified
 
 __all__ = ["SUMMARY_VERSION", "SUMMARY_COLUMNS", "METRIC_COLUMNS", "summarize",
            "summary_path", "shard_summary", "load_summaries", "file_sha256"]
@@ -169,33 +169,49 @@ def _keep(path: Path, table: pd.DataFrame, tie: dict) -> None:
 
 
 def shard_summary(shard: Path, expect: dict | None = None, *, sha256: str | None = None,
-                  arrow=None) -> pd.DataFrame:
+                  arrow=None, data: bytes | None = None) -> pd.DataFrame:
     """The summary of one shard: the kept one when it is tied to this shard file's
     sha256, :data:`SUMMARY_VERSION` and ``expect``, else computed from the verified shard
     (:func:`canopy.store.read_verified`; raises :class:`~canopy.store.ShardError`) and
     kept. ``sha256``: the file's sha256 when the caller has just computed it (a book
     build's verification, :mod:`canopy.reading`); ``arrow``: the shard as already read
-    and verified by the caller."""
+    and verified by the caller; ``data``: the file's bytes as read by the caller (the
+    ones ``sha256`` was computed from), decoded when no kept summary fits. Otherwise the
+    file is read once: hashed, and decoded from the same bytes when no kept summary fits.
+
+    A summary is kept only once the shard it was made from passed
+    :func:`~canopy.store.read_verified` with ``expect``, tied to that file's sha256; so
+    a kept summary that fits says that a file with these very bytes verified
+    (:func:`canopy.reading.verify_shards` relies on this)."""
     shard = Path(shard)
-    tie = {"shard_sha256": sha256 or file_sha256(shard), "summary_version": SUMMARY_VERSION,
+    if sha256 is None:
+        try:
+            data = shard.read_bytes()
+        except OSError as exc:
+            raise ShardError(f"unreadable ({type(exc).__name__}: {exc.strerror})") from None
+        sha256 = hashlib.sha256(data).hexdigest()
+    tie = {"shard_sha256": sha256, "summary_version": SUMMARY_VERSION,
            "expect": expect or {}}
     kept = summary_path(shard)
     table = _read_kept(kept, tie) if kept.is_file() else None
     if table is None:
-        table = summarize(arrow if arrow is not None else read_verified(shard, expect))
+        table = summarize(arrow if arrow is not None
+                          else read_verified(shard, expect, data=data))
         _keep(kept, table, tie)
     return table
 
 
-def load_summaries(directory, columns=None) -> pd.DataFrame:
+def load_summaries(directory, columns=None, threads: int | None = None) -> pd.DataFrame:
     """The summaries of every rollout under a store directory (shards as
     :func:`canopy.store.load_rollouts` reads them, in the same order), keeping
-    ``columns`` (default all of :data:`SUMMARY_COLUMNS`). Raises a one-line
-    ``ValueError`` when there are no rollouts or any shard is damaged (naming them)."""
+    ``columns`` (default all of :data:`SUMMARY_COLUMNS`); ``threads`` shards at once
+    (:func:`canopy.shardpool.read_threads`; the result does not depend on it). Raises a
+    one-line ``ValueError`` when there are no rollouts or any shard is damaged (naming
+    them)."""
     root = Path(directory)
     columns = list(columns or SUMMARY_COLUMNS)
     unknown = [c for c in columns if c not in SUMMARY_COLUMNS]
     if unknown:
         raise ValueError(f"unknown summary columns {unknown}; choose from "
                          f"{list(SUMMARY_COLUMNS)}")
-    return read_store(root, lambda path, expect: shard_summary(path, expect)[columns])
+    return read_store(root, lambda path, expect: shard_summary(path, expect)[columns], threads)

@@ -308,3 +308,47 @@ def test_remove_dead_temporaries_ignores_other_files(tmp_path):
     (tmp_path / f".x.tmp-{_dead_pid()}").write_bytes(b"x")
     assert len(remove_dead_temporaries(tmp_path)) == 1
     assert sorted(os.listdir(tmp_path)) == [".keep.claim", "keep.parquet"]
+
+
+def test_every_bit_flip_under_a_kept_summary_is_detected_or_harmless(tmp_path):
+    """The book's verify-once pass takes a shard whose kept summary is tied to its
+    sha256 as verified without decoding it. Flip one bit at every 19th byte of such a
+    shard: each flipped shard is refused by the pass or verified in full, its summary
+    then equal to the true one; the summary kept beside it never stands in for other
+    bytes."""
+    from canopy.reading import StoredModel, verify_shards
+    from canopy.store import read_verified, write_shard
+    from canopy.summaries import shard_summary, summarize
+    from test_digests import small_table
+
+    truth = small_table(3, 5)
+    path = tmp_path / "store" / "m" / "0123456789ab" / "t" / "p.parquet"
+    expect = {"rollouts": 3}
+    write_shard(path, truth, expect)
+    original = path.read_bytes()
+    true_summary = summarize(read_verified(path, expect))
+    stored = [StoredModel("m", path.parent.parent, "0123456789ab", None, None, {}, False,
+                          True, [(path, expect)])]
+    record = tmp_path / "verified.json"
+    assert verify_shards(stored, record) == 1  # keeps the summary
+    positions = range(0, len(original), 19)
+    detected = harmless = 0
+    for position in positions:
+        bit = position % 8
+        data = bytearray(original)
+        data[position] ^= 1 << bit
+        path.write_bytes(bytes(data))
+        try:
+            verify_shards(stored, record)
+        except ValueError as exc:
+            assert "1 damaged shard(s)" in str(exc)
+            detected += 1
+            continue
+        pd.testing.assert_frame_equal(shard_summary(path, expect), true_summary,
+                                      check_exact=True,
+                                      obj=f"bit {bit} of byte {position} flipped")
+        harmless += 1
+    assert detected + harmless == len(positions)
+    assert detected > 0.5 * len(positions)
+    path.write_bytes(original)
+    assert verify_shards(stored, record) == 1
