@@ -26,9 +26,11 @@ env-vllm: $(STAMP)
 	bash .ci/install-vllm $(VENV)
 
 # Two workers (pytest-xdist), each taking whole test files (--dist loadfile): a file's
-# module fixtures (the built book, a sampled store) are made once, in one worker.
+# module fixtures (the built book, a sampled store) are made once, in one worker. Files
+# are handed out in collection order (--no-loadscope-reorder; xdist would otherwise sort
+# them by their number of tests), which tests/conftest.py starts with the longest.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 book: $(STAMP)
 	$(VENV)/bin/canopy book --profile default

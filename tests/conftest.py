@@ -14,6 +14,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 from analysis_data import finetune_report as _finetune_report
 from analysis_data import toy_rollouts
 
+from canopy.settings import default_threads
+
+# The default thread count (torch's own) is read once, here, before one_thread below sets
+# torch to one thread: the book build a test starts and its kernels then agree on it.
+default_threads()
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -38,3 +44,19 @@ def rollouts():
 def finetune_report():
     """A small fine-tune report (a fresh dict per test)."""
     return _finetune_report()
+
+
+#: Test files that take minutes, longest first. ``make test`` hands whole files to two
+#: workers in collection order (``--dist loadfile --no-loadscope-reorder``), so these
+#: start first and the short files fill in around them; collected last, a long file
+#: would run alone at the end.
+#: test_book and test_same_verdicts share the quick book's build (see the latter).
+LONG_FIRST = ("test_book.py", "test_same_verdicts.py", "test_cluster.py",
+              "test_own_pair_book.py", "test_vllm_engine.py", "test_digests.py",
+              "test_store_integrity.py", "test_store_book.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Collect the files of :data:`LONG_FIRST` first, in that order (the rest keep theirs)."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
