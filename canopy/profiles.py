@@ -182,20 +182,13 @@ def stream_position_profile(directory, by_task: bool = True, all_tasks: bool = T
     memory is a few shards' steps plus the profile. Raises a one-line ``ValueError``
     when there are no rollouts or a shard is damaged (naming them)."""
     from canopy.shardpool import map_in_order
-    from canopy.store import ShardError, damaged_message, read_verified, store_shards
+    from canopy.store import damaged_message, read_verified, shard_reader, store_shards
 
     check_profile_options(by_task, all_tasks, max_position)
     root = Path(directory)
     accumulator, damaged, shards = PositionAccumulator(max_position), [], 0
-    def read(item):
-        path, expect = item
-        try:
-            return path, read_verified(path, expect), None
-        except ShardError as exc:
-            return path, None, exc
-
     # shards read and verified on a few threads, added here in shard order
-    for path, arrow, exc in map_in_order(read, store_shards(root)):
+    for path, arrow, exc in map_in_order(shard_reader(read_verified), store_shards(root)):
         if exc is not None:
             damaged.append((path, exc))
             continue

@@ -54,7 +54,7 @@ from canopy.shardpool import map_in_order
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["load_rollouts", "read_store", "config_hash", "shard_path", "read_shard", "read_verified",
+__all__ = ["load_rollouts", "read_store", "shard_reader", "config_hash", "shard_path", "read_shard", "read_verified",
            "write_shard", "ShardError", "damaged_shards", "damaged_message", "store_shards",
            "open_config", "prompt_keys", "shard_expectation", "finished_shards",
            "fill_shards", "gather", "configuration_change", "changed_configuration_message",
@@ -502,7 +502,7 @@ def read_store(directory, read, threads: int | None = None) -> pd.DataFrame:
 
     root = Path(directory)
     tables, damaged = [], []
-    for path, table, exc in map_in_order(_reader(read), store_shards(root), threads):
+    for path, table, exc in map_in_order(shard_reader(read), store_shards(root), threads):
         if exc is None:
             tables.append(table)
         else:
@@ -515,9 +515,9 @@ def read_store(directory, read, threads: int | None = None) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def _reader(read):
-    """``(path, expect) -> (path, read(path, expect), None)``, or ``(path, None, the
-    ShardError)`` for a damaged shard."""
+def shard_reader(read):
+    """For :func:`canopy.shardpool.map_in_order`: ``(path, expect) -> (path, read(path,
+    expect), None)``, or ``(path, None, the ShardError)`` for a damaged shard."""
     def one(item):
         path, expect = item
         try:
@@ -556,7 +556,7 @@ def damaged_shards(directory, threads: int | None = None) -> list[tuple[Path, st
         shards += [(path, {"config_hash": digest})
                    for path in sorted(config_dir.glob("*/*.parquet"))]
     return [(path, str(exc)) for path, _, exc in
-            map_in_order(_reader(read_shard), shards, threads) if exc is not None]
+            map_in_order(shard_reader(read_shard), shards, threads) if exc is not None]
 
 
 # ------------------------------------------------------------------ output directories

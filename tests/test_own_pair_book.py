@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from book_project import book_project
 from canopy import REPO_ROOT
 from tiny_pair import make_pair, smollm2_tokenizer
 
@@ -62,13 +62,7 @@ def _text(notebook: Path) -> str:
 
 @pytest.mark.integration
 def test_the_whole_book_on_a_users_own_pair(tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("notebooks", "data", "book"):
-        shutil.copytree(REPO_ROOT / name, project / name,
-                        ignore=shutil.ignore_patterns("_static", "*.ipynb"))
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO_ROOT / name, project / name)
+    project = book_project(tmp_path / "project")
     mine = tmp_path / "mine"
     make_pair(mine / "models", smollm2_tokenizer(tmp_path / "smollm2-tokenizer"))
     (mine / "exp.yaml").write_text(EXPERIMENT)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from book_project import book_project
 from canopy import REPO_ROOT
 
 SOURCE_PACKAGE = REPO_ROOT / "canopy"
@@ -85,13 +86,7 @@ def test_chapter_one_runs_from_the_installed_package(installed, tmp_path):
     """``canopy book --only 01`` in a fresh folder holding the book's sources (no
     ``canopy/`` there, nothing executed before): the chapter runs with the installed
     package, prints the exact CE* of its toy, and the HTML build is skipped in one line."""
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("notebooks", "data", "book"):
-        shutil.copytree(REPO_ROOT / name, project / name,
-                        ignore=shutil.ignore_patterns("_static", "*.ipynb"))
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO_ROOT / name, project / name)
+    project = book_project(tmp_path / "project")
     done = subprocess.run([sys.executable, "-m", "canopy.cli", "book", "--only", "01"],
                           capture_output=True, text=True, cwd=project, timeout=900,
                           env=_env(installed, tmp_path / "cache"))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from book_project import book_project
 from canopy import REPO_ROOT
 from test_own_pair_book import _env, _text
 from test_store_reading import bench_scale, entries, HEAD, CLUSTER
@@ -57,13 +58,7 @@ except ImportError:
 
 @pytest.mark.integration
 def test_the_whole_book_on_a_store_made_elsewhere(tmp_path, monkeypatch):
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("notebooks", "data", "book"):
-        shutil.copytree(REPO_ROOT / name, project / name,
-                        ignore=shutil.ignore_patterns("_static", "*.ipynb"))
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(REPO_ROOT / name, project / name)
+    project = book_project(tmp_path / "project")
     cache = tmp_path / "cache"
     laptop = tmp_path / "laptop"
     laptop.mkdir()
