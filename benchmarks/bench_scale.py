@@ -39,7 +39,8 @@ Steps (``--steps``, default all):
   made on the way), then each chapter executed alone (``book-01`` … ``book-08``) as
   ``canopy book`` runs it, reading the verified record; embeddings excepted (the
   embedding cache is pre-filled with vectors marked synthetic, :func:`prefill_embeddings`;
-  chapter 5 still loads the embedder's tokenizer to count cut texts). Peak memory of a
+  the word pieces chapter 5 reports are counted for real on the way and kept beside
+  them, as a build keeps them, in the write step). Peak memory of a
   chapter is the larger of its process and its kernel.
 
 Run: ``.venv/bin/python benchmarks/bench_scale.py --out /tmp/scale-store --scale 0.1``.
@@ -196,11 +197,15 @@ def write_experiment_store(experiment, runtime: dict, mean_length: float = 20.0,
     return shards
 
 
-def prefill_embeddings(experiment, cache: Path, dim: int = 384, seed: int = 0) -> int:
+def prefill_embeddings(experiment, cache: Path, dim: int = 384,
+                       seed: int = 0) -> tuple[int, float]:
     """Put vectors marked synthetic (unit-norm Gaussian, ``dim`` wide) for every rollout's
     text where :func:`canopy.semantic.embed_rollouts` looks for the default embedding
     model's vectors under ``cache`` (the ``embeddings`` folder of a ``$CANOPY_CACHE``),
-    so that the chapters run without an embedder. Returns the number of texts."""
+    so that the chapters run without an embedder; the word pieces chapter 5 reports are
+    counted for real (:func:`canopy.semantic.rollouts_cut`, the embedder's tokenizer: the
+    part of embedding a build keeps beside the vectors). Returns the number of texts and
+    the seconds the counting took."""
     from canopy import semantic
     from canopy.embedders import DEFAULT_EMBEDDING_MODEL
 
@@ -222,8 +227,11 @@ def prefill_embeddings(experiment, cache: Path, dim: int = 384, seed: int = 0) -
     finally:
         semantic.embed_texts = real
     (Path(cache) / "embeddings" / "SYNTHETIC").write_text(
-        "these vectors were made by benchmarks/bench_scale.py (random), not by an embedder\n")
-    return sum(done)
+        "these vectors were made by benchmarks/bench_scale.py (random), not by an embedder; "
+        "the word-piece counts (*.pieces.npz) by its tokenizer\n")
+    started = time.perf_counter()
+    semantic.rollouts_cut(table, DEFAULT_EMBEDDING_MODEL, cache=Path(cache) / "embeddings")
+    return sum(done), time.perf_counter() - started
 
 
 CLUSTER_RUNTIME = {"engine": "vllm", "device_type": "cuda", "dtype": "bfloat16",
@@ -381,11 +389,11 @@ def step_book_write(store: Path) -> str:
     shards = write_experiment_store(load_experiment(root / "exp.yaml"), CLUSTER_RUNTIME,
                                     float(os.environ.get("BENCH_MEAN_LENGTH", "1000")))
     written = time.perf_counter() - started
-    texts = prefill_embeddings(load_experiment(root / "exp.yaml"), root / "cache")
+    texts, counting = prefill_embeddings(load_experiment(root / "exp.yaml"), root / "cache")
     for kept in (root / "store").rglob(".summaries"):
         shutil.rmtree(kept)
     return (f"{shards} shards written in {written:.1f} s, {texts} synthetic embeddings "
-            "pre-filled")
+            f"pre-filled, word pieces counted in {counting:.1f} s")
 
 
 def step_book_verify(store: Path) -> str:

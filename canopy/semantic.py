@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +36,8 @@ from canopy.embedders import DEFAULT_EMBEDDING_MODEL, PACKAGED
 from canopy.entropy import comovement
 from canopy.pooling import pool_comovement
 from canopy.tables import POOL_KEYS, PROMPT_KEYS, reason_column, require_columns, task_scopes
-from canopy.windows import check_window, chunk_texts, cut_texts, pool_chunks, word_piece_limit
+from canopy.windows import (check_window, chunk_texts, cut_texts, pool_chunks, word_piece_counts,
+                            word_piece_limit)
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -44,7 +46,7 @@ __all__ = [
     "cosine_judge",
     "load_embedder",
     "embed_texts",
-    "texts_cut",
+    "rollouts_cut",
     "embed_rollouts",
     "rollout_diversity",
     "vendi_score",
@@ -171,14 +173,6 @@ def embed_texts(texts: Sequence[str], model: str | Embedder = DEFAULT_EMBEDDING_
     return _normalise(emb).astype(np.float32)[inverse.reshape(-1)]
 
 
-def texts_cut(texts: Sequence[str], model: str = DEFAULT_EMBEDDING_MODEL,
-              device: str | None = None) -> tuple[np.ndarray, int]:
-    """Which ``texts`` the embedding model reads only the beginning of (window
-    ``"start"``), shape (len(texts),) bool, and how many word pieces it reads."""
-    embedder = load_embedder(model, device=device)
-    return cut_texts(list(texts), embedder), word_piece_limit(embedder)
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80] or "model"
 
@@ -191,6 +185,24 @@ def _shard_key(model_name: str, texts: Sequence[str]) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
+
+
+def _cache_folder(model: str, cache: bool | str | Path) -> Path:
+    """The embedding cache's folder for ``model`` (made if absent)."""
+    root = (cache_dir() / "embeddings") if cache is True else Path(cache)
+    folder = root / _slug(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _prompt_rows(rollouts: pd.DataFrame) -> list[np.ndarray]:
+    """Row positions of each prompt's rollouts (one (model, task, prompt_id)), ordered by
+    ``rollout_id``: the unit the embedding cache keeps a file for."""
+    frame = rollouts[["model", "task", "prompt_id", "rollout_id"]].reset_index(drop=True)
+    frame["_row"] = np.arange(len(frame))
+    frame = frame.sort_values(["model", "task", "prompt_id", "rollout_id"], kind="stable")
+    return [g["_row"].to_numpy() for _, g in
+            frame.groupby(["model", "task", "prompt_id"], sort=False)]
 
 
 def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBEDDING_MODEL,
@@ -217,14 +229,8 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
     if not named or cache is False:
         return embed_texts(texts.tolist(), model, batch_size, progress, device, window)
 
-    root = (cache_dir() / "embeddings") if cache is True else Path(cache)
-    folder = root / _slug(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = rollouts[["model", "task", "prompt_id", "rollout_id"]].reset_index(drop=True)
-    frame["_row"] = np.arange(len(frame))
-    frame = frame.sort_values(["model", "task", "prompt_id", "rollout_id"], kind="stable")
-    shards = [g["_row"].to_numpy() for _, g in
-              frame.groupby(["model", "task", "prompt_id"], sort=False)]
+    folder = _cache_folder(model, cache)
+    shards = _prompt_rows(rollouts)
     text_list = texts.tolist()
     key_name = model if window == "start" else f"{model}|window={window}"
     out: np.ndarray | None = None
@@ -262,6 +268,61 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
                 np.save(fh, vec)
             os.replace(tmp, path)
     return out
+
+
+def rollouts_cut(rollouts: pd.DataFrame, model: str = DEFAULT_EMBEDDING_MODEL,
+                 cache: bool | str | Path = True, text_column: str = "text",
+                 device: str | None = None) -> tuple[np.ndarray, int]:
+    """Which rollouts the embedding model reads only the beginning of (window
+    ``"start"``), shape (R,) bool aligned with the rows, and how many word pieces it reads.
+
+    The word pieces of each prompt's texts are counted once with the model's tokenizer and
+    kept beside its embeddings (``<key>.pieces.npz``, the key of :func:`embed_rollouts`),
+    so a rebuild reads them without loading the model. ``cache=False`` counts afresh.
+    """
+    require_columns(rollouts, (*PROMPT_KEYS, "rollout_id", text_column), "rollout table",
+                    allow_empty=False)
+    text_list = rollouts[text_column].tolist()
+    if cache is False:
+        embedder = load_embedder(model, device=device)
+        return cut_texts(text_list, embedder), word_piece_limit(embedder)
+    folder = _cache_folder(model, cache)
+    counts = np.zeros(len(text_list), dtype=np.int64)
+    kept, todo = [], []
+    for rows in _prompt_rows(rollouts):
+        path = folder / f"{_shard_key(model, [text_list[i] for i in rows])}.pieces.npz"
+        try:
+            with np.load(path) as stored:
+                shard, shard_limit = stored["counts"], int(stored["limit"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            todo.append((rows, path))  # absent or damaged: counted again
+            continue
+        if shard.shape != rows.shape:
+            todo.append((rows, path))
+            continue
+        kept.append((rows, path, shard, shard_limit))
+    limits = {shard_limit for *_, shard_limit in kept}
+    if todo or len(limits) > 1:
+        embedder = load_embedder(model, device=device)
+        limit = word_piece_limit(embedder)
+        todo += [(rows, path) for rows, path, _, shard_limit in kept if shard_limit != limit]
+        kept = [entry for entry in kept if entry[3] == limit]  # kept by another model: recount
+        rows_all = np.concatenate([rows for rows, _ in todo])
+        fresh = word_piece_counts([text_list[i] for i in rows_all], embedder)
+        lo = 0
+        for rows, path in todo:
+            shard = fresh[lo:lo + rows.size]
+            lo += rows.size
+            counts[rows] = shard
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:  # atomic: write aside, then rename
+                np.savez(fh, counts=shard, limit=np.int64(limit))
+            os.replace(tmp, path)
+    else:
+        (limit,) = limits
+    for rows, _, shard, _ in kept:
+        counts[rows] = shard
+    return counts > limit, int(limit)
 
 
 # ------------------------------------------------------------------ per-prompt parts

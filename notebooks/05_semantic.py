@@ -92,7 +92,7 @@ display(Markdown(
 # %% tags=["remove-stderr"]
 embeddings = semantic.embed_rollouts(rollouts, embedding_model, progress=False,
                                      window=embedding_window)
-cut, read_limit = semantic.texts_cut(rollouts["text"].tolist(), embedding_model)
+cut, read_limit = semantic.rollouts_cut(rollouts, embedding_model)
 
 # %% tags=["remove-stderr", "remove-input"]
 display(Markdown(

@@ -74,7 +74,7 @@ def test_the_whole_book_on_a_store_made_elsewhere(tmp_path, monkeypatch):
     assert not any(Path(f"/cluster/models/fam{f}-{v}").exists()
                    for f in (0, 1) for v in ("base", "instruct"))
     experiment = load_experiment(laptop / "exp.yaml")
-    assert bench_scale().prefill_embeddings(experiment, cache, dim=16) == 64
+    assert bench_scale().prefill_embeddings(experiment, cache, dim=16)[0] == 64
     for kept in (laptop / "store").rglob(".summaries"):
         shutil.rmtree(kept)  # the build makes them, verifying each shard once
 

@@ -75,6 +75,49 @@ def test_chunked_embedding_is_the_weighted_mean_of_its_chunks(monkeypatch, tmp_p
     assert len(list((tmp_path / "fake").glob("*.npy"))) == 2
 
 
+def test_rollouts_cut_counts_once_and_reads_the_counts_back(monkeypatch, tmp_path):
+    embedder = FakeEmbedder(8)
+    monkeypatch.setitem(semantic._EMBEDDERS, "fake|None", embedder)
+    frame = pd.DataFrame({"model": "m", "family": "f", "variant": "base", "task": "t",
+                          "prompt_id": [0, 0, 1, 1], "rollout_id": [1, 0, 0, 1],
+                          "text": TEXTS})
+    direct = np.array([len(embedder.tokenizer.tokenize(t)) for t in TEXTS]) > 6
+    cut, limit = semantic.rollouts_cut(frame, "fake", cache=tmp_path)
+    assert limit == 6 and cut.tolist() == direct.tolist()
+    first_files = sorted((tmp_path / "fake").glob("*.pieces.npz"))
+    assert len(first_files) == 2  # one per prompt
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the counts were kept: no model may load")
+
+    with monkeypatch.context() as patch:  # rows in another order, read back, no model
+        patch.setattr(semantic, "load_embedder", no_model)
+        again, limit_again = semantic.rollouts_cut(frame.iloc[::-1], "fake", cache=tmp_path)
+    assert limit_again == 6 and again.tolist() == direct[::-1].tolist()
+
+    # a damaged file and a changed text are counted again; the other prompt is read back
+    first_files[0].write_bytes(b"not a zip")
+    changed = frame.assign(text=[TEXTS[0], TEXTS[1], TEXTS[2], "a b"])
+    seen = []
+    original = semantic.word_piece_counts
+    monkeypatch.setattr(semantic, "word_piece_counts",
+                        lambda texts, e: seen.append(list(texts)) or original(texts, e))
+    cut3, _ = semantic.rollouts_cut(changed, "fake", cache=tmp_path)
+    assert cut3.tolist() == [n > 6 for n in
+                             (len(embedder.tokenizer.tokenize(t)) for t in changed["text"])]
+    assert len(seen) == 1 and sorted(seen[0]) != sorted(TEXTS)
+    assert len(list((tmp_path / "fake").glob("*.pieces.npz"))) == 3
+    # a model that changed under its name is not noticed while every count is kept (as
+    # with the embeddings: the key is the name and the texts); once one prompt must be
+    # counted, counts kept under another reading limit are counted again
+    monkeypatch.setitem(semantic._EMBEDDERS, "fake|None", FakeEmbedder(12))
+    assert semantic.rollouts_cut(frame, "fake", cache=tmp_path)[1] == 6
+    first_files[1].unlink()
+    cut4, limit4 = semantic.rollouts_cut(frame, "fake", cache=tmp_path)
+    assert limit4 == 10
+    assert cut4.tolist() == [len(embedder.tokenizer.tokenize(t)) > 10 for t in TEXTS]
+
+
 def test_pool_chunks_by_hand():
     out = pool_chunks(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), np.array([0, 0, 1]),
                       np.array([3.0, 1.0, 2.0]), 2)
