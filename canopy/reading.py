@@ -33,6 +33,7 @@ import pandas as pd
 
 from canopy.models import source_signature
 from canopy.shardpool import map_in_order
+from canopy.tables import concat_rows
 from canopy.store import (
     ShardError, damaged_message, read_shard, read_verified, safe_name, shard_path, write_json,
 )
@@ -302,7 +303,7 @@ def read_summaries(stored: list[StoredModel]) -> pd.DataFrame:
     def read(path, expect, entry):
         return shard_summary(path, expect, sha256=entry["sha256"] if entry else None)
 
-    return pd.concat(_read_all(stored, read), ignore_index=True)
+    return concat_rows(_read_all(stored, read))
 
 
 def _arrow(path: Path, expect: dict, entry, columns=None):

@@ -64,6 +64,9 @@ BUCKETS = ("short", "medium", "long")
 Judge = Callable[[np.ndarray, "Sequence[str] | None"], np.ndarray]
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
+#: Rows handled at a time where a whole (R, dim) temporary would be needed.
+_ROW_BLOCK = 16384
+
 _R_FEW = "fewer than 2 rollouts: diversity undefined"
 _R_FEW3 = "fewer than 3 rollouts: length-diversity correlations undefined"
 _R_CONST_N = "length constant: length-diversity correlations undefined"
@@ -120,11 +123,16 @@ def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL, device: str | None = Non
 
 
 def _normalise(e: np.ndarray) -> np.ndarray:
-    e = np.asarray(e, dtype=np.float64)
-    norm = np.linalg.norm(e, axis=1, keepdims=True)
-    if np.any(norm == 0) or not np.all(np.isfinite(e)):
+    """Rows of ``e`` scaled to unit length, float64, in a new array (no other array of
+    its size is made: a store's embeddings are hundreds of MB)."""
+    e = np.array(e, dtype=np.float64)
+    if not np.all(np.isfinite(e)):
         raise ValueError("embeddings contain a zero or non-finite vector; cannot L2-normalise")
-    return e / norm
+    norm = np.sqrt(np.einsum("ij,ij->i", e, e))
+    if np.any(norm == 0):
+        raise ValueError("embeddings contain a zero or non-finite vector; cannot L2-normalise")
+    e /= norm[:, None]
+    return e
 
 
 def embed_texts(texts: Sequence[str], model: str | Embedder = DEFAULT_EMBEDDING_MODEL,
@@ -231,12 +239,12 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
 
     folder = _cache_folder(model, cache)
     shards = _prompt_rows(rollouts)
-    text_list = texts.tolist()
+    # texts are taken a prompt at a time (all of them as str would double their memory)
     key_name = model if window == "start" else f"{model}|window={window}"
     out: np.ndarray | None = None
     todo = []
     for rows in shards:
-        shard_texts = [text_list[i] for i in rows]
+        shard_texts = texts.iloc[rows].tolist()
         path = folder / f"{_shard_key(key_name, shard_texts)}.npy"
         if path.exists():
             try:
@@ -245,16 +253,16 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
                 vec = None  # a damaged file is recomputed and overwritten
             if vec is not None and vec.shape[0] == rows.size:
                 if out is None:
-                    out = np.empty((len(text_list), vec.shape[1]), dtype=np.float32)
+                    out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
                 out[rows] = vec
                 continue
         todo.append((rows, path))
     if todo:
         rows_all = np.concatenate([r for r, _ in todo])
-        fresh = embed_texts([text_list[i] for i in rows_all], model, batch_size, progress, device,
+        fresh = embed_texts(texts.iloc[rows_all].tolist(), model, batch_size, progress, device,
                             window)
         if out is None:
-            out = np.empty((len(text_list), fresh.shape[1]), dtype=np.float32)
+            out = np.empty((len(texts), fresh.shape[1]), dtype=np.float32)
         elif fresh.shape[1] != out.shape[1]:
             raise ValueError("cached and fresh embeddings differ in dimension; clear "
                              f"{folder} and rerun")
@@ -282,15 +290,15 @@ def rollouts_cut(rollouts: pd.DataFrame, model: str = DEFAULT_EMBEDDING_MODEL,
     """
     require_columns(rollouts, (*PROMPT_KEYS, "rollout_id", text_column), "rollout table",
                     allow_empty=False)
-    text_list = rollouts[text_column].tolist()
+    texts = rollouts[text_column]  # taken a prompt at a time, as in embed_rollouts
     if cache is False:
         embedder = load_embedder(model, device=device)
-        return cut_texts(text_list, embedder), word_piece_limit(embedder)
+        return cut_texts(texts.tolist(), embedder), word_piece_limit(embedder)
     folder = _cache_folder(model, cache)
-    counts = np.zeros(len(text_list), dtype=np.int64)
+    counts = np.zeros(len(texts), dtype=np.int64)
     kept, todo = [], []
     for rows in _prompt_rows(rollouts):
-        path = folder / f"{_shard_key(model, [text_list[i] for i in rows])}.pieces.npz"
+        path = folder / f"{_shard_key(model, texts.iloc[rows].tolist())}.pieces.npz"
         try:
             with np.load(path) as stored:
                 shard, shard_limit = stored["counts"], int(stored["limit"])
@@ -308,7 +316,7 @@ def rollouts_cut(rollouts: pd.DataFrame, model: str = DEFAULT_EMBEDDING_MODEL,
         todo += [(rows, path) for rows, path, _, shard_limit in kept if shard_limit != limit]
         kept = [entry for entry in kept if entry[3] == limit]  # kept by another model: recount
         rows_all = np.concatenate([rows for rows, _ in todo])
-        fresh = word_piece_counts([text_list[i] for i in rows_all], embedder)
+        fresh = word_piece_counts(texts.iloc[rows_all].tolist(), embedder)
         lo = 0
         for rows, path in todo:
             shard = fresh[lo:lo + rows.size]
@@ -344,11 +352,16 @@ def _diversity_parts(e: np.ndarray, codes: np.ndarray, n_groups: int):
     sums = np.asarray(indicator @ e)  # (n_groups, dim): per-group sum of embeddings
     self_dot = np.einsum("ij,ij->i", e, e)
     total = np.einsum("ij,ij->i", sums, sums) - np.bincount(codes, self_dot, n_groups)
+    # ⟨e_i, sum of its group⟩, a block of rows at a time (sums[codes] whole would be one
+    # more (R, dim) array)
+    with_group = np.empty(codes.size)
+    for lo in range(0, codes.size, _ROW_BLOCK):
+        hi = lo + _ROW_BLOCK
+        with_group[lo:hi] = np.einsum("ij,ij->i", e[lo:hi], sums[codes[lo:hi]])
     with np.errstate(invalid="ignore", divide="ignore"):
         big_d = np.where(counts >= 2, 1.0 - total / (counts * (counts - 1)), np.nan)
         m = counts[codes]
-        small_d = np.where(m >= 2, 1.0 - (np.einsum("ij,ij->i", e, sums[codes]) - self_dot)
-                           / (m - 1), np.nan)
+        small_d = np.where(m >= 2, 1.0 - (with_group - self_dot) / (m - 1), np.nan)
     return big_d, small_d, counts
 
 
@@ -498,15 +511,15 @@ def semantic_metrics(rollouts: pd.DataFrame, embeddings: np.ndarray, judge: Judg
     vendi = _vendi_groups(e, codes, counts)
 
     judge = judge or cosine_judge(threshold)
-    texts = rollouts[text_column].tolist() if text_column in rollouts.columns else None
+    texts = rollouts[text_column] if text_column in rollouts.columns else None
     order = np.argsort(codes, kind="stable")
     bounds = np.concatenate(([0], np.cumsum(counts)))
     se = np.empty(n_groups)
     n_clusters = np.empty(n_groups, dtype=np.int64)
-    for g in range(n_groups):
+    for g in range(n_groups):  # a prompt's texts at a time (all of them as str: GBs)
         rows = order[bounds[g]:bounds[g + 1]]
         se[g], n_clusters[g] = semantic_entropy(
-            e[rows], judge, None if texts is None else [texts[i] for i in rows])
+            e[rows], judge, None if texts is None else texts.iloc[rows].tolist())
     with np.errstate(invalid="ignore", divide="ignore"):
         se_norm = np.where(counts > 1, se / np.log(np.maximum(counts, 2)), np.nan)
 

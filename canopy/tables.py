@@ -17,6 +17,7 @@ import pandas as pd
 __all__ = [
     "ROLLOUT_COLUMNS", "PROMPT_KEYS", "POOL_KEYS", "MODEL_KEYS", "VARIANTS", "ALL_TASKS",
     "require_columns", "reason_column", "task_scopes", "task_order", "matched_families",
+    "concat_rows",
 ]
 
 #: Columns every rollout table has (see :mod:`canopy.entropy` for their meaning).
@@ -101,3 +102,23 @@ def matched_families(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     require_columns(frame, ["family", column], "table")
     per = frame.groupby("family")[column].nunique()
     return sorted(per.index[per == 2]), sorted(per.index[per < 2])
+
+
+def concat_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """``pd.concat(parts, ignore_index=True)`` with each Arrow-backed string column (the
+    ``str`` dtype of pandas 3) gathered into one Arrow chunk. Concatenated as is, such a
+    column keeps one chunk per part, and pandas gathers every chunk again on each row
+    selection: for a store's 240,000 texts (2,400 shards), 4 s and 1.3 GB per selection.
+    Values and dtypes are unchanged."""
+    import pyarrow as pa
+
+    frame = pd.concat(parts, ignore_index=True)
+    for name in frame.columns:
+        column = frame[name]
+        if not (pd.api.types.is_string_dtype(column.dtype)
+                and isinstance(column.array, pd.arrays.ArrowStringArray)):
+            continue
+        chunks = pa.Table.from_pandas(frame[[name]], preserve_index=False).column(0)
+        if chunks.num_chunks > 1:
+            frame[name] = pa.chunked_array([chunks.combine_chunks()]).to_pandas().array
+    return frame

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from canopy.tables import (ALL_TASKS, matched_families, reason_column, require_columns,
-                           task_order, task_scopes)
+from canopy.tables import (ALL_TASKS, concat_rows, matched_families, reason_column,
+                           require_columns, task_order, task_scopes)
 
 
 def test_reason_column_joins_the_rules_that_apply_in_order():
@@ -72,3 +72,21 @@ def test_matched_families_reads_variant_or_fine_tuned():
     with pytest.raises(ValueError, match="missing column"):
         matched_families(pd.DataFrame({"family": ["g"]}))
     assert matched_families(frame.iloc[:0]) == ([], [])
+
+
+def test_concat_rows_keeps_values_and_dtypes_and_puts_each_text_column_in_one_chunk():
+    import pyarrow as pa
+
+    parts = [pa.table({"text": [f"{i}-{j}" * (j + 1) for j in range(3)] + [None],
+                       "n": np.arange(4, dtype=np.int64) + i, "x": np.linspace(0, 1, 4),
+                       "stop": [True, False, True, False]}).to_pandas() for i in range(5)]
+    got = concat_rows(parts)
+    plain = pd.concat(parts, ignore_index=True)
+    pd.testing.assert_frame_equal(got, plain, check_exact=True)  # values, dtypes, NaN
+    assert isinstance(got["text"].array, pd.arrays.ArrowStringArray)
+    chunks = pa.Table.from_pandas(got[["text"]], preserve_index=False).column(0).num_chunks
+    assert chunks == 1  # plain keeps one chunk per part
+    assert pa.Table.from_pandas(plain[["text"]], preserve_index=False).column(0).num_chunks == 5
+    rows = [1, 6, 19, 0]  # a selection reads the same rows
+    pd.testing.assert_frame_equal(got.iloc[rows], plain.iloc[rows], check_exact=True)
+    assert got["text"].iloc[[1, 6]].tolist() == ["0-10-1", "1-21-21-2"]
