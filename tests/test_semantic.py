@@ -31,7 +31,9 @@ def _rollouts(sizes, seed=0, dim=8, lengths=None):
     return df, rng.normal(size=(len(df), dim))
 
 
-def test_mean_of_rollout_diversity_is_prompt_diversity():
+@pytest.mark.parametrize("block", [semantic._ROW_BLOCK, 5])  # rows a block: all, or 5
+def test_mean_of_rollout_diversity_is_prompt_diversity(block, monkeypatch):
+    monkeypatch.setattr(semantic, "_ROW_BLOCK", block)
     df, emb = _rollouts([2, 3, 7, 12], dim=5)
     table = semantic_metrics(df, emb)
     d = rollout_diversity(df, emb)
