@@ -196,12 +196,13 @@ class Experiment:
         for line in beyond_tokenizer_lines(table, specs):
             warnings.warn(line, stacklevel=4)
 
-    def summaries(self, *, progress: bool = True, resample: bool = False):
+    def summaries(self, *, progress: bool = True, resample: bool = False, text: bool = True):
         """The per-rollout summaries of every model's rollouts
         (:data:`canopy.summaries.SUMMARY_COLUMNS`: N, H, S, truncation, rep-4, text, …),
         the rows of :meth:`rollouts` without the per-step lists: what every per-rollout
         analysis reads, in memory that follows the rollouts, never the steps. Models are
-        taken as :meth:`stored_models` takes them."""
+        taken as :meth:`stored_models` takes them. ``text=False``: without the decoded
+        texts (most of the memory; chapters that neither embed nor show texts)."""
         from canopy.model_files import padded_vocabularies
         from canopy.reading import read_columns, read_summaries
 
@@ -210,7 +211,7 @@ class Experiment:
         if padded:  # ids beyond the tokenizer, counted as on the full table
             self._warn_beyond_tokenizer(read_columns(
                 [f for f in stored if f.name in padded], ["model", "token_ids"]), self.specs)
-        return read_summaries(stored)
+        return read_summaries(stored, text=text)
 
     def position_profile(self, *, progress: bool = True, resample: bool = False, **options):
         """:func:`canopy.entropy.position_profile` of every model's rollouts, streamed

@@ -294,14 +294,16 @@ def _read_all(stored: list[StoredModel], read) -> list:
     return [part for _, part in _read_each(stored, read)]
 
 
-def read_summaries(stored: list[StoredModel]) -> pd.DataFrame:
+def read_summaries(stored: list[StoredModel], text: bool = True) -> pd.DataFrame:
     """The per-rollout summaries (:data:`canopy.summaries.SUMMARY_COLUMNS`) of every shard
     of ``stored``, models then prompts in order, rollouts in shard order — the rows of
-    :func:`read_rollouts` without the per-step lists."""
+    :func:`read_rollouts` without the per-step lists. ``text=False`` leaves out the
+    decoded texts, dropped shard by shard (they are most of the summaries' memory)."""
     from canopy.summaries import shard_summary
 
     def read(path, expect, entry):
-        return shard_summary(path, expect, sha256=entry["sha256"] if entry else None)
+        table = shard_summary(path, expect, sha256=entry["sha256"] if entry else None)
+        return table if text else table.drop(columns="text")
 
     return concat_rows(_read_all(stored, read))
 

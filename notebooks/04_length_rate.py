@@ -57,7 +57,8 @@ from canopy.experiment import load_experiment
 enable_reader_tables()  # tables in the book's symbols and units (book/notation.md)
 
 experiment = load_experiment(experiment_file, profile, overrides={"models": models})
-rollouts = experiment.summaries(progress=False, resample=resample)  # one row per rollout
+rollouts = experiment.summaries(progress=False, resample=resample,
+                                 text=False)  # one row per rollout, texts left out
 prompts = entropy.prompt_metrics(rollouts)
 correlations = ["length_rate_pearson", "length_rate_spearman", "length_rate_kendall"]
 

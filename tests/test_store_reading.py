@@ -120,6 +120,12 @@ def test_chapter_analyses_on_summaries_equal_the_full_load(store):
     assert pairs.paired_scope_text(summaries) == pairs.paired_scope_text(full)
     # chapter 4's step-level view, streamed shard by shard
     close(experiment.position_profile(progress=False), entropy.position_profile(full))
+    # chapters 3 and 4 read the summaries without the texts: the same rows otherwise
+    lean = experiment.summaries(progress=False, text=False)
+    pd.testing.assert_frame_equal(lean, summaries.drop(columns="text"), check_exact=True)
+    close(entropy.prompt_metrics(lean), entropy.prompt_metrics(full))
+    close(charts.rate_length_data(lean, prompt_text), charts.rate_length_data(full, prompt_text))
+    close(findings.measure_claims(lean, None, n_boot=200, seed=0)["boot"], old["boot"])
 
 
 def test_a_stated_runtime_that_differs_still_stops(tmp_path):
