@@ -266,16 +266,23 @@ def embed_rollouts(rollouts: pd.DataFrame, model: str | Embedder = DEFAULT_EMBED
         elif fresh.shape[1] != out.shape[1]:
             raise ValueError("cached and fresh embeddings differ in dimension; clear "
                              f"{folder} and rerun")
-        lo = 0
-        for rows, path in todo:
-            vec = fresh[lo:lo + rows.size]
-            lo += rows.size
-            out[rows] = vec
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:  # atomic: write aside, then rename
-                np.save(fh, vec)
-            os.replace(tmp, path)
+        _keep_parts(todo, fresh, out, np.save)
     return out
+
+
+def _keep_parts(todo, fresh: np.ndarray, out: np.ndarray, save) -> None:
+    """Each prompt's slice of ``fresh`` (the rows of ``todo``'s ``(rows, path)`` pairs, in
+    order) into ``out[rows]`` and into its cache file at ``path`` (``save(file, slice)``;
+    written aside, then renamed, so a reader never sees half a file)."""
+    lo = 0
+    for rows, path in todo:
+        part = fresh[lo:lo + rows.size]
+        lo += rows.size
+        out[rows] = part
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            save(fh, part)
+        os.replace(tmp, path)
 
 
 def rollouts_cut(rollouts: pd.DataFrame, model: str = DEFAULT_EMBEDDING_MODEL,
@@ -317,15 +324,8 @@ def rollouts_cut(rollouts: pd.DataFrame, model: str = DEFAULT_EMBEDDING_MODEL,
         kept = [entry for entry in kept if entry[3] == limit]  # kept by another model: recount
         rows_all = np.concatenate([rows for rows, _ in todo])
         fresh = word_piece_counts(texts.iloc[rows_all].tolist(), embedder)
-        lo = 0
-        for rows, path in todo:
-            shard = fresh[lo:lo + rows.size]
-            lo += rows.size
-            counts[rows] = shard
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:  # atomic: write aside, then rename
-                np.savez(fh, counts=shard, limit=np.int64(limit))
-            os.replace(tmp, path)
+        _keep_parts(todo, fresh, counts,
+                    lambda fh, part: np.savez(fh, counts=part, limit=np.int64(limit)))
     else:
         (limit,) = limits
     for rows, _, shard, _ in kept:

@@ -114,9 +114,7 @@ def concat_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
     frame = pd.concat(parts, ignore_index=True)
     for name in frame.columns:
-        column = frame[name]
-        if not (pd.api.types.is_string_dtype(column.dtype)
-                and isinstance(column.array, pd.arrays.ArrowStringArray)):
+        if not isinstance(frame[name].array, pd.arrays.ArrowStringArray):
             continue
         chunks = pa.Table.from_pandas(frame[[name]], preserve_index=False).column(0)
         if chunks.num_chunks > 1:
